@@ -1,0 +1,111 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * The ABI shared by the kernel programs and user space: the event record
+ * written to the ring buffer, the filter held in .rodata, the per-slot
+ * configuration and the statistics counters.
+ *
+ * The Rust side decodes these by byte offset (common/src/event.rs,
+ * node-agent/src/config.rs); every offset below is part of the contract and
+ * checked by _Static_assert here and by unit tests there.
+ */
+#ifndef NT_ABI_H
+#define NT_ABI_H
+
+#define NT_IFNAMSIZ 16
+#define NT_COMM_LEN 16
+#define NT_MAX_SLOTS 64
+#define NT_MAX_STACK_DEPTH 32
+
+/* nt_event.flags */
+#define NT_F_RET 0x1       /* retval holds a return value */
+#define NT_F_FROM_SK 0x2   /* addresses/ports were taken from the socket */
+#define NT_F_SKB_MODE 0x4  /* emitted because skb-mode remembered the skb */
+#define NT_F_L4_BAD 0x8    /* L3 parsed, L4 header not readable */
+
+struct nt_event {
+	__u64 ts_ns;        /*   0: bpf_ktime_get_ns() */
+	__u64 skb;          /*   8: address of the sk_buff */
+	__u64 location;     /*  16: kfree_skb/consume_skb caller, 0 if none */
+	__u64 retval;       /*  24: return value when NT_F_RET */
+	__u32 tracer_id;    /*  32: id of the tracer (index in the attach plan) */
+	__u32 netns;        /*  36: netns inode of skb->dev (or the socket) */
+	__u32 ifindex;      /*  40: skb->dev->ifindex, 0 without a device */
+	__u32 pid;          /*  44: tgid of the current task */
+	__s32 stack_id;     /*  48: kernel stack id, -1 when none */
+	__u32 drop_reason;  /*  52: kfree_skb drop reason, 0 when none */
+	__u32 flags;        /*  56: NT_F_* */
+	__u32 pkt_len;      /*  60: skb->len */
+	char ifname[NT_IFNAMSIZ]; /* 64 */
+	char comm[NT_COMM_LEN];   /* 80 */
+	__u8 saddr[16];     /*  96: IPv4 in the first 4 bytes, network order */
+	__u8 daddr[16];     /* 112 */
+	__u32 seq;          /* 128: TCP seq (host order) */
+	__u32 ack;          /* 132: TCP ack (host order) */
+	__u16 l3_proto;     /* 136: ethertype, host order; 0 = not parsed */
+	__u16 sport;        /* 138: host order */
+	__u16 dport;        /* 140: host order */
+	__u16 icmp_id;      /* 142: host order */
+	__u16 icmp_seq;     /* 144: host order */
+	__u16 arp_op;       /* 146: host order */
+	__u8 l4_proto;      /* 148: IPPROTO_* */
+	__u8 tcp_flags;     /* 149: FIN=1 SYN=2 RST=4 PSH=8 ACK=16 URG=32 ECE=64 CWR=128 */
+	__u8 icmp_type;     /* 150 */
+	__u8 icmp_code;     /* 151 */
+};                          /* 152 */
+
+_Static_assert(sizeof(struct nt_event) == 152, "nt_event layout");
+
+/* nt_filter.flags */
+#define NT_FL_SADDR 0x1
+#define NT_FL_DADDR 0x2
+#define NT_FL_ADDR 0x4
+#define NT_FL_SKB_MODE 0x8
+#define NT_FL_V6 0x10       /* the address filters are IPv6 addresses */
+
+/* The packet filter, written once into .rodata before loading. */
+struct nt_filter {
+	__u8 saddr[16];     /*  0 */
+	__u8 daddr[16];     /* 16 */
+	__u8 addr[16];      /* 32 */
+	__u32 netns;        /* 48: 0 = any */
+	__u32 ifindex;      /* 52: 0 = any */
+	__u32 pid;          /* 56: 0 = any */
+	__u32 flags;        /* 60: NT_FL_* */
+	__u16 l3_proto;     /* 64: ethertype, 0 = any */
+	__u16 sport;        /* 66: 0 = any */
+	__u16 dport;        /* 68 */
+	__u16 port;         /* 70 */
+	__u8 l4_proto;      /* 72: 0 = any */
+	__u8 pad[7];        /* 73 */
+};                          /* 80 */
+
+_Static_assert(sizeof(struct nt_filter) == 80, "nt_filter layout");
+
+/* nt_slot.role */
+#define NT_ROLE_NONE 0
+#define NT_ROLE_CONSUME 1  /* the skb ends here normally */
+#define NT_ROLE_DROP 2     /* the skb is dropped here; args carry the reason */
+
+#define NT_ARG_NONE 0xff
+
+/* What one attached program slot needs to know, in the nt_slots array map. */
+struct nt_slot {
+	__u32 tracer_id;    /* 0 */
+	__u8 skb_arg;       /* 4: argument index of the skb */
+	__u8 sk_arg;        /* 5: argument index of a struct sock *, or NT_ARG_NONE */
+	__u8 role;          /* 6: NT_ROLE_* */
+	__u8 stack;         /* 7: 1 = collect a kernel stack */
+	__u8 enabled;       /* 8 */
+	__u8 pad[3];
+};                          /* 12 */
+
+_Static_assert(sizeof(struct nt_slot) == 12, "nt_slot layout");
+
+/* Indexes of the nt_stats per-CPU counters. */
+#define NT_STAT_MATCHED 0     /* events produced (passed the filter) */
+#define NT_STAT_RB_FULL 1     /* events lost: ring buffer reservation failed */
+#define NT_STAT_SKB_MAP_FULL 2 /* skb-mode could not remember an skb */
+#define NT_STAT_STACK_FAIL 3  /* bpf_get_stackid failed */
+#define NT_STAT_MAX 4
+
+#endif
