@@ -5,11 +5,16 @@ use std::path::PathBuf;
 use std::process::Command;
 
 fn main() {
-    let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let manifest =
+        PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let out = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
     let src = manifest.join("src/nettrace.bpf.c");
     let include = manifest.join("include");
-    for f in ["src/nettrace.bpf.c", "include/nt_abi.h", "include/nt_core.h"] {
+    for f in [
+        "src/nettrace.bpf.c",
+        "include/nt_abi.h",
+        "include/nt_core.h",
+    ] {
         println!("cargo:rerun-if-changed={}", manifest.join(f).display());
     }
     println!("cargo:rerun-if-env-changed=CLANG");

@@ -4,7 +4,8 @@
 #[repr(C, align(8))]
 struct Aligned<T: ?Sized>(T);
 
-static OBJECT: &Aligned<[u8]> = &Aligned(*include_bytes!(concat!(env!("OUT_DIR"), "/nettrace.bpf.o")));
+static OBJECT: &Aligned<[u8]> =
+    &Aligned(*include_bytes!(concat!(env!("OUT_DIR"), "/nettrace.bpf.o")));
 
 /// The ELF object holding every nettrace eBPF program and map.
 pub fn object() -> &'static [u8] {

@@ -1,0 +1,589 @@
+//! The event record the kernel programs write to the ring buffer
+//! (`struct nt_event` in `ebpf/include/nt_abi.h`), decoded by byte offset.
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use thiserror::Error;
+
+/// Size in bytes of one event record.
+pub const EVENT_SIZE: usize = 152;
+
+/// `flags` bit: `retval` holds a return value.
+pub const F_RET: u32 = 0x1;
+/// `flags` bit: addresses and ports were taken from the socket.
+pub const F_FROM_SK: u32 = 0x2;
+/// `flags` bit: emitted because `--skb-mode` remembered the skb.
+pub const F_SKB_MODE: u32 = 0x4;
+/// `flags` bit: the L3 header was parsed but the L4 header was not readable.
+pub const F_L4_BAD: u32 = 0x8;
+
+/// Ethertype of IPv4.
+pub const ETH_P_IP: u16 = 0x0800;
+/// Ethertype of IPv6.
+pub const ETH_P_IPV6: u16 = 0x86dd;
+/// Ethertype of ARP.
+pub const ETH_P_ARP: u16 = 0x0806;
+
+/// IP protocol number of ICMP.
+pub const IPPROTO_ICMP: u8 = 1;
+/// IP protocol number of TCP.
+pub const IPPROTO_TCP: u8 = 6;
+/// IP protocol number of UDP.
+pub const IPPROTO_UDP: u8 = 17;
+/// IP protocol number of ICMPv6.
+pub const IPPROTO_ICMPV6: u8 = 58;
+
+/// A record could not be decoded.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum DecodeError {
+    /// The buffer is shorter than [`EVENT_SIZE`].
+    #[error(
+        "event record is {0} bytes, expected {EVENT_SIZE}; the eBPF object and the nettrace binary do not match, rebuild them together"
+    )]
+    Short(usize),
+}
+
+/// One decoded event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) when the event happened.
+    pub ts_ns: u64,
+    /// Address of the `sk_buff`.
+    pub skb: u64,
+    /// Caller of kfree_skb/consume_skb, 0 when none.
+    pub location: u64,
+    /// Return value of the traced function, when collected.
+    pub retval: Option<u64>,
+    /// Id of the tracer (index in the attach plan).
+    pub tracer_id: u32,
+    /// Inode of the network namespace.
+    pub netns: u32,
+    /// Interface index, 0 without a device.
+    pub ifindex: u32,
+    /// Thread group id of the current task.
+    pub pid: u32,
+    /// Kernel stack id, `None` when no stack was collected.
+    pub stack_id: Option<u32>,
+    /// Drop reason code, 0 when none.
+    pub drop_reason: u32,
+    /// Raw `NT_F_*` flags.
+    pub flags: u32,
+    /// `skb->len`.
+    pub pkt_len: u32,
+    /// Interface name (empty without a device).
+    pub ifname: String,
+    /// Name of the current task.
+    pub comm: String,
+    /// Addresses and ports were taken from the socket.
+    pub from_sk: bool,
+    /// Emitted because `--skb-mode` remembered the skb.
+    pub skb_mode: bool,
+    /// The parsed packet headers.
+    pub packet: Packet,
+}
+
+/// The network layer of a packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Packet {
+    /// IPv4 packet.
+    Ipv4 {
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        l4: L4,
+    },
+    /// IPv6 packet.
+    Ipv6 {
+        src: Ipv6Addr,
+        dst: Ipv6Addr,
+        l4: L4,
+    },
+    /// ARP packet; `sender`/`target` are the protocol (IP) addresses.
+    Arp {
+        op: u16,
+        sender: Ipv4Addr,
+        target: Ipv4Addr,
+    },
+    /// Another ethertype, not parsed further.
+    Other { ethertype: u16 },
+    /// The headers were not parsed (`l3_proto` 0).
+    Unknown,
+}
+
+/// The transport layer of an IP packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum L4 {
+    /// TCP segment.
+    Tcp {
+        sport: u16,
+        dport: u16,
+        seq: u32,
+        ack: u32,
+        flags: u8,
+    },
+    /// UDP datagram.
+    Udp { sport: u16, dport: u16 },
+    /// ICMP, or ICMPv6 inside IPv6.
+    Icmp { ty: u8, code: u8, id: u16, seq: u16 },
+    /// Another IP protocol, by number.
+    Other(u8),
+    /// The L4 header of this protocol could not be read.
+    Unreadable(u8),
+}
+
+impl L4 {
+    /// IP protocol number; `v6` selects ICMPv6 for [`L4::Icmp`].
+    pub fn proto(&self, v6: bool) -> u8 {
+        match *self {
+            L4::Tcp { .. } => IPPROTO_TCP,
+            L4::Udp { .. } => IPPROTO_UDP,
+            L4::Icmp { .. } if v6 => IPPROTO_ICMPV6,
+            L4::Icmp { .. } => IPPROTO_ICMP,
+            L4::Other(p) | L4::Unreadable(p) => p,
+        }
+    }
+}
+
+impl Packet {
+    /// Ethertype of the packet, 0 for [`Packet::Unknown`].
+    pub fn ethertype(&self) -> u16 {
+        match *self {
+            Packet::Ipv4 { .. } => ETH_P_IP,
+            Packet::Ipv6 { .. } => ETH_P_IPV6,
+            Packet::Arp { .. } => ETH_P_ARP,
+            Packet::Other { ethertype } => ethertype,
+            Packet::Unknown => 0,
+        }
+    }
+
+    /// The L4 part with its IP protocol number, for IP packets.
+    pub fn l4(&self) -> Option<(u8, &L4)> {
+        match self {
+            Packet::Ipv4 { l4, .. } => Some((l4.proto(false), l4)),
+            Packet::Ipv6 { l4, .. } => Some((l4.proto(true), l4)),
+            _ => None,
+        }
+    }
+}
+
+/// Namespace for decoding raw records.
+pub struct RawEvent;
+
+impl RawEvent {
+    /// Decodes one record; extra bytes past [`EVENT_SIZE`] are ignored.
+    pub fn decode(buf: &[u8]) -> Result<Event, DecodeError> {
+        Event::decode(buf)
+    }
+}
+
+fn u16_at(b: &[u8; EVENT_SIZE], off: usize) -> u16 {
+    u16::from_le_bytes([b[off], b[off + 1]])
+}
+
+fn u32_at(b: &[u8; EVENT_SIZE], off: usize) -> u32 {
+    u32::from_le_bytes([b[off], b[off + 1], b[off + 2], b[off + 3]])
+}
+
+fn u64_at(b: &[u8; EVENT_SIZE], off: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[off..off + 8]);
+    u64::from_le_bytes(a)
+}
+
+fn bytes16(b: &[u8; EVENT_SIZE], off: usize) -> [u8; 16] {
+    let mut a = [0u8; 16];
+    a.copy_from_slice(&b[off..off + 16]);
+    a
+}
+
+fn c_string(raw: &[u8]) -> String {
+    let end = raw.iter().position(|&c| c == 0).unwrap_or(raw.len());
+    String::from_utf8_lossy(&raw[..end]).into_owned()
+}
+
+/// At most 15 bytes of `s`, leaving room for the NUL.
+fn c_name(s: &str) -> &[u8] {
+    &s.as_bytes()[..s.len().min(15)]
+}
+
+fn v4(a: [u8; 16]) -> Ipv4Addr {
+    Ipv4Addr::new(a[0], a[1], a[2], a[3])
+}
+
+impl Event {
+    /// Decodes one record; extra bytes past [`EVENT_SIZE`] are ignored.
+    pub fn decode(buf: &[u8]) -> Result<Event, DecodeError> {
+        let b: &[u8; EVENT_SIZE] = buf
+            .get(..EVENT_SIZE)
+            .and_then(|s| s.try_into().ok())
+            .ok_or(DecodeError::Short(buf.len()))?;
+        let flags = u32_at(b, 56);
+        let stack_id = u32_at(b, 48) as i32;
+        let saddr = bytes16(b, 96);
+        let daddr = bytes16(b, 112);
+        let l3 = u16_at(b, 136);
+        let l4_proto = b[148];
+        let v6 = l3 == ETH_P_IPV6;
+        let l4 = if flags & F_L4_BAD != 0 {
+            L4::Unreadable(l4_proto)
+        } else {
+            match l4_proto {
+                IPPROTO_TCP => L4::Tcp {
+                    sport: u16_at(b, 138),
+                    dport: u16_at(b, 140),
+                    seq: u32_at(b, 128),
+                    ack: u32_at(b, 132),
+                    flags: b[149],
+                },
+                IPPROTO_UDP => L4::Udp {
+                    sport: u16_at(b, 138),
+                    dport: u16_at(b, 140),
+                },
+                IPPROTO_ICMP if !v6 => icmp(b),
+                IPPROTO_ICMPV6 if v6 => icmp(b),
+                p => L4::Other(p),
+            }
+        };
+        let packet = match l3 {
+            0 => Packet::Unknown,
+            ETH_P_IP => Packet::Ipv4 {
+                src: v4(saddr),
+                dst: v4(daddr),
+                l4,
+            },
+            ETH_P_IPV6 => Packet::Ipv6 {
+                src: Ipv6Addr::from(saddr),
+                dst: Ipv6Addr::from(daddr),
+                l4,
+            },
+            ETH_P_ARP => Packet::Arp {
+                op: u16_at(b, 146),
+                sender: v4(saddr),
+                target: v4(daddr),
+            },
+            ethertype => Packet::Other { ethertype },
+        };
+        Ok(Event {
+            ts_ns: u64_at(b, 0),
+            skb: u64_at(b, 8),
+            location: u64_at(b, 16),
+            retval: (flags & F_RET != 0).then(|| u64_at(b, 24)),
+            tracer_id: u32_at(b, 32),
+            netns: u32_at(b, 36),
+            ifindex: u32_at(b, 40),
+            pid: u32_at(b, 44),
+            stack_id: u32::try_from(stack_id).ok(),
+            drop_reason: u32_at(b, 52),
+            flags,
+            pkt_len: u32_at(b, 60),
+            ifname: c_string(&b[64..80]),
+            comm: c_string(&b[80..96]),
+            from_sk: flags & F_FROM_SK != 0,
+            skb_mode: flags & F_SKB_MODE != 0,
+            packet,
+        })
+    }
+}
+
+fn icmp(b: &[u8; EVENT_SIZE]) -> L4 {
+    L4::Icmp {
+        ty: b[150],
+        code: b[151],
+        id: u16_at(b, 142),
+        seq: u16_at(b, 144),
+    }
+}
+
+/// Builds the 152-byte record of an event (the inverse of [`Event::decode`]).
+///
+/// `flags` is taken from the event with the RET, FROM_SK, SKB_MODE and L4_BAD
+/// bits set from `retval`, `from_sk`, `skb_mode` and the packet.
+pub fn encode(ev: &Event) -> Vec<u8> {
+    let mut b = vec![0u8; EVENT_SIZE];
+    let put = |b: &mut [u8], off: usize, v: &[u8]| b[off..off + v.len()].copy_from_slice(v);
+    let mut flags = ev.flags & !(F_RET | F_FROM_SK | F_SKB_MODE | F_L4_BAD);
+    if ev.retval.is_some() {
+        flags |= F_RET;
+    }
+    if ev.from_sk {
+        flags |= F_FROM_SK;
+    }
+    if ev.skb_mode {
+        flags |= F_SKB_MODE;
+    }
+    put(&mut b, 0, &ev.ts_ns.to_le_bytes());
+    put(&mut b, 8, &ev.skb.to_le_bytes());
+    put(&mut b, 16, &ev.location.to_le_bytes());
+    put(&mut b, 24, &ev.retval.unwrap_or(0).to_le_bytes());
+    put(&mut b, 32, &ev.tracer_id.to_le_bytes());
+    put(&mut b, 36, &ev.netns.to_le_bytes());
+    put(&mut b, 40, &ev.ifindex.to_le_bytes());
+    put(&mut b, 44, &ev.pid.to_le_bytes());
+    let stack = ev
+        .stack_id
+        .and_then(|s| i32::try_from(s).ok())
+        .unwrap_or(-1);
+    put(&mut b, 48, &stack.to_le_bytes());
+    put(&mut b, 52, &ev.drop_reason.to_le_bytes());
+    put(&mut b, 60, &ev.pkt_len.to_le_bytes());
+    put(&mut b, 64, c_name(&ev.ifname));
+    put(&mut b, 80, c_name(&ev.comm));
+    put(&mut b, 136, &ev.packet.ethertype().to_le_bytes());
+    let mut put_l4 = |b: &mut [u8], l4: &L4, v6: bool| {
+        b[148] = l4.proto(v6);
+        match *l4 {
+            L4::Tcp {
+                sport,
+                dport,
+                seq,
+                ack,
+                flags: tf,
+            } => {
+                put(b, 138, &sport.to_le_bytes());
+                put(b, 140, &dport.to_le_bytes());
+                put(b, 128, &seq.to_le_bytes());
+                put(b, 132, &ack.to_le_bytes());
+                b[149] = tf;
+            }
+            L4::Udp { sport, dport } => {
+                put(b, 138, &sport.to_le_bytes());
+                put(b, 140, &dport.to_le_bytes());
+            }
+            L4::Icmp { ty, code, id, seq } => {
+                b[150] = ty;
+                b[151] = code;
+                put(b, 142, &id.to_le_bytes());
+                put(b, 144, &seq.to_le_bytes());
+            }
+            L4::Other(_) => {}
+            L4::Unreadable(_) => flags |= F_L4_BAD,
+        }
+    };
+    match &ev.packet {
+        Packet::Ipv4 { src, dst, l4 } => {
+            put(&mut b, 96, &src.octets());
+            put(&mut b, 112, &dst.octets());
+            put_l4(&mut b, l4, false);
+        }
+        Packet::Ipv6 { src, dst, l4 } => {
+            put(&mut b, 96, &src.octets());
+            put(&mut b, 112, &dst.octets());
+            put_l4(&mut b, l4, true);
+        }
+        Packet::Arp { op, sender, target } => {
+            put(&mut b, 96, &sender.octets());
+            put(&mut b, 112, &target.octets());
+            put(&mut b, 146, &op.to_le_bytes());
+        }
+        Packet::Other { .. } | Packet::Unknown => {}
+    }
+    put(&mut b, 56, &flags.to_le_bytes());
+    b
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A plain IPv4 ICMP echo request event used across the crate's tests.
+    pub(crate) fn sample() -> Event {
+        Event {
+            ts_ns: 453_516_922_978_000,
+            skb: 0xffff_8887_b626_0800,
+            location: 0,
+            retval: None,
+            tracer_id: 3,
+            netns: 4_026_531_840,
+            ifindex: 2,
+            pid: 0,
+            stack_id: None,
+            drop_reason: 0,
+            flags: 0,
+            pkt_len: 84,
+            ifname: "eth1".into(),
+            comm: "swapper/3".into(),
+            from_sk: false,
+            skb_mode: false,
+            packet: Packet::Ipv4 {
+                src: Ipv4Addr::new(10, 35, 13, 63),
+                dst: Ipv4Addr::new(9, 135, 224, 89),
+                l4: L4::Icmp {
+                    ty: 8,
+                    code: 0,
+                    id: 77,
+                    seq: 1,
+                },
+            },
+        }
+    }
+
+    #[test]
+    fn decodes_fields_at_their_offsets() {
+        let mut b = [0u8; EVENT_SIZE];
+        b[0..8].copy_from_slice(&0x0102_0304_0506_0708u64.to_le_bytes());
+        b[8..16].copy_from_slice(&0xffff_8887_b626_0800u64.to_le_bytes());
+        b[16..24].copy_from_slice(&0xffff_ffff_8100_1234u64.to_le_bytes());
+        b[24..32].copy_from_slice(&0xffff_8885_8f24_2900u64.to_le_bytes());
+        b[32..36].copy_from_slice(&7u32.to_le_bytes());
+        b[36..40].copy_from_slice(&4_026_531_992u32.to_le_bytes());
+        b[40..44].copy_from_slice(&2u32.to_le_bytes());
+        b[44..48].copy_from_slice(&897_081u32.to_le_bytes());
+        b[48..52].copy_from_slice(&42i32.to_le_bytes());
+        b[52..56].copy_from_slice(&12u32.to_le_bytes());
+        b[56..60].copy_from_slice(&(F_RET | F_SKB_MODE).to_le_bytes());
+        b[60..64].copy_from_slice(&1500u32.to_le_bytes());
+        b[64..68].copy_from_slice(b"eth1");
+        b[80..88].copy_from_slice(b"nettrace");
+        b[96..100].copy_from_slice(&[10, 0, 0, 1]);
+        b[112..116].copy_from_slice(&[10, 0, 0, 2]);
+        b[128..132].copy_from_slice(&123u32.to_le_bytes());
+        b[132..136].copy_from_slice(&456u32.to_le_bytes());
+        b[136..138].copy_from_slice(&ETH_P_IP.to_le_bytes());
+        b[138..140].copy_from_slice(&34567u16.to_le_bytes());
+        b[140..142].copy_from_slice(&8080u16.to_le_bytes());
+        b[148] = IPPROTO_TCP;
+        b[149] = 0x12;
+        let ev = Event::decode(&b).expect("full record decodes");
+        assert_eq!(ev.ts_ns, 0x0102_0304_0506_0708);
+        assert_eq!(ev.skb, 0xffff_8887_b626_0800);
+        assert_eq!(ev.location, 0xffff_ffff_8100_1234);
+        assert_eq!(ev.retval, Some(0xffff_8885_8f24_2900));
+        assert_eq!(ev.tracer_id, 7);
+        assert_eq!(ev.netns, 4_026_531_992);
+        assert_eq!(ev.ifindex, 2);
+        assert_eq!(ev.pid, 897_081);
+        assert_eq!(ev.stack_id, Some(42));
+        assert_eq!(ev.drop_reason, 12);
+        assert_eq!(ev.pkt_len, 1500);
+        assert_eq!(ev.ifname, "eth1");
+        assert_eq!(ev.comm, "nettrace");
+        assert!(ev.skb_mode);
+        assert!(!ev.from_sk);
+        assert_eq!(
+            ev.packet,
+            Packet::Ipv4 {
+                src: Ipv4Addr::new(10, 0, 0, 1),
+                dst: Ipv4Addr::new(10, 0, 0, 2),
+                l4: L4::Tcp {
+                    sport: 34567,
+                    dport: 8080,
+                    seq: 123,
+                    ack: 456,
+                    flags: 0x12
+                },
+            }
+        );
+    }
+
+    #[test]
+    fn short_buffer_is_an_error_long_is_accepted() {
+        let err = Event::decode(&[0u8; 151]).unwrap_err();
+        assert_eq!(err, DecodeError::Short(151));
+        assert!(err.to_string().contains("rebuild"));
+        let mut long = encode(&sample());
+        long.extend_from_slice(&[0xaa; 8]);
+        assert_eq!(RawEvent::decode(&long), Ok(sample()));
+    }
+
+    #[test]
+    fn negative_stack_id_and_no_ret_flag() {
+        let mut b = encode(&sample());
+        b[24..32].copy_from_slice(&99u64.to_le_bytes());
+        b[48..52].copy_from_slice(&(-14i32).to_le_bytes());
+        let ev = Event::decode(&b).expect("decodes");
+        assert_eq!(ev.stack_id, None);
+        assert_eq!(ev.retval, None);
+    }
+
+    #[test]
+    fn icmp_kind_follows_l3() {
+        let mut b = encode(&sample());
+        b[136..138].copy_from_slice(&ETH_P_IPV6.to_le_bytes());
+        // protocol 1 inside IPv6 is not ICMPv6
+        let ev = Event::decode(&b).expect("decodes");
+        assert!(matches!(
+            ev.packet,
+            Packet::Ipv6 {
+                l4: L4::Other(1),
+                ..
+            }
+        ));
+        b[148] = IPPROTO_ICMPV6;
+        let ev = Event::decode(&b).expect("decodes");
+        assert!(matches!(
+            ev.packet,
+            Packet::Ipv6 {
+                l4: L4::Icmp { ty: 8, seq: 1, .. },
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn l4_bad_flag_gives_unreadable() {
+        let mut b = encode(&sample());
+        b[56] |= F_L4_BAD as u8;
+        let ev = Event::decode(&b).expect("decodes");
+        assert!(matches!(
+            ev.packet,
+            Packet::Ipv4 {
+                l4: L4::Unreadable(IPPROTO_ICMP),
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn round_trips() {
+        let mut evs = vec![sample()];
+        let mut e = sample();
+        e.retval = Some(0xffff_8885_8f24_2900);
+        e.stack_id = Some(5);
+        e.from_sk = true;
+        e.skb_mode = true;
+        e.drop_reason = 12;
+        e.location = 0xffff_ffff_81aa_0000;
+        e.packet = Packet::Ipv6 {
+            src: "fd00::1".parse().expect("addr"),
+            dst: "fd00::2".parse().expect("addr"),
+            l4: L4::Udp {
+                sport: 5353,
+                dport: 53,
+            },
+        };
+        evs.push(e.clone());
+        e.packet = Packet::Ipv6 {
+            src: "fd00::1".parse().expect("addr"),
+            dst: "fd00::2".parse().expect("addr"),
+            l4: L4::Unreadable(IPPROTO_TCP),
+        };
+        evs.push(e.clone());
+        e.packet = Packet::Arp {
+            op: 2,
+            sender: Ipv4Addr::new(10, 0, 0, 1),
+            target: Ipv4Addr::new(10, 0, 0, 2),
+        };
+        evs.push(e.clone());
+        e.packet = Packet::Other { ethertype: 0x88cc };
+        evs.push(e.clone());
+        e.packet = Packet::Unknown;
+        evs.push(e.clone());
+        for ev in evs {
+            let mut want = ev.clone();
+            let bytes = encode(&ev);
+            assert_eq!(bytes.len(), EVENT_SIZE);
+            let got = Event::decode(&bytes).expect("decodes");
+            want.flags = got.flags;
+            assert_eq!(got, want);
+        }
+    }
+
+    #[test]
+    fn names_stop_at_nul_and_tolerate_bad_utf8() {
+        let mut b = encode(&sample());
+        b[64..80].copy_from_slice(b"veth0\0garbage!!!");
+        b[80..84].copy_from_slice(&[b'a', 0xff, b'b', 0]);
+        let ev = Event::decode(&b).expect("decodes");
+        assert_eq!(ev.ifname, "veth0");
+        assert_eq!(ev.comm, "a\u{fffd}b");
+    }
+}

@@ -1,0 +1,358 @@
+//! Text output: one line per event (plus return value and call stack lines),
+//! timeline blocks and the lost-events message.
+
+use std::fmt::{self, Display, Write};
+
+use crate::event::Event;
+use crate::summary::write_summary;
+
+/// What user space resolved for one event.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Annotations<'a> {
+    /// Display name of the tracer that fired.
+    pub tracer: &'a str,
+    /// Name of the tracer's group (its parent in the tracer tree).
+    pub group: &'a str,
+    /// Drop reason name; when set, `, reason: NAME` is appended.
+    pub drop_reason: Option<&'a str>,
+    /// Resolved `location` (`sym+0xoff`); when set, `, location: ...` is appended.
+    pub location: Option<&'a str>,
+    /// Resolved call stack frames, innermost first.
+    pub stack: Option<&'a [String]>,
+}
+
+/// Which text layout to use.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TextOptions {
+    /// `--detail`: skb, interface, task and group columns.
+    pub detail: bool,
+    /// `--timeline`: pad the interface and task columns to a fixed width.
+    pub timeline: bool,
+}
+
+/// A monotonic timestamp shown as `seconds.microseconds`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timestamp(pub u64);
+
+impl Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let secs = self.0 / 1_000_000_000;
+        let micros = (self.0 % 1_000_000_000) / 1_000;
+        write!(f, "{secs}.{micros:06}")
+    }
+}
+
+/// Width of the `{iface}][{task}` part of a detail line in timeline mode.
+const TIMELINE_DEV_TASK_WIDTH: usize = 30;
+
+/// Appends the line(s) of one event to `out`, each ending with `\n`.
+///
+/// Default: `{ts}: [{tracer:<24}]: {summary}`; with `detail`:
+/// `{ts}: [{skb:016x}][{ifindex}:{ifname}][pid:{pid},{comm}][{group:<12}][{tracer:<24}]: {summary}`.
+/// Followed by a `return value:` line and a `Call Stack:` block when present.
+pub fn write_event(out: &mut String, ev: &Event, ann: &Annotations<'_>, opts: TextOptions) {
+    // fmt::Write for String never fails.
+    let _ = write_event_inner(out, ev, ann, opts);
+}
+
+fn write_event_inner(
+    out: &mut String,
+    ev: &Event,
+    ann: &Annotations<'_>,
+    opts: TextOptions,
+) -> fmt::Result {
+    write!(out, "{}: ", Timestamp(ev.ts_ns))?;
+    if opts.detail {
+        write!(out, "[{:016x}][", ev.skb)?;
+        let start = out.len();
+        if ev.ifindex == 0 {
+            out.push_str("    ");
+        } else {
+            write!(out, "{}:{}", ev.ifindex, ev.ifname)?;
+        }
+        write!(out, "][pid:{},{}", ev.pid, ev.comm)?;
+        if opts.timeline {
+            let used = out[start..].chars().count();
+            for _ in used..TIMELINE_DEV_TASK_WIDTH {
+                out.push(' ');
+            }
+        }
+        write!(out, "][{:<12}]", ann.group)?;
+    }
+    write!(out, "[{:<24}]: ", ann.tracer)?;
+    write_summary(out, &ev.packet)?;
+    if let Some(reason) = ann.drop_reason {
+        write!(out, ", reason: {reason}")?;
+    }
+    if let Some(loc) = ann.location {
+        write!(out, ", location: {loc}")?;
+    }
+    out.push('\n');
+    if let Some(ret) = ev.retval {
+        writeln!(out, "                return value:{ret:x}")?;
+    }
+    if let Some(stack) = ann.stack {
+        out.push_str("Call Stack:\n");
+        for frame in stack {
+            writeln!(out, "    -> {frame}")?;
+        }
+    }
+    Ok(())
+}
+
+/// Appends the header line that starts a timeline block.
+pub fn write_timeline_header(out: &mut String, skb: u64) {
+    let _ = writeln!(
+        out,
+        "<------------------- skb: {skb:016x} ---------------------->"
+    );
+}
+
+/// Appends a whole timeline block: header, event lines, one empty line.
+pub fn write_timeline_block<'a, I>(out: &mut String, skb: u64, items: I, opts: TextOptions)
+where
+    I: IntoIterator<Item = (&'a Event, Annotations<'a>)>,
+{
+    write_timeline_header(out, skb);
+    for (ev, ann) in items {
+        write_event(out, ev, &ann, opts);
+    }
+    out.push('\n');
+}
+
+/// Loss counters read from the kernel's statistics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LossStats {
+    /// Events lost because the ring buffer was full.
+    pub ringbuf_full: u64,
+    /// skbs that `--skb-mode` could not remember (map full).
+    pub skb_map_full: u64,
+    /// Call stacks that could not be collected.
+    pub stack_failed: u64,
+    /// Events that passed the filter.
+    pub matched: u64,
+}
+
+fn plural(n: u64, one: &'static str, many: &'static str) -> &'static str {
+    if n == 1 {
+        one
+    } else {
+        many
+    }
+}
+
+impl LossStats {
+    /// True when nothing was lost.
+    pub fn is_clean(&self) -> bool {
+        self.ringbuf_full == 0 && self.skb_map_full == 0 && self.stack_failed == 0
+    }
+
+    /// One line for stderr (without `\n`) when something was lost, e.g.
+    /// `nettrace: 12 events lost (ring buffer full); 3 skbs not remembered by --skb-mode (map full)`.
+    pub fn message(&self) -> Option<String> {
+        if self.is_clean() {
+            return None;
+        }
+        let mut s = String::from("nettrace: ");
+        let mut sep = "";
+        if self.ringbuf_full > 0 {
+            let n = self.ringbuf_full;
+            let _ = write!(
+                s,
+                "{n} {} lost (ring buffer full; narrow the filter or trace fewer functions)",
+                plural(n, "event", "events")
+            );
+            sep = "; ";
+        }
+        if self.skb_map_full > 0 {
+            let n = self.skb_map_full;
+            let _ = write!(
+                s,
+                "{sep}{n} {} not remembered by --skb-mode (map full)",
+                plural(n, "skb", "skbs")
+            );
+            sep = "; ";
+        }
+        if self.stack_failed > 0 {
+            let n = self.stack_failed;
+            let _ = write!(
+                s,
+                "{sep}{n} call {} not collected",
+                plural(n, "stack", "stacks")
+            );
+        }
+        Some(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::tests::sample;
+    use crate::event::{Packet, L4};
+    use std::net::Ipv4Addr;
+
+    const DETAIL: TextOptions = TextOptions {
+        detail: true,
+        timeline: false,
+    };
+    const TIMELINE: TextOptions = TextOptions {
+        detail: true,
+        timeline: true,
+    };
+
+    fn ann<'a>(tracer: &'a str, group: &'a str) -> Annotations<'a> {
+        Annotations {
+            tracer,
+            group,
+            ..Annotations::default()
+        }
+    }
+
+    fn line(ev: &Event, a: &Annotations<'_>, o: TextOptions) -> String {
+        let mut s = String::new();
+        write_event(&mut s, ev, a, o);
+        s
+    }
+
+    #[test]
+    fn timestamp() {
+        assert_eq!(Timestamp(453_516_922_978_000).to_string(), "453516.922978");
+        assert_eq!(Timestamp(1_000_999).to_string(), "0.001000");
+        assert_eq!(Timestamp(0).to_string(), "0.000000");
+        assert_eq!(Timestamp(5_000_000_000).to_string(), "5.000000");
+    }
+
+    #[test]
+    fn default_line_like_the_seed() {
+        let ev = sample();
+        assert_eq!(
+            line(&ev, &ann("napi_gro_receive", "link-in"), TextOptions::default()),
+            "453516.922978: [napi_gro_receive        ]: ICMP: 10.35.13.63 -> 9.135.224.89, ping request   , seq: 1\n"
+        );
+        assert_eq!(
+            line(&ev, &ann("__netif_receive_skb_core", "link-in"), TextOptions::default()),
+            "453516.922978: [__netif_receive_skb_core]: ICMP: 10.35.13.63 -> 9.135.224.89, ping request   , seq: 1\n"
+        );
+    }
+
+    #[test]
+    fn detail_line_like_the_seed() {
+        let mut ev = sample();
+        ev.ts_ns = 454_861_534_996_123;
+        assert_eq!(
+            line(&ev, &ann("napi_gro_receive", "link-in"), DETAIL),
+            "454861.534996: [ffff8887b6260800][2:eth1][pid:0,swapper/3][link-in     ][napi_gro_receive        ]: ICMP: 10.35.13.63 -> 9.135.224.89, ping request   , seq: 1\n"
+        );
+    }
+
+    #[test]
+    fn timeline_lines_like_the_seed() {
+        let mut ev = sample();
+        ev.ts_ns = 456_901_372_921_000;
+        ev.skb = 0xffff_8887_b626_0200;
+        ev.pid = 897_081;
+        ev.comm = "nettrace".into();
+        ev.retval = Some(0xffff_8885_8f24_2900);
+        assert_eq!(
+            line(&ev, &ann("skb_clone", "life"), TIMELINE),
+            "456901.372921: [ffff8887b6260200][2:eth1][pid:897081,nettrace   ][life        ][skb_clone               ]: ICMP: 10.35.13.63 -> 9.135.224.89, ping request   , seq: 1\n                return value:ffff88858f242900\n"
+        );
+        let mut ev = sample();
+        ev.ts_ns = 456_901_372_837_000;
+        ev.skb = 0xffff_8887_b626_0200;
+        assert_eq!(
+            line(&ev, &ann("napi_gro_receive", "link-in"), TIMELINE),
+            "456901.372837: [ffff8887b6260200][2:eth1][pid:0,swapper/3       ][link-in     ][napi_gro_receive        ]: ICMP: 10.35.13.63 -> 9.135.224.89, ping request   , seq: 1\n"
+        );
+        // without a device the task column takes the room of the interface
+        let mut ev = sample();
+        ev.ts_ns = 461_052_796_174_000;
+        ev.skb = 0xffff_8885_8f24_3a00;
+        ev.ifindex = 0;
+        ev.ifname.clear();
+        ev.comm = "swapper/2".into();
+        ev.packet = Packet::Ipv4 {
+            src: Ipv4Addr::new(9, 135, 224, 89),
+            dst: Ipv4Addr::new(10, 35, 13, 63),
+            l4: L4::Icmp {
+                ty: 0,
+                code: 0,
+                id: 1,
+                seq: 1,
+            },
+        };
+        assert_eq!(
+            line(&ev, &ann("ip_send_skb", "ip-out"), TIMELINE),
+            "461052.796174: [ffff88858f243a00][    ][pid:0,swapper/2         ][ip-out      ][ip_send_skb             ]: ICMP: 9.135.224.89 -> 10.35.13.63, ping reply     , seq: 1\n"
+        );
+        // outside timeline mode nothing is padded
+        assert_eq!(
+            line(&ev, &ann("ip_send_skb", "ip-out"), DETAIL),
+            "461052.796174: [ffff88858f243a00][    ][pid:0,swapper/2][ip-out      ][ip_send_skb             ]: ICMP: 9.135.224.89 -> 10.35.13.63, ping reply     , seq: 1\n"
+        );
+    }
+
+    #[test]
+    fn drop_reason_location_and_stack() {
+        let ev = sample();
+        let stack = vec![
+            "kfree_skb_reason+0x0".to_string(),
+            "nf_hook_slow+0x9c".to_string(),
+        ];
+        let a = Annotations {
+            tracer: "kfree_skb",
+            group: "life",
+            drop_reason: Some("NETFILTER_DROP"),
+            location: Some("nf_hook_slow+0x9c"),
+            stack: Some(&stack),
+        };
+        assert_eq!(
+            line(&ev, &a, TextOptions::default()),
+            "453516.922978: [kfree_skb               ]: ICMP: 10.35.13.63 -> 9.135.224.89, ping request   , seq: 1, reason: NETFILTER_DROP, location: nf_hook_slow+0x9c\n\
+             Call Stack:\n    -> kfree_skb_reason+0x0\n    -> nf_hook_slow+0x9c\n"
+        );
+    }
+
+    #[test]
+    fn timeline_block() {
+        let ev = sample();
+        let mut out = String::new();
+        write_timeline_block(
+            &mut out,
+            0xffff_8885_8f24_3100,
+            [(&ev, ann("napi_gro_receive", "link-in"))],
+            TextOptions::default(),
+        );
+        assert_eq!(
+            out,
+            "<------------------- skb: ffff88858f243100 ---------------------->\n\
+             453516.922978: [napi_gro_receive        ]: ICMP: 10.35.13.63 -> 9.135.224.89, ping request   , seq: 1\n\n"
+        );
+    }
+
+    #[test]
+    fn loss_message() {
+        assert_eq!(LossStats::default().message(), None);
+        let s = LossStats {
+            ringbuf_full: 12,
+            skb_map_full: 3,
+            stack_failed: 0,
+            matched: 1000,
+        };
+        assert_eq!(
+            s.message().as_deref(),
+            Some("nettrace: 12 events lost (ring buffer full; narrow the filter or trace fewer functions); 3 skbs not remembered by --skb-mode (map full)")
+        );
+        let s = LossStats {
+            ringbuf_full: 0,
+            skb_map_full: 1,
+            stack_failed: 1,
+            matched: 5,
+        };
+        assert_eq!(
+            s.message().as_deref(),
+            Some("nettrace: 1 skb not remembered by --skb-mode (map full); 1 call stack not collected")
+        );
+    }
+}

@@ -1,0 +1,536 @@
+//! JSON lines output (`--json`): one object per line.
+//!
+//! Every line is one object with a `"type"`:
+//!
+//! **event** — one traced function or tracepoint hit:
+//! ```json
+//! {"type":"event","time":"453516.922978","ts_ns":453516922978000,
+//!  "tracer":"ip_rcv","group":"ip-in","skb":"ffff8887b6260800",
+//!  "netns":4026531840,"ifindex":2,"ifname":"eth1","pid":0,"comm":"swapper/3","len":84,
+//!  "pkt":{"l3":"ipv4","ethertype":2048,"saddr":"10.35.13.63","daddr":"9.135.224.89",
+//!         "proto":"icmp","icmp_type":8,"icmp_code":0,"icmp_id":77,"icmp_seq":1},
+//!  "summary":"ICMP: 10.35.13.63 -> 9.135.224.89, ping request   , seq: 1"}
+//! ```
+//! - `time`: `seconds.microseconds` of the monotonic clock; `ts_ns`: nanoseconds.
+//! - `skb`: the sk_buff address, 16 hex digits.
+//! - `ifname`: omitted when the skb has no device (`ifindex` 0).
+//! - `skb_mode`: `true` only when the event was emitted because `--skb-mode`
+//!   remembered the skb; `from_sk`: `true` only when addresses came from the socket.
+//!   Both are omitted otherwise.
+//! - `pkt`: only the keys that apply:
+//!   - `l3`: `"ipv4"`, `"ipv6"`, `"arp"`, `"other"` or `"unknown"` (headers not parsed);
+//!   - `ethertype` (number; not for `unknown`);
+//!   - `saddr`, `daddr`: IP addresses (ARP: sender and target protocol addresses);
+//!   - `proto`: `"tcp"`, `"udp"`, `"icmp"`, `"icmpv6"` or the IP protocol number;
+//!   - TCP: `sport`, `dport`, `seq`, `ack`, `flags` (letters `SFRPAUEC`, `-` for none);
+//!   - UDP: `sport`, `dport`;
+//!   - ICMP/ICMPv6: `icmp_type`, `icmp_code`, and for echo request/reply `icmp_id`, `icmp_seq`;
+//!   - ARP: `arp_op` (1 request, 2 reply);
+//!   - `l4_unreadable`: `true` when the transport header could not be read (no ports then).
+//! - `summary`: the same one-line summary as the text output.
+//! - `drop_reason` (name) and `drop_reason_code` (number): only for drops.
+//! - `location`: where the skb was freed (`symbol+0xoffset`), when known.
+//! - `ret`: the traced function's return value as a hex string, only with `--ret`.
+//! - `stack`: the kernel call stack frames, innermost first, only with `--stack`.
+//!
+//! **timeline** — one finished skb context in `--timeline` mode:
+//! `{"type":"timeline","skb":"ffff88858f243100","events":[<event objects>]}`
+//!
+//! **lost** — loss counters (at exit or when they change):
+//! `{"type":"lost","events":12,"skb_map_full":0,"stack_failed":0,"matched":1000}`
+//! where `events` counts events dropped because the ring buffer was full.
+
+use std::fmt::{self, Display};
+use std::net::IpAddr;
+
+use serde::{Serialize, Serializer};
+
+use crate::event::{Event, Packet, L4};
+use crate::format::{Annotations, LossStats, Timestamp};
+use crate::summary::{icmp_type_name, write_tcp_flags};
+
+/// Serializes `value` into `out` through a per-thread scratch buffer (one
+/// bulk copy instead of many small writes).
+fn append_json<T: Serialize + ?Sized>(out: &mut String, value: &T) {
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => {
+            buf.clear();
+            // Serializing these types into memory cannot fail.
+            let _ = serde_json::to_writer(&mut *buf, value);
+            out.push_str(&String::from_utf8_lossy(&buf));
+        }
+        // only if serialization re-entered this function
+        Err(_) => {
+            let mut buf = Vec::with_capacity(512);
+            let _ = serde_json::to_writer(&mut buf, value);
+            out.push_str(&String::from_utf8_lossy(&buf));
+        }
+    });
+}
+
+/// Appends one `event` object and a newline to a byte buffer.
+pub fn write_event_json_bytes(out: &mut Vec<u8>, ev: &Event, ann: &Annotations<'_>) {
+    let _ = serde_json::to_writer(&mut *out, &event_json(ev, ann));
+    out.push(b'\n');
+}
+
+/// Serializes a value through its `Display` output.
+struct AsStr<T>(T);
+
+impl<T: Display> Serialize for AsStr<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&self.0)
+    }
+}
+
+struct Hex16(u64);
+impl Display for Hex16 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+struct Hex(u64);
+impl Display for Hex {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:x}", self.0)
+    }
+}
+
+struct TcpFlags(u8);
+impl Display for TcpFlags {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write_tcp_flags(f, self.0)
+    }
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum ProtoJson {
+    Name(&'static str),
+    Number(u8),
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+#[derive(Serialize, Default)]
+struct PktJson {
+    l3: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ethertype: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    saddr: Option<IpAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    daddr: Option<IpAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    proto: Option<ProtoJson>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sport: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dport: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seq: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ack: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    flags: Option<AsStr<TcpFlags>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    icmp_type: Option<u8>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    icmp_code: Option<u8>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    icmp_id: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    icmp_seq: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    arp_op: Option<u16>,
+    #[serde(skip_serializing_if = "is_false")]
+    l4_unreadable: bool,
+}
+
+fn l4_json(p: &mut PktJson, l4: &L4, v6: bool) {
+    let proto = l4.proto(v6);
+    p.proto = Some(match proto {
+        6 => ProtoJson::Name("tcp"),
+        17 => ProtoJson::Name("udp"),
+        1 if !v6 => ProtoJson::Name("icmp"),
+        58 if v6 => ProtoJson::Name("icmpv6"),
+        n => ProtoJson::Number(n),
+    });
+    match *l4 {
+        L4::Tcp {
+            sport,
+            dport,
+            seq,
+            ack,
+            flags,
+        } => {
+            p.sport = Some(sport);
+            p.dport = Some(dport);
+            p.seq = Some(seq);
+            p.ack = Some(ack);
+            p.flags = Some(AsStr(TcpFlags(flags)));
+        }
+        L4::Udp { sport, dport } => {
+            p.sport = Some(sport);
+            p.dport = Some(dport);
+        }
+        L4::Icmp { ty, code, id, seq } => {
+            p.icmp_type = Some(ty);
+            p.icmp_code = Some(code);
+            if matches!(icmp_type_name(ty, v6), Some((_, true))) {
+                p.icmp_id = Some(id);
+                p.icmp_seq = Some(seq);
+            }
+        }
+        L4::Other(_) => {}
+        L4::Unreadable(_) => p.l4_unreadable = true,
+    }
+}
+
+fn pkt_json(pkt: &Packet) -> PktJson {
+    let mut p = PktJson::default();
+    match pkt {
+        Packet::Ipv4 { src, dst, l4 } => {
+            p.l3 = "ipv4";
+            p.saddr = Some(IpAddr::V4(*src));
+            p.daddr = Some(IpAddr::V4(*dst));
+            l4_json(&mut p, l4, false);
+        }
+        Packet::Ipv6 { src, dst, l4 } => {
+            p.l3 = "ipv6";
+            p.saddr = Some(IpAddr::V6(*src));
+            p.daddr = Some(IpAddr::V6(*dst));
+            l4_json(&mut p, l4, true);
+        }
+        Packet::Arp { op, sender, target } => {
+            p.l3 = "arp";
+            p.saddr = Some(IpAddr::V4(*sender));
+            p.daddr = Some(IpAddr::V4(*target));
+            p.arp_op = Some(*op);
+        }
+        Packet::Other { .. } => p.l3 = "other",
+        Packet::Unknown => p.l3 = "unknown",
+    }
+    if !matches!(pkt, Packet::Unknown) {
+        p.ethertype = Some(pkt.ethertype());
+    }
+    p
+}
+
+#[derive(Serialize)]
+struct EventJson<'a> {
+    #[serde(rename = "type")]
+    ty: &'static str,
+    time: AsStr<Timestamp>,
+    ts_ns: u64,
+    tracer: &'a str,
+    group: &'a str,
+    skb: AsStr<Hex16>,
+    netns: u32,
+    ifindex: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ifname: Option<&'a str>,
+    pid: u32,
+    comm: &'a str,
+    len: u32,
+    #[serde(skip_serializing_if = "is_false")]
+    skb_mode: bool,
+    #[serde(skip_serializing_if = "is_false")]
+    from_sk: bool,
+    pkt: PktJson,
+    summary: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    drop_reason: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    drop_reason_code: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    location: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ret: Option<AsStr<Hex>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stack: Option<&'a [String]>,
+}
+
+fn event_json<'a>(ev: &'a Event, ann: &Annotations<'a>) -> EventJson<'a> {
+    EventJson {
+        ty: "event",
+        time: AsStr(Timestamp(ev.ts_ns)),
+        ts_ns: ev.ts_ns,
+        tracer: ann.tracer,
+        group: ann.group,
+        skb: AsStr(Hex16(ev.skb)),
+        netns: ev.netns,
+        ifindex: ev.ifindex,
+        ifname: (ev.ifindex != 0).then_some(ev.ifname.as_str()),
+        pid: ev.pid,
+        comm: &ev.comm,
+        len: ev.pkt_len,
+        skb_mode: ev.skb_mode,
+        from_sk: ev.from_sk,
+        pkt: pkt_json(&ev.packet),
+        // one escape pass over the finished text is cheaper than per fragment
+        summary: crate::summary::summary(&ev.packet),
+        drop_reason: ann.drop_reason,
+        drop_reason_code: ann.drop_reason.map(|_| ev.drop_reason),
+        location: ann.location,
+        ret: ev.retval.map(|r| AsStr(Hex(r))),
+        stack: ann.stack,
+    }
+}
+
+/// Appends one `event` object and a newline.
+pub fn write_event_json(out: &mut String, ev: &Event, ann: &Annotations<'_>) {
+    append_json(out, &event_json(ev, ann));
+    out.push('\n');
+}
+
+/// Appends one `timeline` object (the events of one skb context) and a newline.
+pub fn write_timeline_json<'a, I>(out: &mut String, skb: u64, items: I)
+where
+    I: IntoIterator<Item = (&'a Event, Annotations<'a>)>,
+{
+    out.push_str("{\"type\":\"timeline\",\"skb\":\"");
+    let _ = fmt::Write::write_fmt(out, format_args!("{skb:016x}"));
+    out.push_str("\",\"events\":[");
+    for (i, (ev, ann)) in items.into_iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        append_json(out, &event_json(ev, &ann));
+    }
+    out.push_str("]}\n");
+}
+
+#[derive(Serialize)]
+struct LostJson {
+    #[serde(rename = "type")]
+    ty: &'static str,
+    events: u64,
+    skb_map_full: u64,
+    stack_failed: u64,
+    matched: u64,
+}
+
+/// Appends one `lost` object and a newline.
+pub fn write_lost_json(out: &mut String, stats: &LossStats) {
+    append_json(
+        out,
+        &LostJson {
+            ty: "lost",
+            events: stats.ringbuf_full,
+            skb_map_full: stats.skb_map_full,
+            stack_failed: stats.stack_failed,
+            matched: stats.matched,
+        },
+    );
+    out.push('\n');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::tests::sample;
+    use serde_json::{json, Value};
+
+    fn ann<'a>() -> Annotations<'a> {
+        Annotations {
+            tracer: "ip_rcv",
+            group: "ip-in",
+            ..Annotations::default()
+        }
+    }
+
+    fn one(ev: &Event, a: &Annotations<'_>) -> Value {
+        let mut s = String::new();
+        write_event_json(&mut s, ev, a);
+        assert!(s.ends_with('\n'));
+        assert_eq!(s.matches('\n').count(), 1, "one line: {s}");
+        serde_json::from_str(&s).expect("valid JSON")
+    }
+
+    #[test]
+    fn icmp_event() {
+        let v = one(&sample(), &ann());
+        assert_eq!(
+            v,
+            json!({
+                "type": "event", "time": "453516.922978", "ts_ns": 453516922978000u64,
+                "tracer": "ip_rcv", "group": "ip-in", "skb": "ffff8887b6260800",
+                "netns": 4026531840u32, "ifindex": 2, "ifname": "eth1", "pid": 0,
+                "comm": "swapper/3", "len": 84,
+                "pkt": {"l3": "ipv4", "ethertype": 2048, "saddr": "10.35.13.63",
+                        "daddr": "9.135.224.89", "proto": "icmp", "icmp_type": 8,
+                        "icmp_code": 0, "icmp_id": 77, "icmp_seq": 1},
+                "summary": "ICMP: 10.35.13.63 -> 9.135.224.89, ping request   , seq: 1"
+            })
+        );
+    }
+
+    #[test]
+    fn drop_with_everything() {
+        let mut ev = sample();
+        ev.ifindex = 0;
+        ev.ifname.clear();
+        ev.skb_mode = true;
+        ev.drop_reason = 12;
+        ev.retval = Some(0xffff_8885_8f24_2900);
+        ev.packet = Packet::Ipv6 {
+            src: "fd00::1".parse().expect("addr"),
+            dst: "fd00::2".parse().expect("addr"),
+            l4: L4::Tcp {
+                sport: 80,
+                dport: 4000,
+                seq: 1,
+                ack: 2,
+                flags: 0x12,
+            },
+        };
+        let stack = vec!["a+0x1".to_string(), "b\"quoted\"+0x2".to_string()];
+        let a = Annotations {
+            tracer: "kfree_skb",
+            group: "life",
+            drop_reason: Some("NETFILTER_DROP"),
+            location: Some("nf_hook_slow+0x9c"),
+            stack: Some(&stack),
+        };
+        let v = one(&ev, &a);
+        assert_eq!(v.get("ifname"), None);
+        assert_eq!(v["skb_mode"], json!(true));
+        assert_eq!(v.get("from_sk"), None);
+        assert_eq!(v["drop_reason"], json!("NETFILTER_DROP"));
+        assert_eq!(v["drop_reason_code"], json!(12));
+        assert_eq!(v["location"], json!("nf_hook_slow+0x9c"));
+        assert_eq!(v["ret"], json!("ffff88858f242900"));
+        assert_eq!(v["stack"], json!(["a+0x1", "b\"quoted\"+0x2"]));
+        assert_eq!(
+            v["pkt"],
+            json!({"l3": "ipv6", "ethertype": 34525, "saddr": "fd00::1", "daddr": "fd00::2",
+                   "proto": "tcp", "sport": 80, "dport": 4000, "seq": 1, "ack": 2, "flags": "SA"})
+        );
+        assert_eq!(
+            v["summary"],
+            json!("TCP: [fd00::1]:80 -> [fd00::2]:4000, seq: 1, ack: 2, flags: SA")
+        );
+    }
+
+    #[test]
+    fn packet_kinds() {
+        let mut ev = sample();
+        let pkt = |ev: &Event| one(ev, &ann())["pkt"].clone();
+        ev.packet = Packet::Arp {
+            op: 1,
+            sender: "10.0.0.1".parse().expect("addr"),
+            target: "10.0.0.2".parse().expect("addr"),
+        };
+        assert_eq!(
+            pkt(&ev),
+            json!({"l3": "arp", "ethertype": 2054, "saddr": "10.0.0.1", "daddr": "10.0.0.2", "arp_op": 1})
+        );
+        ev.packet = Packet::Other { ethertype: 0x88cc };
+        assert_eq!(pkt(&ev), json!({"l3": "other", "ethertype": 35020}));
+        ev.packet = Packet::Unknown;
+        assert_eq!(pkt(&ev), json!({"l3": "unknown"}));
+        ev.packet = Packet::Ipv4 {
+            src: "10.0.0.1".parse().expect("addr"),
+            dst: "10.0.0.2".parse().expect("addr"),
+            l4: L4::Other(47),
+        };
+        assert_eq!(
+            pkt(&ev),
+            json!({"l3": "ipv4", "ethertype": 2048, "saddr": "10.0.0.1", "daddr": "10.0.0.2", "proto": 47})
+        );
+        ev.packet = Packet::Ipv4 {
+            src: "10.0.0.1".parse().expect("addr"),
+            dst: "10.0.0.2".parse().expect("addr"),
+            l4: L4::Unreadable(17),
+        };
+        assert_eq!(
+            pkt(&ev),
+            json!({"l3": "ipv4", "ethertype": 2048, "saddr": "10.0.0.1", "daddr": "10.0.0.2",
+                   "proto": "udp", "l4_unreadable": true})
+        );
+        ev.packet = Packet::Ipv4 {
+            src: "10.0.0.1".parse().expect("addr"),
+            dst: "10.0.0.2".parse().expect("addr"),
+            l4: L4::Icmp {
+                ty: 3,
+                code: 1,
+                id: 5,
+                seq: 6,
+            },
+        };
+        assert_eq!(
+            pkt(&ev),
+            json!({"l3": "ipv4", "ethertype": 2048, "saddr": "10.0.0.1", "daddr": "10.0.0.2",
+                   "proto": "icmp", "icmp_type": 3, "icmp_code": 1})
+        );
+    }
+
+    #[test]
+    fn timeline_and_lost() {
+        let ev = sample();
+        let mut ev2 = sample();
+        ev2.skb = 0xffff_8885_8f24_2900;
+        let mut s = String::new();
+        write_timeline_json(&mut s, ev.skb, [(&ev, ann()), (&ev2, ann())]);
+        write_lost_json(
+            &mut s,
+            &LossStats {
+                ringbuf_full: 12,
+                skb_map_full: 1,
+                stack_failed: 2,
+                matched: 1000,
+            },
+        );
+        let lines: Vec<&str> = s.lines().collect();
+        assert_eq!(lines.len(), 2);
+        let t: Value = serde_json::from_str(lines[0]).expect("valid JSON");
+        assert_eq!(t["type"], json!("timeline"));
+        assert_eq!(t["skb"], json!("ffff8887b6260800"));
+        assert_eq!(t["events"].as_array().map(Vec::len), Some(2));
+        assert_eq!(t["events"][1]["skb"], json!("ffff88858f242900"));
+        assert_eq!(t["events"][0]["type"], json!("event"));
+        let l: Value = serde_json::from_str(lines[1]).expect("valid JSON");
+        assert_eq!(
+            l,
+            json!({"type": "lost", "events": 12, "skb_map_full": 1, "stack_failed": 2, "matched": 1000})
+        );
+    }
+
+    #[test]
+    fn empty_timeline_is_valid() {
+        let mut s = String::new();
+        write_timeline_json(&mut s, 1, std::iter::empty());
+        assert_eq!(
+            s,
+            "{\"type\":\"timeline\",\"skb\":\"0000000000000001\",\"events\":[]}\n"
+        );
+    }
+
+    #[test]
+    fn bytes_and_string_variants_agree() {
+        let mut ev = sample();
+        ev.comm = "naïve".into();
+        let mut s = String::from("prefix\n");
+        write_event_json(&mut s, &ev, &ann());
+        let mut b = b"prefix\n".to_vec();
+        write_event_json_bytes(&mut b, &ev, &ann());
+        assert_eq!(s.as_bytes(), &b[..]);
+        let v: Value = serde_json::from_str(s.lines().nth(1).expect("line")).expect("valid JSON");
+        assert_eq!(v["comm"], json!("naïve"));
+    }
+
+    #[test]
+    fn control_chars_are_escaped() {
+        let mut ev = sample();
+        ev.comm = "tab\there\u{1}".into();
+        let v = one(&ev, &ann());
+        assert_eq!(v["comm"], json!("tab\there\u{1}"));
+    }
+}

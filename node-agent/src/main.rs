@@ -1,0 +1,187 @@
+//! `nettrace`: follow packets through the Linux network stack with eBPF.
+
+mod cli;
+mod loader;
+mod plan;
+mod resolve;
+mod session;
+mod slots;
+mod symbols;
+mod system;
+
+use std::collections::HashSet;
+use std::fs;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use nettrace_common::format::TextOptions;
+use nettrace_common::{Leaf, LeafKind, Role, TracerTree};
+
+use crate::cli::Cli;
+use crate::plan::{backend_status, Backend, Plan};
+use crate::session::Views;
+use crate::symbols::Symbols;
+use crate::system::Kernel;
+
+/// The tracer tree shipped with nettrace.
+const BUILTIN_TRACERS: &str = include_str!("../../tracer.json");
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            // --help and --version.
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("nettrace: {}", cli::one_line_error(&e));
+            return ExitCode::from(2);
+        }
+    };
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("nettrace: {}", format!("{e:#}").replace('\n', " "));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_tree(cli: &Cli) -> Result<TracerTree> {
+    match &cli.tracer_file {
+        Some(path) => {
+            let text = fs::read_to_string(path)
+                .with_context(|| format!("cannot read tracer file {}", path.display()))?;
+            TracerTree::parse(&text).with_context(|| format!("tracer file {}", path.display()))
+        }
+        None => Ok(
+            TracerTree::parse(BUILTIN_TRACERS).context("the built-in tracer.json is invalid")?
+        ),
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let tree = load_tree(&cli)?;
+    if cli.wants_tracer_list() {
+        print_tracer_list(&tree);
+        return Ok(());
+    }
+
+    // Everything the user typed is checked before anything is loaded.
+    let mut filter = resolve::filter_from_cli(&cli)?;
+    let names: Vec<&str> = if cli.tracer.is_empty() {
+        vec!["all"]
+    } else {
+        cli.tracer.iter().map(String::as_str).collect()
+    };
+    let leaves = tree.select(&names)?;
+    let stack_only: HashSet<String> = if cli.stack_tracer.is_empty() {
+        HashSet::new()
+    } else {
+        let names: Vec<&str> = cli.stack_tracer.iter().map(String::as_str).collect();
+        tree.select(&names)?
+            .into_iter()
+            .map(|l| l.name.clone())
+            .collect()
+    };
+    if cli.stack && names.contains(&"all") && !cli.force_stack {
+        bail!("--stack with the whole \"all\" tracer is costly: pick tracers with -t, use --stack-tracer, or add --force-stack");
+    }
+    if cli.count == Some(0) {
+        bail!("-c/--count must be at least 1");
+    }
+    let ringbuf_bytes = ringbuf_size(cli.ringbuf_kb)?;
+
+    system::require_root()?;
+    system::require_btf()?;
+    resolve::resolve_kernel_scopes(&cli, &mut filter)?;
+    let kernel = Kernel::probe();
+    if kernel.tracefs.is_none() {
+        system::tracefs()?;
+    }
+
+    let want_stack = |leaf: &Leaf| cli.stack || stack_only.contains(&leaf.name);
+    let mut plan = Plan::build(&kernel, &leaves, want_stack);
+    let loaded = loader::load_and_attach(&mut plan, filter.encode(), ringbuf_bytes)?;
+    report_plan(&cli, &plan, &loaded);
+    if loaded.attached.is_empty() {
+        bail!("none of the selected tracers can be attached on this kernel (see `nettrace -t ? `); run with -v for the reasons");
+    }
+    if cli.ret && cli.verbose {
+        eprintln!(
+            "note: --ret shows return values of kernel-function tracers; tracepoints have none"
+        );
+    }
+
+    let any_drop = plan.attachable().any(|(_, t)| t.role == Role::Drop);
+    let any_stack = plan.attachable().any(|(_, t)| t.stack);
+    let symbols = Symbols::load(&kernel, any_drop || any_stack, any_drop);
+    let views = Views {
+        text: TextOptions {
+            detail: cli.detail,
+            timeline: cli.timeline,
+        },
+        timeline: cli.timeline,
+        output: cli.output,
+        count: cli.count,
+    };
+
+    eprintln!("begin tracing......");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(session::run(loaded, plan, symbols, views))
+}
+
+fn ringbuf_size(kib: u32) -> Result<u32> {
+    if kib < 4 || !kib.is_power_of_two() || kib > 1024 * 1024 {
+        bail!("--ringbuf-kb must be a power of two between 4 and 1048576, got {kib}");
+    }
+    Ok(kib * 1024)
+}
+
+/// With -v, says what was attached and what not (always says it for
+/// tracers the user named that could not attach).
+fn report_plan(cli: &Cli, plan: &Plan, loaded: &loader::Loaded) {
+    let prog_ids: std::collections::HashMap<u32, u32> =
+        loaded.attached.iter().map(|a| (a.id, a.prog_id)).collect();
+    let named: HashSet<&str> = cli.tracer.iter().map(String::as_str).collect();
+    for (id, t) in plan.tracers.iter().enumerate() {
+        match &t.backend {
+            Backend::Tracepoint { tp, .. } if cli.verbose => {
+                let prog = prog_ids.get(&(id as u32)).copied().unwrap_or(0);
+                eprintln!("attached {}: tracepoint {tp} (prog id {prog})", t.name);
+            }
+            Backend::Unavailable(why) if cli.verbose || named.contains(t.name.as_str()) => {
+                eprintln!("unavailable {}: {why}", t.name);
+            }
+            _ => {}
+        }
+    }
+    if cli.verbose {
+        eprintln!(
+            "attached {} of {} tracers in {} ms",
+            loaded.attached.len(),
+            plan.tracers.len(),
+            loaded.elapsed.as_millis()
+        );
+    }
+}
+
+/// `nettrace -t ?`: the tree, each leaf with how it attaches here.
+fn print_tracer_list(tree: &TracerTree) {
+    let kernel = Kernel::probe();
+    let text = tree.render(|leaf| {
+        Some(match (backend_status(&kernel, leaf), &leaf.kind) {
+            (Ok(_), LeafKind::Tracepoint { category, event }) => {
+                format!("(tracepoint {category}/{event})")
+            }
+            (Ok(_), LeafKind::Function { .. }) => "(function)".to_string(),
+            (Err(why), _) => format!("(unavailable: {why})"),
+        })
+    });
+    print!("{text}");
+}

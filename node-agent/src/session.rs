@@ -1,0 +1,287 @@
+//! The tracing session: reads events from the ring buffer until told to stop,
+//! and prints them (directly, or grouped per skb in timeline mode).
+
+use std::io::{self, Write};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use aya::maps::{MapData, RingBuf, StackTraceMap};
+use nettrace_common::format::{self, Annotations, LossStats, TextOptions};
+use nettrace_common::{json, Block, Event, RawEvent, Role, Timeline};
+use tokio::io::unix::AsyncFd;
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::cli::OutputFormat;
+use crate::loader::{stat, Loaded, Stats};
+use crate::plan::Plan;
+use crate::symbols::Symbols;
+
+/// How events are shown.
+#[derive(Debug, Clone, Copy)]
+pub struct Views {
+    /// Text layout options.
+    pub text: TextOptions,
+    /// Group events per skb.
+    pub timeline: bool,
+    /// Text or JSON lines.
+    pub output: OutputFormat,
+    /// Stop after this many timeline blocks (or events without --timeline).
+    pub count: Option<u64>,
+}
+
+/// An event with what had to be resolved on arrival (stacks are read from a
+/// kernel map whose entries are reused, so they cannot wait).
+struct Record {
+    ev: Event,
+    stack: Option<Vec<String>>,
+}
+
+/// Most skb contexts kept open in timeline mode before the oldest is printed.
+const MAX_OPEN_CONTEXTS: usize = 65536;
+
+/// Runs the session until SIGINT/SIGTERM, or until `count` is reached.
+pub async fn run(mut loaded: Loaded, plan: Plan, symbols: Symbols, views: Views) -> Result<()> {
+    let ring = loaded.take_ring_buffer()?;
+    let stacks = loaded.take_stacks()?;
+    let stats = loaded.take_stats()?;
+    // SAFETY: the AsyncFd owns the ring buffer, so its fd stays open for as
+    // long as it is registered.
+    let mut ring = unsafe { AsyncFd::register(ring) }
+        .map_err(|e| anyhow::anyhow!("cannot poll the ring buffer: {}", e.into_parts().1))?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+
+    let mut printer = Printer {
+        plan: &plan,
+        symbols: &symbols,
+        stacks: &stacks,
+        views,
+        timeline: Timeline::new(MAX_OPEN_CONTEXTS),
+        out: io::stdout().lock(),
+        buf: String::with_capacity(64 * 1024),
+        printed: 0,
+        reported_loss: LossStats::default(),
+        decode_errors: 0,
+    };
+
+    let mut done = false;
+    while !done {
+        tokio::select! {
+            guard = ring.readable_mut() => {
+                let mut guard = guard?;
+                done = printer.drain(guard.get_inner_mut())?;
+                guard.clear_ready();
+            }
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+            _ = tick.tick() => printer.report_loss(&stats, false)?,
+        }
+    }
+    if !done {
+        printer.drain(ring.get_mut())?;
+        printer.flush_timeline()?;
+    }
+    printer.report_loss(&stats, true)?;
+    drop(ring);
+    drop(loaded);
+    Ok(())
+}
+
+struct Printer<'a> {
+    plan: &'a Plan,
+    symbols: &'a Symbols,
+    stacks: &'a StackTraceMap<MapData>,
+    views: Views,
+    timeline: Timeline<Record>,
+    out: io::StdoutLock<'static>,
+    buf: String,
+    printed: u64,
+    reported_loss: LossStats,
+    decode_errors: u64,
+}
+
+impl<'a> Printer<'a> {
+    /// Handles every event available now; returns true once `count` is reached.
+    fn drain(&mut self, ring: &mut RingBuf<MapData>) -> Result<bool> {
+        let mut done = false;
+        while let Some(item) = ring.next() {
+            let ev = match RawEvent::decode(&item) {
+                Ok(ev) => ev,
+                Err(_) => {
+                    self.decode_errors += 1;
+                    continue;
+                }
+            };
+            drop(item);
+            if self.handle(ev) {
+                done = true;
+                break;
+            }
+        }
+        self.write_out()?;
+        Ok(done)
+    }
+
+    /// Prints or buffers one event; true once `count` is reached.
+    fn handle(&mut self, ev: Event) -> bool {
+        let stack = ev
+            .stack_id
+            .and_then(|id| self.symbols.stack(self.stacks, id));
+        let rec = Record { ev, stack };
+        if !self.views.timeline {
+            self.write_record(&rec);
+            self.printed += 1;
+            return self.views.count.is_some_and(|c| self.printed >= c);
+        }
+        let Some(tracer) = self.plan.tracers.get(rec.ev.tracer_id as usize) else {
+            return false;
+        };
+        let ends = matches!(tracer.role, Role::Consume | Role::Drop);
+        let clone_child = match tracer.role {
+            Role::Clone => rec.ev.retval.filter(|&r| r != 0),
+            _ => None,
+        };
+        let skb = rec.ev.skb;
+        let Some(block) = self.timeline.push(skb, rec, ends, clone_child) else {
+            return false;
+        };
+        self.write_block(&block);
+        self.printed += 1;
+        self.views.count.is_some_and(|c| self.printed >= c)
+    }
+
+    fn flush_timeline(&mut self) -> Result<()> {
+        for block in self.timeline.flush() {
+            if self.views.count.is_some_and(|c| self.printed >= c) {
+                break;
+            }
+            self.write_block(&block);
+            self.printed += 1;
+        }
+        self.write_out()
+    }
+}
+
+/// Resolves the names an event prints with.
+#[derive(Clone, Copy)]
+struct Resolver<'a> {
+    plan: &'a Plan,
+    symbols: &'a Symbols,
+}
+
+impl<'a> Resolver<'a> {
+    fn annotations<'r>(
+        self,
+        rec: &'r Record,
+        location: &'r mut String,
+        reason: &'r mut String,
+    ) -> Annotations<'r>
+    where
+        'a: 'r,
+    {
+        let (tracer, group, role) = match self.plan.tracers.get(rec.ev.tracer_id as usize) {
+            Some(t) => (t.name.as_str(), t.group.as_str(), t.role),
+            None => ("?", "?", Role::Normal),
+        };
+        let is_drop = role == Role::Drop;
+        if is_drop {
+            *reason = self.symbols.drop_reason(rec.ev.drop_reason);
+            if rec.ev.location != 0 {
+                *location = self.symbols.symbolize(rec.ev.location);
+            }
+        }
+        Annotations {
+            tracer,
+            group,
+            drop_reason: is_drop.then_some(reason.as_str()),
+            location: (is_drop && rec.ev.location != 0).then_some(location.as_str()),
+            stack: rec.stack.as_deref(),
+        }
+    }
+}
+
+impl<'a> Printer<'a> {
+    fn write_record(&mut self, rec: &Record) {
+        let (mut loc, mut reason) = (String::new(), String::new());
+        let ann = self.resolver().annotations(rec, &mut loc, &mut reason);
+        let mut buf = std::mem::take(&mut self.buf);
+        match self.views.output {
+            OutputFormat::Text => format::write_event(&mut buf, &rec.ev, &ann, self.views.text),
+            OutputFormat::Json => json::write_event_json(&mut buf, &rec.ev, &ann),
+        }
+        self.buf = buf;
+    }
+
+    fn write_block(&mut self, block: &Block<Record>) {
+        let mut buf = std::mem::take(&mut self.buf);
+        let resolver = self.resolver();
+        let mut scratch: Vec<(String, String)> = block
+            .records
+            .iter()
+            .map(|_| (String::new(), String::new()))
+            .collect();
+        let anns: Vec<Annotations<'_>> = block
+            .records
+            .iter()
+            .zip(scratch.iter_mut())
+            .map(|(r, (l, d))| resolver.annotations(r, l, d))
+            .collect();
+        let items = block.records.iter().zip(anns).map(|(r, a)| (&r.ev, a));
+        match self.views.output {
+            OutputFormat::Text => {
+                format::write_timeline_block(&mut buf, block.skb, items, self.views.text)
+            }
+            OutputFormat::Json => json::write_timeline_json(&mut buf, block.skb, items),
+        }
+        self.buf = buf;
+    }
+
+    fn resolver(&self) -> Resolver<'a> {
+        Resolver {
+            plan: self.plan,
+            symbols: self.symbols,
+        }
+    }
+
+    fn write_out(&mut self) -> Result<()> {
+        if !self.buf.is_empty() {
+            self.out
+                .write_all(self.buf.as_bytes())
+                .context("writing events to stdout")?;
+            self.out.flush().context("writing events to stdout")?;
+            self.buf.clear();
+        }
+        Ok(())
+    }
+
+    /// Reports new losses on stderr (and as a JSON record); at exit, the totals.
+    fn report_loss(&mut self, stats: &Stats, at_exit: bool) -> Result<()> {
+        let now = LossStats {
+            matched: stats.get(stat::MATCHED),
+            ringbuf_full: stats.get(stat::RB_FULL),
+            skb_map_full: stats.get(stat::SKB_MAP_FULL),
+            stack_failed: stats.get(stat::STACK_FAIL),
+        };
+        let grew = now.ringbuf_full > self.reported_loss.ringbuf_full
+            || now.skb_map_full > self.reported_loss.skb_map_full
+            || now.stack_failed > self.reported_loss.stack_failed;
+        if grew || (at_exit && !now.is_clean()) {
+            if let Some(msg) = now.message() {
+                eprintln!("{msg}");
+            }
+            if self.views.output == OutputFormat::Json {
+                json::write_lost_json(&mut self.buf, &now);
+                self.write_out()?;
+            }
+            self.reported_loss = now;
+        }
+        if at_exit && self.decode_errors > 0 {
+            eprintln!(
+                "nettrace: {} event records could not be decoded",
+                self.decode_errors
+            );
+        }
+        Ok(())
+    }
+}

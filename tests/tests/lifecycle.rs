@@ -1,0 +1,61 @@
+//! Scenario 8: programs are loaded while running and all gone after SIGINT / SIGTERM.
+
+use std::time::Duration;
+
+use nettrace_tests::*;
+use nix::sys::signal::Signal;
+
+/// Program name prefix in `bpftool prog show`.
+const PROG_PREFIX: &str = "nt_";
+/// On this host the function (kprobe/fentry) leaves are unavailable: `-v` must say so.
+const EXPECT_UNAVAILABLE_LINES: bool = true;
+/// Time allowed for the kernel to free programs after the process exited.
+const GRACE: Duration = Duration::from_secs(10);
+
+fn lifecycle(sig: Signal, addr: &str) {
+    preflight();
+    let nt = Nettrace::spawn(&["-v", "-p", "icmp", "--addr", addr]);
+    let stderr = nt.stderr_lines();
+    let ids = prog_ids_from_verbose(&stderr);
+    assert!(
+        !ids.is_empty(),
+        "no `prog id N` in -v output:\n{}",
+        stderr.join("\n")
+    );
+    if EXPECT_UNAVAILABLE_LINES {
+        assert!(
+            stderr.iter().any(|l| l.starts_with("unavailable")),
+            "no `unavailable` line in -v output:\n{}",
+            stderr.join("\n")
+        );
+    }
+    for &id in &ids {
+        let out = std::process::Command::new("bpftool")
+            .args(["prog", "show", "id", &id.to_string()])
+            .output()
+            .expect("bpftool");
+        assert!(out.status.success(), "prog id {id} from -v is not loaded");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains(&format!("name {PROG_PREFIX}")),
+            "prog id {id} is not named {PROG_PREFIX}*: {text}"
+        );
+    }
+    let fin = nt.stop_with(sig);
+    assert!(
+        fin.status.success(),
+        "nettrace did not exit 0 on {sig}\n{}",
+        fin.describe()
+    );
+    assert_progs_gone(&ids, GRACE);
+}
+
+#[test]
+fn sigint_unloads_everything() {
+    lifecycle(Signal::SIGINT, "10.250.80.2");
+}
+
+#[test]
+fn sigterm_unloads_everything() {
+    lifecycle(Signal::SIGTERM, "10.250.81.2");
+}
