@@ -50,19 +50,56 @@ impl Symbols {
         }
     }
 
-    /// The symbolised frames of kernel stack `id`, innermost first.
+    /// The symbolised frames of kernel stack `id`, innermost first, starting
+    /// at the kernel code that hit the tracer (our own program and the
+    /// tracing trampolines above it are left out).
     pub fn stack<T: std::borrow::Borrow<aya::maps::MapData>>(
         &self,
         stacks: &StackTraceMap<T>,
         id: u32,
     ) -> Option<Vec<String>> {
         let trace = stacks.get(&id, 0).ok()?;
-        Some(
-            trace
-                .frames()
-                .iter()
-                .map(|f| self.symbolize(f.ip))
-                .collect(),
-        )
+        let frames: Vec<String> = trace
+            .frames()
+            .iter()
+            .map(|f| self.symbolize(f.ip))
+            .collect();
+        let skip = frames.iter().take_while(|f| is_tracing_frame(f)).count();
+        Some(frames[skip..].to_vec())
+    }
+}
+
+/// Frames that belong to the tracing machinery, not to the traced code path.
+fn is_tracing_frame(frame: &str) -> bool {
+    const PREFIXES: [&str; 5] = [
+        "bpf_prog_",
+        "bpf_trace_run",
+        "__traceiter_",
+        "__bpf_trace_",
+        "bpf_dispatcher_",
+    ];
+    PREFIXES.iter().any(|p| frame.starts_with(p))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_tracing_frame;
+
+    #[test]
+    fn tracing_frames_are_recognised() {
+        for f in [
+            "bpf_prog_e5365cee1c20154c_nt_handle+0x9cd",
+            "bpf_trace_run4+0x10d",
+            "__traceiter_kfree_skb+0x41",
+        ] {
+            assert!(is_tracing_frame(f), "{f}");
+        }
+        for f in [
+            "sk_skb_reason_drop+0x90",
+            "nft_do_chain+0x46f",
+            "0xffffffff81000000",
+        ] {
+            assert!(!is_tracing_frame(f), "{f}");
+        }
     }
 }

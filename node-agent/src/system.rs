@@ -93,7 +93,7 @@ impl Kernel {
         if self.kprobes {
             "kernel-function tracing (kprobe/fentry backends) is not part of this build"
         } else {
-            "this kernel has no kprobes (CONFIG_KPROBES is off)"
+            "this kernel has no kprobes, CONFIG_KPROBES is off"
         }
     }
 }

@@ -8,19 +8,22 @@ const SUBNET: u8 = 60;
 /// Tracers that may end an skb's block.
 const LAST_TRACERS: &[&str] = &["consume_skb", "kfree_skb"];
 /// With --detail in timeline mode the `[pid:N,comm]` column is padded to this width.
-const TIMELINE_PID_WIDTH: usize = 22;
+/// The seed pads the interface and task columns together: `{iface}][{task}` is 30 wide
+/// (`[2:eth1][pid:0,swapper/3       ]`, `[    ][pid:0,swapper/2         ]`).
+const TIMELINE_DEV_TASK_WIDTH: usize = 30;
 /// Whether every line of a block must show the header's skb address (no clone tracking
 /// with tracepoints only).
 const SAME_SKB_IN_BLOCK: bool = true;
 
-/// The third bracketed column of a detail line (`pid:N,comm` with its padding).
-fn pid_column(raw: &str) -> Option<&str> {
+/// The interface and task columns of a detail line, `{iface}][{task}` with the padding.
+fn dev_task_columns(raw: &str) -> Option<&str> {
     let mut rest = raw;
-    for _ in 0..3 {
+    for _ in 0..2 {
         let i = rest.find('[')?;
         rest = &rest[i + 1..];
     }
-    Some(&rest[..rest.find(']')?])
+    let task_start = rest.find("][pid:")? + 2;
+    Some(&rest[..task_start + rest[task_start..].find(']')?])
 }
 
 #[test]
@@ -78,11 +81,11 @@ fn timeline_count_one_exits_after_one_block() {
                 fin.describe()
             );
         }
-        let col = pid_column(&ev.raw).unwrap_or("");
+        let col = dev_task_columns(&ev.raw).unwrap_or("");
         assert_eq!(
             col.len(),
-            TIMELINE_PID_WIDTH.max(col.trim_end().len()),
-            "pid column not padded to {TIMELINE_PID_WIDTH}: {:?}",
+            TIMELINE_DEV_TASK_WIDTH.max(col.trim_end().len()),
+            "interface and task columns not padded to {TIMELINE_DEV_TASK_WIDTH}: {:?}",
             ev.raw
         );
     }
