@@ -6,7 +6,7 @@
 //! never a skip.
 //!
 //! Traffic never leaves the machine: every address used lives inside namespaces created
-//! here (10.250.0.0/16), and every namespace is deleted on `Drop`, including when a test
+//! here (10.250.0.0/16, and fd00:250::/32 for IPv6 topologies), and every namespace is deleted on `Drop`, including when a test
 //! panics.
 //!
 //! Modules:
@@ -28,9 +28,9 @@ pub use bpf::{assert_progs_gone, prog_exists, prog_ids_from_verbose};
 pub use env::{nettrace_bin, require_root, require_tools, workspace_dir, DEFAULT_TOOLS};
 pub use netns::{Netns, Topology};
 pub use output::{
-    assert_no_line, assert_subsequence, assert_subsequence_steps, dump, find_events, icmp_reply,
-    icmp_request, parse_drop_suffix, parse_json_lines, parse_line, parse_timeline, Block, Event,
-    Step, TcpSummary,
+    assert_no_line, assert_subsequence, assert_subsequence_steps, dump, find_events, icmp6_reply,
+    icmp6_request, icmp_reply, icmp_request, parse_drop_suffix, parse_json_lines, parse_line,
+    parse_timeline, Block, Event, Step, TcpSummary,
 };
 pub use runner::{Finished, Nettrace};
 pub use traffic::{ping, ping_expect_loss, tcp_exchange, udp_send, TcpExchange};

@@ -1,6 +1,6 @@
 //! Network namespaces (RAII) and the small topologies the tests run traffic through.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::process::{Command, Output};
@@ -83,6 +83,13 @@ impl Netns {
         ]);
         ns.ip(&["link", "set", "lo", "up"]);
         ns
+    }
+
+    /// Turns IPv6 back on in this namespace (`new` disables it): `all`, `default` and every
+    /// device that already exists (writing `all` propagates to existing devices).
+    pub fn enable_ipv6(&self) {
+        self.sysctl("net.ipv6.conf.all.disable_ipv6", "0");
+        self.sysctl("net.ipv6.conf.default.disable_ipv6", "0");
     }
 
     /// The namespace name (as used by `ip netns`).
@@ -194,6 +201,9 @@ pub enum Kind {
 /// Bridged (`Topology::bridged(id)`): `a0` = 10.250.id.1/24, `b0` = 10.250.id.2/24,
 /// `pa` and `pb` are ports of `br0` and have no address.
 ///
+/// Bridged with IPv6 (`Topology::bridged_v6(id)`): as bridged, plus IPv6 on in A and B and
+/// `a0` = fd00:250:id::1/64, `b0` = fd00:250:id::2/64 (every other topology has IPv6 off).
+///
 /// Routed (`Topology::routed(id)`): `a0` = 10.250.id.2/24, `pa` = 10.250.id.1/24,
 /// `pb` = 10.250.(id+1).1/24, `b0` = 10.250.(id+1).2/24, forwarding on in `mid`,
 /// default routes of `a` and `b` via `mid`. Uses subnets `id` and `id + 1`.
@@ -211,6 +221,9 @@ pub struct Topology {
     /// Router addresses on the A side and the B side (routed only).
     pub mid_a_addr: Option<Ipv4Addr>,
     pub mid_b_addr: Option<Ipv4Addr>,
+    /// IPv6 addresses of A and B (`Topology::bridged_v6` only).
+    pub a_addr6: Option<Ipv6Addr>,
+    pub b_addr6: Option<Ipv6Addr>,
     pub a_if: &'static str,
     pub b_if: &'static str,
     pub mid_a_if: &'static str,
@@ -220,6 +233,13 @@ pub struct Topology {
 
 fn addr(subnet: u8, host: u8) -> Ipv4Addr {
     Ipv4Addr::new(10, 250, subnet, host)
+}
+
+/// `fd00:250:<id>::<host>`: `id` is written in decimal digits, as in the IPv4 subnet
+/// (`fd00:250:120::1` for subnet 120).
+fn addr6(id: u8, host: u16) -> Ipv6Addr {
+    let group = u16::from_str_radix(&id.to_string(), 16).expect("decimal digits are hex digits");
+    Ipv6Addr::new(0xfd00, 0x250, group, 0, 0, 0, 0, host)
 }
 
 impl Topology {
@@ -233,6 +253,8 @@ impl Topology {
             b_addr,
             mid_a_addr: None,
             mid_b_addr: None,
+            a_addr6: None,
+            b_addr6: None,
             a_if: "a0",
             b_if: "b0",
             mid_a_if: "pa",
@@ -285,6 +307,35 @@ impl Topology {
         topo.b.ip(&["addr", "add", &b_cidr, "dev", topo.b_if]);
         topo.b.ip(&["link", "set", topo.b_if, "up"]);
         topo
+    }
+
+    /// Like [`Topology::bridged`] (same IPv4 addresses) with IPv6 enabled in A and B:
+    /// `a0` = fd00:250:`id`::1/64, `b0` = fd00:250:`id`::2/64, both `nodad` (usable at once).
+    /// IPv6 stays disabled in `mid`: the bridge only switches the frames.
+    pub fn bridged_v6(id: u8) -> Topology {
+        let mut topo = Topology::bridged(id);
+        let a6 = addr6(id, 1);
+        let b6 = addr6(id, 2);
+        for (ns, dev, a) in [(&topo.a, topo.a_if, a6), (&topo.b, topo.b_if, b6)] {
+            ns.enable_ipv6();
+            ns.sysctl(&format!("net.ipv6.conf.{dev}.disable_ipv6"), "0");
+            ns.ip(&["addr", "add", &format!("{a}/64"), "dev", dev, "nodad"]);
+        }
+        topo.a_addr6 = Some(a6);
+        topo.b_addr6 = Some(b6);
+        topo
+    }
+
+    /// A's IPv6 address; panics unless the topology has one (`bridged_v6`).
+    pub fn a6(&self) -> Ipv6Addr {
+        self.a_addr6
+            .expect("topology without IPv6 (use Topology::bridged_v6)")
+    }
+
+    /// B's IPv6 address; panics unless the topology has one (`bridged_v6`).
+    pub fn b6(&self) -> Ipv6Addr {
+        self.b_addr6
+            .expect("topology without IPv6 (use Topology::bridged_v6)")
     }
 
     /// A (10.250.`id`.2) — router (10.250.`id`.1 / 10.250.`id+1`.1) — B (10.250.`id+1`.2).

@@ -345,6 +345,24 @@ pub fn icmp_reply(src: impl std::fmt::Display, dst: impl std::fmt::Display, seq:
     )
 }
 
+/// `ICMPv6: SRC -> DST, ping request   , seq: N`.
+pub fn icmp6_request(src: impl std::fmt::Display, dst: impl std::fmt::Display, seq: u16) -> String {
+    format!(
+        "ICMPv6: {src} -> {dst}, {:<w$}, seq: {seq}",
+        "ping request",
+        w = ICMP_KIND_WIDTH
+    )
+}
+
+/// `ICMPv6: SRC -> DST, ping reply     , seq: N`.
+pub fn icmp6_reply(src: impl std::fmt::Display, dst: impl std::fmt::Display, seq: u16) -> String {
+    format!(
+        "ICMPv6: {src} -> {dst}, {:<w$}, seq: {seq}",
+        "ping reply",
+        w = ICMP_KIND_WIDTH
+    )
+}
+
 /// A parsed `TCP: SRC:SPORT -> DST:DPORT, seq: N, ack: N, flags: XY` summary
 /// (anything after the flags, such as a drop reason, is kept in `rest`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -460,6 +478,14 @@ mod tests {
         assert_eq!(
             icmp_reply("10.0.0.2", "10.0.0.1", 3),
             "ICMP: 10.0.0.2 -> 10.0.0.1, ping reply     , seq: 3"
+        );
+        assert_eq!(
+            icmp6_request("fd00::1", "fd00::2", 1),
+            "ICMPv6: fd00::1 -> fd00::2, ping request   , seq: 1"
+        );
+        assert_eq!(
+            icmp6_reply("fd00::2", "fd00::1", 2),
+            "ICMPv6: fd00::2 -> fd00::1, ping reply     , seq: 2"
         );
         let t =
             TcpSummary::parse("TCP: 10.0.0.1:34567 -> 10.0.0.2:8080, seq: 123, ack: 0, flags: S")

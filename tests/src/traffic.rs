@@ -4,7 +4,9 @@
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
+use std::net::{
+    IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket,
+};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::process::Output;
 use std::sync::mpsc;
@@ -17,14 +19,21 @@ use crate::netns::Netns;
 /// How long any socket operation may block.
 pub const SOCKET_TIMEOUT: Duration = Duration::from_secs(5);
 
-fn ping_output(ns: &Netns, dst: Ipv4Addr, count: u32) -> Output {
+fn ping_output(ns: &Netns, dst: IpAddr, count: u32) -> Output {
     let count = count.to_string();
     let dst = dst.to_string();
-    ns.exec(&["ping", "-n", "-c", &count, "-i", "0.2", "-W", "1", &dst])
+    let mut args = vec!["ping", "-n"];
+    if dst.contains(':') {
+        args.push("-6");
+    }
+    args.extend_from_slice(&["-c", &count, "-i", "0.2", "-W", "1", &dst]);
+    ns.exec(&args)
 }
 
-/// `ip netns exec NS ping -c COUNT -i 0.2 -W 1 DST`; panics unless every reply came back.
-pub fn ping(ns: &Netns, dst: Ipv4Addr, count: u32) -> Output {
+/// `ip netns exec NS ping -c COUNT -i 0.2 -W 1 DST` (with `-6` for an IPv6 `dst`);
+/// panics unless every reply came back.
+pub fn ping(ns: &Netns, dst: impl Into<IpAddr>, count: u32) -> Output {
+    let dst = dst.into();
     let out = ping_output(ns, dst, count);
     if !out.status.success() {
         panic!(
@@ -39,7 +48,8 @@ pub fn ping(ns: &Netns, dst: Ipv4Addr, count: u32) -> Output {
 }
 
 /// Like [`ping`] but expects every packet to be lost (panics if a reply came back).
-pub fn ping_expect_loss(ns: &Netns, dst: Ipv4Addr, count: u32) -> Output {
+pub fn ping_expect_loss(ns: &Netns, dst: impl Into<IpAddr>, count: u32) -> Output {
+    let dst = dst.into();
     let out = ping_output(ns, dst, count);
     if out.status.success() {
         panic!(
@@ -70,11 +80,16 @@ where
     })
 }
 
-/// Sends one UDP datagram from `from_ns` (source port `src_port`, any address) to `to`.
+/// Sends one UDP datagram from `from_ns` (source port `src_port`, any address of `to`'s
+/// family) to `to`.
 pub fn udp_send(from_ns: &Netns, to: SocketAddr, payload: &[u8], src_port: u16) {
+    let any: IpAddr = match to {
+        SocketAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
+        SocketAddr::V6(_) => Ipv6Addr::UNSPECIFIED.into(),
+    };
+    let local = SocketAddr::from((any, src_port));
     in_netns(from_ns, || {
-        let sock = UdpSocket::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, src_port)))
-            .unwrap_or_else(|e| panic!("bind udp 0.0.0.0:{src_port}: {e}"));
+        let sock = UdpSocket::bind(local).unwrap_or_else(|e| panic!("bind udp {local}: {e}"));
         sock.set_write_timeout(Some(SOCKET_TIMEOUT)).unwrap();
         let n = sock
             .send_to(payload, to)

@@ -75,6 +75,41 @@ fn routed_ping_dnat_udp_tcp() {
 }
 
 #[test]
+fn bridged_v6_ping_and_udp() {
+    preflight();
+    let t = Topology::bridged_v6(125);
+    assert_eq!(t.a6().to_string(), "fd00:250:125::1");
+    assert_eq!(t.b6().to_string(), "fd00:250:125::2");
+    ping(&t.a, t.b6(), 1);
+    ping(&t.b, t.a6(), 1);
+    // IPv4 still works; other topologies keep IPv6 off.
+    ping(&t.a, t.b_addr, 1);
+    let plain = Topology::bridged(126);
+    assert!(plain.a_addr6.is_none());
+    let v6_off = plain
+        .a
+        .exec_ok(&["cat", "/proc/sys/net/ipv6/conf/a0/disable_ipv6"]);
+    assert_eq!(String::from_utf8_lossy(&v6_off.stdout).trim(), "1");
+
+    let got = std::thread::scope(|s| {
+        let rx = s.spawn(|| {
+            in_netns(&t.b, || {
+                let sock = UdpSocket::bind((t.b6(), 41011)).unwrap();
+                sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                let mut buf = [0u8; 64];
+                let (n, from) = sock.recv_from(&mut buf).unwrap();
+                (buf[..n].to_vec(), from)
+            })
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        udp_send(&t.a, SocketAddr::from((t.b6(), 41011)), b"hi6", 41012);
+        rx.join().unwrap()
+    });
+    assert_eq!(got.0, b"hi6");
+    assert_eq!(got.1, SocketAddr::from((t.a6(), 41012)));
+}
+
+#[test]
 fn ping_expect_loss_with_drop_rule() {
     preflight();
     let t = Topology::bridged(205);
