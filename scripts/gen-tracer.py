@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Writes tracer.json from the compact table below (run from the repo root).
 
-Leaves: ("f", func, skb_idx[, opts]) kernel function; ("t", "cat/event", skb_idx[, opts]) tracepoint.
-opts: dict with name, sk, role, default.
+Leaves: f(func, skb_idx, **opts) kernel function; t("cat/event", skb_idx, **opts) tracepoint.
+opts: name, sk, dev, role, default (see the README's tracer file section).
 """
 import json
 
@@ -23,7 +23,7 @@ tree = g("all", "trace the whole kernel network stack", [
     ]),
     g("link-out", "link layer (L2) of packet out", [
       f("__dev_queue_xmit", 0), f("dev_hard_start_xmit", 0),
-      t("net/net_dev_queue", 0), t("net/net_dev_start_xmit", 0), t("net/net_dev_xmit", 0),
+      t("net/net_dev_queue", 0), t("net/net_dev_start_xmit", 0, dev=1), t("net/net_dev_xmit", 0, dev=2),
     ]),
     g("sched", "TC (traffic control) and qdiscs", [
       f("tcf_classify", 0), f("sch_handle_egress", 0), f("cls_bpf_classify", 0), f("tcf_bpf_act", 0),

@@ -119,11 +119,84 @@ impl Kallsyms {
             .find(|e| self.text(e.name) == name)
             .map(|e| e.addr)
     }
+
+    /// Finds the symbols of several functions in one pass: each wanted name
+    /// maps to `(symbol, address)`, the symbol being the name itself or,
+    /// when the compiler renamed the function, a variant such as
+    /// `ip_rcv_core.isra.0` (`.isra`, `.constprop`, `.part`; `.cold`
+    /// fragments are not entry points). An exact name wins over a variant.
+    pub fn functions(&self, wanted: &[&str]) -> std::collections::HashMap<String, (String, u64)> {
+        use std::collections::HashMap;
+        let want: std::collections::HashSet<&str> = wanted.iter().copied().collect();
+        let mut found: HashMap<String, (String, u64, bool)> = HashMap::new();
+        for e in &self.entries {
+            let name = self.text(e.name);
+            let (base, exact) = match name.split_once('.') {
+                None => (name, true),
+                Some((base, suffix))
+                    if ["isra.", "constprop.", "part."]
+                        .iter()
+                        .any(|p| suffix.starts_with(p)) =>
+                {
+                    (base, false)
+                }
+                Some(_) => continue,
+            };
+            if !want.contains(base) {
+                continue;
+            }
+            match found.get(base) {
+                Some((_, _, true)) => {}
+                Some(_) if !exact => {}
+                _ => {
+                    found.insert(base.to_string(), (name.to_string(), e.addr, exact));
+                }
+            }
+        }
+        found
+            .into_iter()
+            .map(|(k, (sym, addr, _))| (k, (sym, addr)))
+            .collect()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn functions_finds_exact_names_and_compiler_variants() {
+        let k = Kallsyms::parse(
+            "ffffffff81000100 T ip_rcv\n\
+             ffffffff81000200 t ip_rcv_core.isra.0\n\
+             ffffffff81000300 t ip_rcv_core.cold\n\
+             ffffffff81000400 t tcp_v4_rcv.part.0\n\
+             ffffffff81000500 T tcp_v4_rcv\n\
+             ffffffff81000600 t nf_hook_slow.cold\n",
+        );
+        let f = k.functions(&[
+            "ip_rcv",
+            "ip_rcv_core",
+            "tcp_v4_rcv",
+            "nf_hook_slow",
+            "absent",
+        ]);
+        assert_eq!(
+            f.get("ip_rcv"),
+            Some(&("ip_rcv".to_string(), 0xffffffff81000100))
+        );
+        assert_eq!(
+            f.get("ip_rcv_core"),
+            Some(&("ip_rcv_core.isra.0".to_string(), 0xffffffff81000200))
+        );
+        assert_eq!(
+            f.get("tcp_v4_rcv"),
+            Some(&("tcp_v4_rcv".to_string(), 0xffffffff81000500))
+        );
+        assert_eq!(f.get("nf_hook_slow"), None);
+        assert_eq!(f.get("absent"), None);
+        assert_eq!(f.len(), 3);
+    }
 
     const SAMPLE: &str = "\
 ffffffff81000000 T _stext

@@ -93,18 +93,7 @@ impl<R> Timeline<R> {
         }
         match clone_child.filter(|&c| c != skb && c != 0) {
             Some(child) => {
-                // A child address still live elsewhere means its end was
-                // missed: take it out of that context.
-                if let Some(old) = self.by_skb.insert(child, id) {
-                    if old != id {
-                        done = self.remove_live(old, child);
-                    }
-                }
-                if let Some(ctx) = self.contexts.get_mut(&id) {
-                    if !ctx.live.contains(&child) {
-                        ctx.live.push(child);
-                    }
-                }
+                done = self.join(id, child);
                 if ends {
                     // the child is live, so this context stays open
                     self.by_skb.remove(&skb);
@@ -131,6 +120,49 @@ impl<R> Timeline<R> {
             }
         }
         done
+    }
+
+    /// Makes `child` a live skb of context `id`. A child address still live
+    /// elsewhere means its end was missed: it leaves that context, which may
+    /// finish.
+    fn join(&mut self, id: u64, child: u64) -> Option<Block<R>> {
+        let mut done = None;
+        if let Some(old) = self.by_skb.insert(child, id) {
+            if old != id {
+                done = self.remove_live(old, child);
+            }
+        }
+        if let Some(ctx) = self.contexts.get_mut(&id) {
+            if !ctx.live.contains(&child) {
+                ctx.live.push(child);
+            }
+        }
+        done
+    }
+
+    /// Adds `child` (a clone of `parent`, known only once the cloning
+    /// function returned) to the open context of `parent`, without a record.
+    /// Returns a context that finished because it lost its last live skb.
+    /// Does nothing when `parent` has no open context.
+    pub fn adopt(&mut self, parent: u64, child: u64) -> Option<Block<R>> {
+        if child == parent || child == 0 {
+            return None;
+        }
+        let id = *self.by_skb.get(&parent)?;
+        self.join(id, child)
+    }
+
+    /// Lets `update` amend the newest record of `skb`'s open context for
+    /// which it returns true (e.g. to attach a return value to its entry
+    /// record). Returns whether a record was amended.
+    pub fn amend(&mut self, skb: u64, mut update: impl FnMut(&mut R) -> bool) -> bool {
+        let Some(id) = self.by_skb.get(&skb) else {
+            return false;
+        };
+        let Some(ctx) = self.contexts.get_mut(id) else {
+            return false;
+        };
+        ctx.records.iter_mut().rev().any(|r| update(r))
     }
 
     /// Removes `skb` from the live set of context `id`; finishes the context
@@ -317,6 +349,54 @@ mod tests {
         assert!(t.push(7, "b ends", true, None).is_none());
         let out = t.push(2, "child ends", true, None);
         assert_eq!(recs(&out), vec![(7, vec!["b", "b ends", "child ends"])]);
+    }
+
+    #[test]
+    fn adopted_clone_keeps_the_context_open_until_freed() {
+        let mut t = Timeline::new(8);
+        assert!(t.push(1, "entry", false, None).is_none());
+        assert!(t.adopt(1, 2).is_none());
+        assert!(t.push(2, "clone seen", false, None).is_none());
+        assert!(t.push(1, "parent freed", true, None).is_none());
+        let b = t
+            .push(2, "clone freed", true, None)
+            .expect("context ends with its clone");
+        assert_eq!(b.skb, 1);
+        assert_eq!(
+            b.records,
+            vec!["entry", "clone seen", "parent freed", "clone freed"]
+        );
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn adopt_without_parent_context_does_nothing() {
+        let mut t: Timeline<&str> = Timeline::new(8);
+        assert!(t.adopt(1, 2).is_none());
+        assert!(t.is_empty());
+        assert!(t.push(1, "a", false, None).is_none());
+        assert!(t.adopt(1, 1).is_none());
+        assert!(t.adopt(1, 0).is_none());
+        assert_eq!(
+            t.push(1, "end", true, None).map(|b| b.records),
+            Some(vec!["a", "end"])
+        );
+    }
+
+    #[test]
+    fn amend_updates_the_newest_matching_record() {
+        let mut t = Timeline::new(8);
+        t.push(1, ("f", 0), false, None);
+        t.push(1, ("g", 0), false, None);
+        t.push(1, ("f", 0), false, None);
+        assert!(t.amend(1, |r| r.0 == "f" && {
+            r.1 = 7;
+            true
+        }));
+        assert!(!t.amend(1, |r| r.0 == "h"));
+        assert!(!t.amend(9, |_| true));
+        let b = t.push(1, ("end", 0), true, None).expect("ends");
+        assert_eq!(b.records, vec![("f", 0), ("g", 0), ("f", 7), ("end", 0)]);
     }
 
     #[test]

@@ -71,6 +71,9 @@ pub struct Leaf {
     pub skb_arg: u8,
     /// 0-based index of a `struct sock *` argument, if any.
     pub sk_arg: Option<u8>,
+    /// 0-based index of a `struct net_device *` argument naming the device
+    /// the packet is on at this hook (preferred over `skb->dev`), if any.
+    pub dev_arg: Option<u8>,
     /// What happens to the skb here.
     pub role: Role,
     /// False when only selected by its own name.
@@ -122,7 +125,9 @@ pub struct TracerTree {
 }
 
 const GROUP_KEYS: &[&str] = &["name", "desc", "children", "default"];
-const LEAF_KEYS: &[&str] = &["func", "tp", "name", "skb", "sk", "role", "default", "desc"];
+const LEAF_KEYS: &[&str] = &[
+    "func", "tp", "name", "skb", "sk", "dev", "role", "default", "desc",
+];
 
 fn invalid(node: &str, problem: impl Into<String>) -> TreeError {
     TreeError::Invalid {
@@ -319,6 +324,7 @@ impl Builder {
             ));
         };
         let sk_arg = get_arg(obj, "sk", &node)?;
+        let dev_arg = get_arg(obj, "dev", &node)?;
         let role = match get_str(obj, "role", &node)? {
             None => Role::Normal,
             Some("consume") => Role::Consume,
@@ -337,6 +343,7 @@ impl Builder {
             kind,
             skb_arg,
             sk_arg,
+            dev_arg,
             role,
             default: get_bool(obj, "default", &node)?.unwrap_or(true),
             group: parent.to_string(),
@@ -519,7 +526,7 @@ mod tests {
         ]},
         {"name": "tcp", "desc": "tcp layer", "default": false, "children": [
           {"func": "tcp_v4_rcv", "skb": 0},
-          {"func": "tcp_sendmsg_locked", "skb": 3, "sk": 0, "desc": "no headers yet"}
+          {"func": "tcp_sendmsg_locked", "skb": 3, "sk": 0, "dev": 2, "desc": "no headers yet"}
         ]}
       ]
     }"#;
@@ -565,6 +572,8 @@ mod tests {
         assert_eq!(all[5].role, Role::Consume);
         assert_eq!(all[0].role, Role::Normal);
         assert_eq!(all[7].sk_arg, Some(0));
+        assert_eq!(all[7].dev_arg, Some(2));
+        assert_eq!(all[0].dev_arg, None);
         assert_eq!(all[7].skb_arg, 3);
         assert_eq!(all[7].desc.as_deref(), Some("no headers yet"));
         assert!(!all[2].default);
@@ -702,7 +711,7 @@ all: trace the whole kernel network stack
         );
         assert_eq!(
             err(&wrap(r#"{"func": "ip_rcv", "skb": 0, "stack": true}"#)),
-            "tracer.json: tracer 'ip_rcv': unknown key \"stack\"; a leaf may only have \"func\", \"tp\", \"name\", \"skb\", \"sk\", \"role\", \"default\", \"desc\""
+            "tracer.json: tracer 'ip_rcv': unknown key \"stack\"; a leaf may only have \"func\", \"tp\", \"name\", \"skb\", \"sk\", \"dev\", \"role\", \"default\", \"desc\""
         );
         assert_eq!(
             err(&wrap(r#"{"name": "ip", "desc": "x", "children": [], "hidden": 1}"#)),

@@ -13,7 +13,7 @@
 
 #define NT_IFNAMSIZ 16
 #define NT_COMM_LEN 16
-#define NT_MAX_SLOTS 64
+#define NT_MAX_SLOTS 512
 #define NT_MAX_STACK_DEPTH 32
 
 /* nt_event.flags */
@@ -85,6 +85,7 @@ _Static_assert(sizeof(struct nt_filter) == 80, "nt_filter layout");
 #define NT_ROLE_NONE 0
 #define NT_ROLE_CONSUME 1  /* the skb ends here normally */
 #define NT_ROLE_DROP 2     /* the skb is dropped here; args carry the reason */
+#define NT_ROLE_CLONE 3    /* returns a clone of the skb */
 
 #define NT_ARG_NONE 0xff
 
@@ -96,8 +97,17 @@ struct nt_slot {
 	__u8 role;          /* 6: NT_ROLE_* */
 	__u8 stack;         /* 7: 1 = collect a kernel stack */
 	__u8 enabled;       /* 8 */
-	__u8 pad[3];
+	__u8 ret;           /* 9: 1 = a return probe follows: stash the event */
+	__u8 dev_arg;       /* 10: argument index of a struct net_device *, or NT_ARG_NONE */
+	__u8 pad;
 };                          /* 12 */
+
+/* Key of nt_stash: the event of a function entry waiting for its return. */
+struct nt_stash_key {
+	__u64 pid_tgid;
+	__u32 tracer_id;
+	__u32 pad;
+};
 
 _Static_assert(sizeof(struct nt_slot) == 12, "nt_slot layout");
 

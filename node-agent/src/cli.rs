@@ -92,6 +92,9 @@ pub struct Cli {
     /// Read the tracer tree from this file instead of the built-in tracer.json
     #[arg(long = "tracer-file", value_name = "PATH")]
     pub tracer_file: Option<PathBuf>,
+    /// Backend for kernel-function tracers: auto (fentry, else kprobe), fentry, kprobe, or tracepoint (functions left out)
+    #[arg(long, value_enum, default_value = "auto", value_name = "BACKEND")]
+    pub backend: crate::plan::BackendChoice,
     /// Size of the event ring buffer in KiB (a power of two, at least 4)
     #[arg(long = "ringbuf-kb", value_name = "KIB", default_value_t = 4096)]
     pub ringbuf_kb: u32,

@@ -19,7 +19,7 @@ use nettrace_common::format::TextOptions;
 use nettrace_common::{Leaf, LeafKind, Role, TracerTree};
 
 use crate::cli::Cli;
-use crate::plan::{backend_status, Backend, Plan};
+use crate::plan::{backend_status, Backend, BackendChoice, Plan};
 use crate::session::Views;
 use crate::symbols::Symbols;
 use crate::system::Kernel;
@@ -65,7 +65,7 @@ fn load_tree(cli: &Cli) -> Result<TracerTree> {
 fn run(cli: Cli) -> Result<()> {
     let tree = load_tree(&cli)?;
     if cli.wants_tracer_list() {
-        print_tracer_list(&tree);
+        print_tracer_list(&tree, cli.backend);
         return Ok(());
     }
 
@@ -97,21 +97,25 @@ fn run(cli: Cli) -> Result<()> {
     system::require_root()?;
     system::require_btf()?;
     resolve::resolve_kernel_scopes(&cli, &mut filter)?;
-    let kernel = Kernel::probe();
+    let kernel = Kernel::probe(&function_names(&leaves));
     if kernel.tracefs.is_none() {
         system::tracefs()?;
     }
+    let btf = kernel
+        .btf
+        .as_ref()
+        .context("cannot read the kernel's BTF from /sys/kernel/btf/vmlinux")?;
 
     let want_stack = |leaf: &Leaf| cli.stack || stack_only.contains(&leaf.name);
-    let mut plan = Plan::build(&kernel, &leaves, want_stack);
-    let loaded = loader::load_and_attach(&mut plan, filter.encode(), ringbuf_bytes)?;
+    let mut plan = Plan::build(&kernel, &leaves, cli.backend, cli.ret, want_stack);
+    let loaded = loader::load_and_attach(&mut plan, btf, filter.encode(), ringbuf_bytes)?;
     report_plan(&cli, &plan, &loaded);
     if loaded.attached.is_empty() {
-        bail!("none of the selected tracers can be attached on this kernel (see `nettrace -t ? `); run with -v for the reasons");
+        bail!("none of the selected tracers can be attached on this kernel (see `nettrace -t ?`); run with -v for the reasons");
     }
-    if cli.ret && cli.verbose {
+    if cli.ret && !plan.tracers.iter().any(|t| t.has_ret()) {
         eprintln!(
-            "note: --ret shows return values of kernel-function tracers; tracepoints have none"
+            "note: --ret shows return values of kernel-function tracers, and none is attached here"
         );
     }
 
@@ -126,6 +130,7 @@ fn run(cli: Cli) -> Result<()> {
         timeline: cli.timeline,
         output: cli.output,
         count: cli.count,
+        verbose: cli.verbose,
     };
 
     eprintln!("begin tracing......");
@@ -134,6 +139,17 @@ fn run(cli: Cli) -> Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(session::run(loaded, plan, symbols, views))
+}
+
+/// The kernel functions among `leaves`.
+fn function_names<'a>(leaves: &[&'a Leaf]) -> Vec<&'a str> {
+    leaves
+        .iter()
+        .filter_map(|l| match &l.kind {
+            LeafKind::Function { func } => Some(func.as_str()),
+            LeafKind::Tracepoint { .. } => None,
+        })
+        .collect()
 }
 
 fn ringbuf_size(kib: u32) -> Result<u32> {
@@ -150,15 +166,31 @@ fn report_plan(cli: &Cli, plan: &Plan, loaded: &loader::Loaded) {
         loaded.attached.iter().map(|a| (a.id, a.prog_id)).collect();
     let named: HashSet<&str> = cli.tracer.iter().map(String::as_str).collect();
     for (id, t) in plan.tracers.iter().enumerate() {
-        match &t.backend {
-            Backend::Tracepoint { tp, .. } if cli.verbose => {
-                let prog = prog_ids.get(&(id as u32)).copied().unwrap_or(0);
-                eprintln!("attached {}: tracepoint {tp} (prog id {prog})", t.name);
+        let prog = prog_ids.get(&(id as u32)).copied().unwrap_or(0);
+        let how = match &t.backend {
+            Backend::Tracepoint { tp, .. } => format!("tracepoint {tp}"),
+            Backend::Fentry { func, ret, .. } => {
+                format!(
+                    "fentry {func}{}",
+                    if ret.is_some() { " + fexit" } else { "" }
+                )
             }
-            Backend::Unavailable(why) if cli.verbose || named.contains(t.name.as_str()) => {
-                eprintln!("unavailable {}: {why}", t.name);
+            Backend::Kprobe { symbol, ret, .. } => {
+                format!(
+                    "kprobe {symbol}{}",
+                    if ret.is_some() { " + kretprobe" } else { "" }
+                )
             }
-            _ => {}
+            Backend::Unavailable(why) => {
+                if cli.verbose || named.contains(t.name.as_str()) {
+                    eprintln!("unavailable {}: {why}", t.name);
+                }
+                continue;
+            }
+            Backend::Function(_) => continue,
+        };
+        if cli.verbose {
+            eprintln!("attached {}: {how} (prog id {prog})", t.name);
         }
     }
     if cli.verbose {
@@ -172,15 +204,13 @@ fn report_plan(cli: &Cli, plan: &Plan, loaded: &loader::Loaded) {
 }
 
 /// `nettrace -t ?`: the tree, each leaf with how it attaches here.
-fn print_tracer_list(tree: &TracerTree) {
-    let kernel = Kernel::probe();
+fn print_tracer_list(tree: &TracerTree, choice: BackendChoice) {
+    let leaves: Vec<&Leaf> = tree.leaves().collect();
+    let kernel = Kernel::probe(&function_names(&leaves));
     let text = tree.render(|leaf| {
-        Some(match (backend_status(&kernel, leaf), &leaf.kind) {
-            (Ok(_), LeafKind::Tracepoint { category, event }) => {
-                format!("(tracepoint {category}/{event})")
-            }
-            (Ok(_), LeafKind::Function { .. }) => "(function)".to_string(),
-            (Err(why), _) => format!("(unavailable: {why})"),
+        Some(match backend_status(&kernel, leaf, choice) {
+            Ok(how) => format!("({how})"),
+            Err(why) => format!("(unavailable: {why})"),
         })
     });
     print!("{text}");

@@ -1,11 +1,32 @@
 //! The attach plan: which selected tracer is traced how on this kernel.
+//!
+//! Tracepoint leaves attach as raw tracepoints. Function leaves get, per
+//! kernel, the best backend that works: fentry/fexit (BTF trampolines) when
+//! the kernel loads tracing programs and has the function in its BTF, else a
+//! kprobe/kretprobe on the function's symbol (also its `.isra.0`-style
+//! variants). Program slots are assigned by the loader, which may still fall
+//! back from fentry to kprobe when a load fails.
 
+use clap::ValueEnum;
 use nettrace_common::{Leaf, LeafKind, Role};
 
-use crate::slots::{Family, Slot, SlotAllocator};
+use crate::slots::{kprobe_program, Family, Slot};
 use crate::system::Kernel;
 
-/// How one tracer will be (or cannot be) traced.
+/// Which backend to use for kernel-function leaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BackendChoice {
+    /// The best one available: fentry, else kprobe.
+    Auto,
+    /// fentry/fexit only.
+    Fentry,
+    /// kprobe/kretprobe only.
+    Kprobe,
+    /// Tracepoints only (function leaves are left out).
+    Tracepoint,
+}
+
+/// How one tracer is traced (or why it is not).
 #[derive(Debug, Clone)]
 pub enum Backend {
     /// A raw tracepoint program in `slot`, attached to `event`.
@@ -17,8 +38,39 @@ pub enum Backend {
         /// The entry program.
         slot: Slot,
     },
+    /// A kernel function, to be attached by the loader.
+    Function(FunctionTarget),
+    /// An fentry program (and an fexit one for return values).
+    Fentry {
+        /// The function, as named in BTF.
+        func: String,
+        /// The fexit program, when return values are wanted.
+        ret: Option<Slot>,
+    },
+    /// The shared kprobe program (and a kretprobe for return values).
+    Kprobe {
+        /// The symbol attached to (may be a `.isra.0` variant).
+        symbol: String,
+        /// The kretprobe program, when return values are wanted.
+        ret: Option<Slot>,
+    },
     /// Not traceable here, and why.
     Unavailable(String),
+}
+
+/// What the loader needs to attach a function leaf.
+#[derive(Debug, Clone)]
+pub struct FunctionTarget {
+    /// The function name in the tracer tree.
+    pub func: String,
+    /// Try fentry first (the function is in BTF and tracing programs load).
+    pub fentry: Option<Family>,
+    /// The kprobe to fall back to: symbol, address, entry program.
+    pub kprobe: Option<(String, u64, String)>,
+    /// Whether a return probe is needed (`--ret`, or a clone role).
+    pub want_ret: bool,
+    /// Why neither backend is possible, if so.
+    pub why_not: String,
 }
 
 /// A selected tracer with its id (the index in [`Plan::tracers`]).
@@ -34,10 +86,22 @@ pub struct PlannedTracer {
     pub skb_arg: u8,
     /// Socket argument index, if any.
     pub sk_arg: Option<u8>,
+    /// Device argument index, if any.
+    pub dev_arg: Option<u8>,
     /// Whether to collect a kernel stack for its events.
     pub stack: bool,
     /// How it is traced.
     pub backend: Backend,
+}
+
+impl PlannedTracer {
+    /// Whether a return probe will emit this tracer's events a second time.
+    pub fn has_ret(&self) -> bool {
+        matches!(
+            &self.backend,
+            Backend::Fentry { ret: Some(_), .. } | Backend::Kprobe { ret: Some(_), .. }
+        )
+    }
 }
 
 /// All selected tracers, in tree order.
@@ -47,10 +111,14 @@ pub struct Plan {
     pub tracers: Vec<PlannedTracer>,
 }
 
-/// Decides how `leaf` can be traced on `kernel` (without taking a slot).
-pub fn backend_status(kernel: &Kernel, leaf: &Leaf) -> Result<Family, String> {
+/// How `leaf` would be traced on `kernel` with `choice`, for `-t ?` and
+/// the plan; Err says why it can't.
+pub fn backend_status(
+    kernel: &Kernel,
+    leaf: &Leaf,
+    choice: BackendChoice,
+) -> Result<String, String> {
     match &leaf.kind {
-        LeafKind::Function { .. } => Err(kernel.function_unavailable_reason().to_string()),
         LeafKind::Tracepoint { category, event } => {
             match kernel.has_tracepoint(category, event) {
                 Some(true) => {}
@@ -61,41 +129,141 @@ pub fn backend_status(kernel: &Kernel, leaf: &Leaf) -> Result<Family, String> {
                 }
                 None => return Err("tracefs is not available (run as root to probe)".to_string()),
             }
-            if leaf.role == Role::Drop {
-                return Ok(Family::Drop);
+            tracepoint_family(leaf).map(|_| format!("tracepoint {category}/{event}"))
+        }
+        LeafKind::Function { func } => {
+            let target = function_target(kernel, func, leaf.skb_arg, false, choice);
+            match (&target.fentry, &target.kprobe) {
+                (Some(_), _) => Ok(format!("fentry {func}")),
+                (None, Some((symbol, _, _))) => Ok(format!("kprobe {symbol}")),
+                (None, None) => Err(target.why_not),
             }
-            let max = leaf.skb_arg.max(leaf.sk_arg.unwrap_or(0));
-            Family::for_max_arg(max).ok_or_else(|| {
-                format!("argument index {max} is beyond the 4 that tracepoint programs read")
-            })
         }
     }
 }
 
+fn tracepoint_family(leaf: &Leaf) -> Result<Family, String> {
+    if leaf.role == Role::Drop {
+        return Ok(Family::Drop);
+    }
+    let max = leaf
+        .skb_arg
+        .max(leaf.sk_arg.unwrap_or(0))
+        .max(leaf.dev_arg.unwrap_or(0));
+    Family::for_max_arg(max).ok_or_else(|| {
+        format!("argument index {max} is beyond the 4 that tracepoint programs read")
+    })
+}
+
+/// Works out which function backends can trace `func` here.
+fn function_target(
+    kernel: &Kernel,
+    func: &str,
+    skb_arg: u8,
+    want_ret: bool,
+    choice: BackendChoice,
+) -> FunctionTarget {
+    let mut reasons = Vec::new();
+    let fentry = match choice {
+        BackendChoice::Kprobe | BackendChoice::Tracepoint => None,
+        BackendChoice::Auto | BackendChoice::Fentry => {
+            if !kernel.fentry {
+                reasons.push("the kernel refuses fentry programs".to_string());
+                None
+            } else if !kernel.has_btf_function(func) {
+                reasons.push(format!(
+                    "{func} is not in the kernel's BTF (inlined, renamed or in a module)"
+                ));
+                None
+            } else if skb_arg > 4 {
+                reasons.push(format!(
+                    "skb argument {skb_arg} is beyond the 5 that fentry programs read"
+                ));
+                None
+            } else {
+                Some(Family::Fentry(skb_arg))
+            }
+        }
+    };
+    let kprobe = match choice {
+        BackendChoice::Fentry | BackendChoice::Tracepoint => None,
+        BackendChoice::Auto | BackendChoice::Kprobe => {
+            if !kernel.kprobes {
+                reasons.push("this kernel has no kprobes, CONFIG_KPROBES is off".to_string());
+                None
+            } else {
+                match (kernel.function_symbol(func), kprobe_program(skb_arg)) {
+                    (Some((symbol, addr)), Some(program)) => Some((symbol, addr, program)),
+                    (None, _) => {
+                        reasons.push(format!(
+                            "{func} is not a kernel symbol here (inlined or absent)"
+                        ));
+                        None
+                    }
+                    (_, None) => {
+                        reasons.push(format!(
+                            "skb argument {skb_arg} is beyond the 5 that kprobe programs read"
+                        ));
+                        None
+                    }
+                }
+            }
+        }
+    };
+    if choice == BackendChoice::Tracepoint {
+        reasons.push("--backend tracepoint leaves kernel functions out".to_string());
+    }
+    reasons.dedup();
+    FunctionTarget {
+        func: func.to_string(),
+        fentry,
+        kprobe,
+        want_ret,
+        why_not: reasons.join("; "),
+    }
+}
+
 impl Plan {
-    /// Builds the plan for `leaves`; `stack` says which get stacks.
-    pub fn build(kernel: &Kernel, leaves: &[&Leaf], stack: impl Fn(&Leaf) -> bool) -> Plan {
-        let mut slots = SlotAllocator::default();
+    /// Builds the plan for `leaves`. `stack` says which get stacks; `ret`
+    /// asks for return values of every function leaf.
+    pub fn build(
+        kernel: &Kernel,
+        leaves: &[&Leaf],
+        choice: BackendChoice,
+        ret: bool,
+        stack: impl Fn(&Leaf) -> bool,
+    ) -> Plan {
+        let mut slots = crate::slots::SlotAllocator::default();
         let tracers = leaves
             .iter()
             .map(|leaf| {
-                let backend = match backend_status(kernel, leaf) {
-                    Err(why) => Backend::Unavailable(why),
-                    Ok(family) => match (&leaf.kind, slots.take(family)) {
-                        (LeafKind::Tracepoint { category, event }, Some(slot)) => {
-                            Backend::Tracepoint {
-                                tp: format!("{category}/{event}"),
-                                event: event.clone(),
-                                slot,
-                            }
+                let backend = match &leaf.kind {
+                    LeafKind::Tracepoint { category, event } => {
+                        match backend_status(kernel, leaf, choice)
+                            .and_then(|_| tracepoint_family(leaf))
+                        {
+                            Err(why) => Backend::Unavailable(why),
+                            Ok(family) => match slots.take(family) {
+                                Some(slot) => Backend::Tracepoint {
+                                    tp: format!("{category}/{event}"),
+                                    event: event.clone(),
+                                    slot,
+                                },
+                                None => Backend::Unavailable(
+                                    "no free tracepoint program slot left".to_string(),
+                                ),
+                            },
                         }
-                        (_, None) => {
-                            Backend::Unavailable("no free tracepoint program slot left".to_string())
+                    }
+                    LeafKind::Function { func } => {
+                        let want_ret = ret || leaf.role == Role::Clone;
+                        let target = function_target(kernel, func, leaf.skb_arg, want_ret, choice);
+                        if target.fentry.is_none() && target.kprobe.is_none() {
+                            Backend::Unavailable(target.why_not)
+                        } else {
+                            Backend::Function(target)
                         }
-                        (LeafKind::Function { .. }, _) => {
-                            Backend::Unavailable(kernel.function_unavailable_reason().to_string())
-                        }
-                    },
+                    }
                 };
                 PlannedTracer {
                     name: leaf.name.clone(),
@@ -103,6 +271,7 @@ impl Plan {
                     role: leaf.role,
                     skb_arg: leaf.skb_arg,
                     sk_arg: leaf.sk_arg,
+                    dev_arg: leaf.dev_arg,
                     stack: stack(leaf),
                     backend,
                 }
@@ -111,12 +280,12 @@ impl Plan {
         Plan { tracers }
     }
 
-    /// The tracers that will be attached.
+    /// Tracers that are (or will be) attached, with their ids.
     pub fn attachable(&self) -> impl Iterator<Item = (u32, &PlannedTracer)> {
         self.tracers
             .iter()
             .enumerate()
-            .filter(|(_, t)| matches!(t.backend, Backend::Tracepoint { .. }))
+            .filter(|(_, t)| !matches!(t.backend, Backend::Unavailable(_)))
             .map(|(i, t)| (i as u32, t))
     }
 }

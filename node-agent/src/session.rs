@@ -27,6 +27,8 @@ pub struct Views {
     pub output: OutputFormat,
     /// Stop after this many timeline blocks (or events without --timeline).
     pub count: Option<u64>,
+    /// Report detach time at exit.
+    pub verbose: bool,
 }
 
 /// An event with what had to be resolved on arrival (stacks are read from a
@@ -83,8 +85,13 @@ pub async fn run(mut loaded: Loaded, plan: Plan, symbols: Symbols, views: Views)
         printer.flush_timeline()?;
     }
     printer.report_loss(&stats, true)?;
+    drop(printer);
     drop(ring);
+    let detaching = std::time::Instant::now();
     drop(loaded);
+    if views.verbose {
+        eprintln!("detached in {} ms", detaching.elapsed().as_millis());
+    }
     Ok(())
 }
 
@@ -137,16 +144,43 @@ impl<'a> Printer<'a> {
         let Some(tracer) = self.plan.tracers.get(rec.ev.tracer_id as usize) else {
             return false;
         };
-        let ends = matches!(tracer.role, Role::Consume | Role::Drop);
-        let clone_child = match tracer.role {
-            Role::Clone => rec.ev.retval.filter(|&r| r != 0),
-            _ => None,
-        };
         let skb = rec.ev.skb;
-        let Some(block) = self.timeline.push(skb, rec, ends, clone_child) else {
-            return false;
-        };
-        self.write_block(&block);
+        if let Some(ret) = rec.ev.retval {
+            // A function returned: its value belongs under its entry line,
+            // and a clone it returned joins the parent's timeline.
+            let tracer_id = rec.ev.tracer_id;
+            let amended = self.timeline.amend(skb, |r| {
+                let matches = r.ev.tracer_id == tracer_id && r.ev.retval.is_none();
+                if matches {
+                    r.ev.retval = Some(ret);
+                }
+                matches
+            });
+            let finished = match tracer.role {
+                Role::Clone => self.timeline.adopt(skb, ret),
+                _ => None,
+            };
+            let mut done = finished.is_some_and(|block| self.emit_block(&block));
+            if !amended && !done {
+                done = self.push_record(skb, rec, false);
+            }
+            return done;
+        }
+        let ends = matches!(tracer.role, Role::Consume | Role::Drop);
+        self.push_record(skb, rec, ends)
+    }
+
+    /// Adds a record to the timeline; true once `count` is reached.
+    fn push_record(&mut self, skb: u64, rec: Record, ends: bool) -> bool {
+        match self.timeline.push(skb, rec, ends, None) {
+            Some(block) => self.emit_block(&block),
+            None => false,
+        }
+    }
+
+    /// Prints a finished block; true once `count` is reached.
+    fn emit_block(&mut self, block: &Block<Record>) -> bool {
+        self.write_block(block);
         self.printed += 1;
         self.views.count.is_some_and(|c| self.printed >= c)
     }

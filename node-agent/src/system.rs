@@ -1,9 +1,14 @@
 //! What the running kernel offers, and the preparations it needs (tracefs).
 
+use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use aya::programs::ProgramType;
+use aya::Btf;
+use aya_obj::btf::BtfKind;
+use nettrace_common::Kallsyms;
 
 const TRACEFS: &str = "/sys/kernel/tracing";
 const DEBUGFS_TRACING: &str = "/sys/kernel/debug/tracing";
@@ -50,18 +55,26 @@ pub fn tracefs() -> Result<PathBuf> {
 }
 
 /// Kernel tracing facilities, probed once.
-#[derive(Debug, Clone)]
 pub struct Kernel {
     /// Where tracefs is mounted, when it could be found or mounted.
     pub tracefs: Option<PathBuf>,
     /// Whether the kernel has kprobes (CONFIG_KPROBES).
     pub kprobes: bool,
+    /// Whether the kernel loads BTF tracing programs (fentry/fexit).
+    pub fentry: bool,
+    /// The kernel's BTF, when readable.
+    pub btf: Option<Btf>,
+    /// Symbols of the functions asked for at probe time (see [`Kernel::probe`]).
+    symbols: HashMap<String, (String, u64)>,
 }
 
 impl Kernel {
-    /// Probes the running kernel. Without root, tracefs may stay unknown.
-    pub fn probe() -> Kernel {
-        let tracefs = if nix::unistd::geteuid().is_root() {
+    /// Probes the running kernel; `functions` are the kernel functions the
+    /// caller may trace (their symbols are looked up once, in kallsyms).
+    /// Without root, tracefs and fentry support may stay unknown.
+    pub fn probe(functions: &[&str]) -> Kernel {
+        let root = nix::unistd::geteuid().is_root();
+        let tracefs = if root {
             tracefs().ok()
         } else {
             [TRACEFS, DEBUGFS_TRACING]
@@ -69,11 +82,37 @@ impl Kernel {
                 .map(PathBuf::from)
                 .find(|d| d.join("events").is_dir())
         };
+        // The kprobe PMU exists exactly when the kernel can create kprobes.
+        let kprobes = Path::new("/sys/bus/event_source/devices/kprobe/type").exists();
+        // An error (EPERM on a kernel that refuses them) means no fentry.
+        let fentry = root && aya::sys::is_program_supported(ProgramType::Tracing).unwrap_or(false);
+        let btf = Btf::from_sys_fs().ok();
+        let symbols = if functions.is_empty() || !kprobes {
+            HashMap::new()
+        } else {
+            fs::read_to_string("/proc/kallsyms")
+                .map(|text| Kallsyms::parse(&text).functions(functions))
+                .unwrap_or_default()
+        };
         Kernel {
             tracefs,
-            // The kprobe PMU exists exactly when the kernel can create kprobes.
-            kprobes: Path::new("/sys/bus/event_source/devices/kprobe/type").exists(),
+            kprobes,
+            fentry,
+            btf,
+            symbols,
         }
+    }
+
+    /// Whether `func` is a function in the kernel's BTF (fentry needs it).
+    pub fn has_btf_function(&self, func: &str) -> bool {
+        self.btf
+            .as_ref()
+            .is_some_and(|btf| btf.id_by_type_name_kind(func, BtfKind::Func).is_ok())
+    }
+
+    /// The symbol (possibly a compiler-renamed variant) and address of `func`.
+    pub fn function_symbol(&self, func: &str) -> Option<(String, u64)> {
+        self.symbols.get(func).cloned()
     }
 
     /// Whether tracepoint `category/event` exists on this kernel.
@@ -86,14 +125,5 @@ impl Kernel {
     pub fn tracepoint_format(&self, category: &str, event: &str) -> Option<String> {
         let dir = self.tracefs.as_ref()?;
         fs::read_to_string(dir.join("events").join(category).join(event).join("format")).ok()
-    }
-
-    /// Why kernel functions cannot be traced on this kernel.
-    pub fn function_unavailable_reason(&self) -> &'static str {
-        if self.kprobes {
-            "kernel-function tracing (kprobe/fentry backends) is not part of this build"
-        } else {
-            "this kernel has no kprobes, CONFIG_KPROBES is off"
-        }
     }
 }

@@ -23,6 +23,9 @@ enum At {
 /// The request's path (tracer, interface), in order; other events may be interleaved.
 const REQUEST_PATH: &[(&str, At)] = &[
     ("net_dev_queue", At::A),
+    // net_dev_xmit fires after the veth handed the skb to its peer: it must
+    // still name the transmitting device (the tracepoint's own argument).
+    ("net_dev_xmit", At::A),
     ("netif_receive_skb", At::MidA),
     ("netif_receive_skb", At::B),
     ("consume_skb", At::Anywhere),
@@ -33,6 +36,7 @@ const REQUEST_PATH: &[(&str, At)] = &[
 /// the raw socket's clone in `consume_skb`; either may come last.
 const REPLY_PATH: &[(&str, At)] = &[
     ("net_dev_queue", At::B),
+    ("net_dev_xmit", At::B),
     ("netif_receive_skb", At::MidB),
     ("netif_receive_skb", At::A),
     ("consume_skb|kfree_skb", At::Anywhere),
