@@ -155,14 +155,14 @@ impl<R> Timeline<R> {
     /// Lets `update` amend the newest record of `skb`'s open context for
     /// which it returns true (e.g. to attach a return value to its entry
     /// record). Returns whether a record was amended.
-    pub fn amend(&mut self, skb: u64, mut update: impl FnMut(&mut R) -> bool) -> bool {
+    pub fn amend(&mut self, skb: u64, update: impl FnMut(&mut R) -> bool) -> bool {
         let Some(id) = self.by_skb.get(&skb) else {
             return false;
         };
         let Some(ctx) = self.contexts.get_mut(id) else {
             return false;
         };
-        ctx.records.iter_mut().rev().any(|r| update(r))
+        ctx.records.iter_mut().rev().any(update)
     }
 
     /// Removes `skb` from the live set of context `id`; finishes the context
