@@ -129,8 +129,11 @@ pub struct LossStats {
     pub skb_map_full: u64,
     /// Call stacks that could not be collected.
     pub stack_failed: u64,
-    /// Events that passed the filter.
+    /// Events that passed the filter (produced in the kernel, including the
+    /// ones later lost or rate-limited).
     pub matched: u64,
+    /// Events suppressed by `--rate-limit`.
+    pub rate_limited: u64,
 }
 
 fn plural(n: u64, one: &'static str, many: &'static str) -> &'static str {
@@ -144,7 +147,10 @@ fn plural(n: u64, one: &'static str, many: &'static str) -> &'static str {
 impl LossStats {
     /// True when nothing was lost.
     pub fn is_clean(&self) -> bool {
-        self.ringbuf_full == 0 && self.skb_map_full == 0 && self.stack_failed == 0
+        self.ringbuf_full == 0
+            && self.skb_map_full == 0
+            && self.stack_failed == 0
+            && self.rate_limited == 0
     }
 
     /// One line for stderr (without `\n`) when something was lost, e.g.
@@ -179,6 +185,15 @@ impl LossStats {
                 s,
                 "{sep}{n} call {} not collected",
                 plural(n, "stack", "stacks")
+            );
+            sep = "; ";
+        }
+        if self.rate_limited > 0 {
+            let n = self.rate_limited;
+            let _ = write!(
+                s,
+                "{sep}{n} {} suppressed by --rate-limit",
+                plural(n, "event", "events")
             );
         }
         Some(s)
@@ -339,6 +354,7 @@ mod tests {
             skb_map_full: 3,
             stack_failed: 0,
             matched: 1000,
+            rate_limited: 0,
         };
         assert_eq!(
             s.message().as_deref(),
@@ -349,10 +365,21 @@ mod tests {
             skb_map_full: 1,
             stack_failed: 1,
             matched: 5,
+            rate_limited: 0,
         };
         assert_eq!(
             s.message().as_deref(),
             Some("nettrace: 1 skb not remembered by --skb-mode (map full); 1 call stack not collected")
+        );
+        let r = LossStats {
+            rate_limited: 5,
+            matched: 100,
+            ..LossStats::default()
+        };
+        assert!(!r.is_clean());
+        assert_eq!(
+            r.message().as_deref(),
+            Some("nettrace: 5 events suppressed by --rate-limit")
         );
     }
 }

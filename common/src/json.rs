@@ -37,7 +37,7 @@
 //! `{"type":"timeline","skb":"ffff88858f243100","events":[<event objects>]}`
 //!
 //! **lost** — loss counters (at exit or when they change):
-//! `{"type":"lost","events":12,"skb_map_full":0,"stack_failed":0,"matched":1000}`
+//! `{"type":"lost","events":12,"skb_map_full":0,"stack_failed":0,"matched":1000,"rate_limited":0}`
 //! where `events` counts events dropped because the ring buffer was full.
 
 use std::fmt::{self, Display};
@@ -315,6 +315,7 @@ struct LostJson {
     skb_map_full: u64,
     stack_failed: u64,
     matched: u64,
+    rate_limited: u64,
 }
 
 /// Appends one `lost` object and a newline.
@@ -327,6 +328,7 @@ pub fn write_lost_json(out: &mut String, stats: &LossStats) {
             skb_map_full: stats.skb_map_full,
             stack_failed: stats.stack_failed,
             matched: stats.matched,
+            rate_limited: stats.rate_limited,
         },
     );
     out.push('\n');
@@ -486,6 +488,7 @@ mod tests {
                 skb_map_full: 1,
                 stack_failed: 2,
                 matched: 1000,
+                rate_limited: 3,
             },
         );
         let lines: Vec<&str> = s.lines().collect();
@@ -499,7 +502,7 @@ mod tests {
         let l: Value = serde_json::from_str(lines[1]).expect("valid JSON");
         assert_eq!(
             l,
-            json!({"type": "lost", "events": 12, "skb_map_full": 1, "stack_failed": 2, "matched": 1000})
+            json!({"type": "lost", "events": 12, "skb_map_full": 1, "stack_failed": 2, "matched": 1000, "rate_limited": 3})
         );
     }
 

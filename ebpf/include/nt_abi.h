@@ -116,6 +116,7 @@ _Static_assert(sizeof(struct nt_slot) == 12, "nt_slot layout");
 #define NT_STAT_RB_FULL 1     /* events lost: ring buffer reservation failed */
 #define NT_STAT_SKB_MAP_FULL 2 /* skb-mode could not remember an skb */
 #define NT_STAT_STACK_FAIL 3  /* bpf_get_stackid failed */
-#define NT_STAT_MAX 4
+#define NT_STAT_RATE_LIMITED 4 /* events suppressed by the rate limit */
+#define NT_STAT_MAX 5
 
 #endif

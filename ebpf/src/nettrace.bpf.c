@@ -36,6 +36,24 @@ char LICENSE[] SEC("license") = "GPL";
 /* The filter; user space overrides it before loading (aya set_global). */
 const volatile struct nt_filter nt_cfg = {};
 
+/* --rate-limit: events per second on each CPU; 0 = no limit. */
+const volatile __u32 nt_rate = 0;
+
+#define NSEC_PER_SEC 1000000000ULL
+
+/* Token bucket of the rate limit, per CPU; one event costs NSEC_PER_SEC. */
+struct nt_bucket {
+	__u64 last_ns;
+	__u64 tokens;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct nt_bucket);
+} nt_buckets SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 4 << 20);
@@ -100,6 +118,40 @@ static __always_inline void stat_inc(__u32 idx)
 
 	if (v)
 		*v += 1;
+}
+
+/*
+ * Takes one event's worth from this CPU's bucket, which refills at nt_rate
+ * per second and holds a tenth of a second's worth (at least one event).
+ * Returns 0, and counts the event as suppressed, when the bucket is empty.
+ */
+static __always_inline int rate_ok(void)
+{
+	__u32 zero = 0;
+	struct nt_bucket *b;
+	__u64 now, elapsed, cap, tokens;
+
+	if (!nt_rate)
+		return 1;
+	b = bpf_map_lookup_elem(&nt_buckets, &zero);
+	if (!b)
+		return 1;
+	now = bpf_ktime_get_ns();
+	elapsed = now - b->last_ns;
+	if (elapsed > 10 * NSEC_PER_SEC)
+		elapsed = 10 * NSEC_PER_SEC;
+	cap = ((__u64)(nt_rate / 10) + 1) * NSEC_PER_SEC;
+	tokens = b->tokens + elapsed * nt_rate;
+	if (tokens > cap)
+		tokens = cap;
+	b->last_ns = now;
+	if (tokens < NSEC_PER_SEC) {
+		b->tokens = tokens;
+		stat_inc(NT_STAT_RATE_LIMITED);
+		return 0;
+	}
+	b->tokens = tokens - NSEC_PER_SEC;
+	return 1;
 }
 
 /* Arguments of the hook that fired, as the body needs them. */
@@ -374,13 +426,14 @@ static __noinline int nt_handle(void *ctx, struct nt_args *a, struct nt_slot *sl
 			e->stack_id = id;
 	}
 
+	stat_inc(NT_STAT_MATCHED);
+	if (!rate_ok())
+		return 0;
 	if (slot->ret) {
 		struct nt_stash_key key = { .pid_tgid = pid_tgid, .tracer_id = slot->tracer_id };
 
 		bpf_map_update_elem(&nt_stash, &key, e, BPF_ANY);
 	}
-
-	stat_inc(NT_STAT_MATCHED);
 	if (bpf_ringbuf_output(&nt_events, e, sizeof(*e), 0))
 		stat_inc(NT_STAT_RB_FULL);
 	return 0;
@@ -413,7 +466,7 @@ static __noinline int nt_handle_ret(struct nt_slot *slot, __u64 retval)
 			stat_inc(NT_STAT_SKB_MAP_FULL);
 	}
 	stat_inc(NT_STAT_MATCHED);
-	if (bpf_ringbuf_output(&nt_events, e, sizeof(*e), 0))
+	if (rate_ok() && bpf_ringbuf_output(&nt_events, e, sizeof(*e), 0))
 		stat_inc(NT_STAT_RB_FULL);
 	bpf_map_delete_elem(&nt_stash, &key);
 	return 0;

@@ -95,6 +95,9 @@ pub struct Cli {
     /// Backend for kernel-function tracers: auto (fentry, else kprobe), fentry, kprobe, or tracepoint (functions left out)
     #[arg(long, value_enum, default_value = "auto", value_name = "BACKEND")]
     pub backend: crate::plan::BackendChoice,
+    /// At most this many events per second, enforced in the kernel (suppressed events are counted and reported)
+    #[arg(long = "rate-limit", value_name = "EVENTS_PER_SEC")]
+    pub rate_limit: Option<u32>,
     /// Size of the event ring buffer in KiB (a power of two, at least 4)
     #[arg(long = "ringbuf-kb", value_name = "KIB", default_value_t = 4096)]
     pub ringbuf_kb: u32,

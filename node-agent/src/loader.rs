@@ -69,6 +69,8 @@ pub mod stat {
     pub const SKB_MAP_FULL: u32 = 2;
     /// Stacks that could not be collected.
     pub const STACK_FAIL: u32 = 3;
+    /// Events suppressed by the rate limit.
+    pub const RATE_LIMITED: u32 = 4;
 }
 
 /// One attached tracer.
@@ -91,19 +93,30 @@ pub struct Loaded {
     pub elapsed: Duration,
 }
 
+/// Bounds on what tracing may cost.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Size of the ring buffer in bytes.
+    pub ringbuf_bytes: u32,
+    /// Events per second allowed on each CPU; 0 for no limit.
+    pub rate_per_cpu: u32,
+}
+
 /// Loads the object with `filter` and attaches every attachable tracer of
 /// `plan`, updating the plan with the backend each function leaf got.
 pub fn load_and_attach(
     plan: &mut Plan,
     btf: &Btf,
     filter: [u8; 80],
-    ringbuf_bytes: u32,
+    limits: Limits,
 ) -> Result<Loaded> {
     let started = Instant::now();
     let raw = RawFilter(filter);
+    let ringbuf_bytes = limits.ringbuf_bytes;
     let mut ebpf = EbpfLoader::new()
         .btf(Some(btf))
         .override_global("nt_cfg", &raw, true)
+        .override_global("nt_rate", &limits.rate_per_cpu, true)
         .map_max_entries("nt_events", ringbuf_bytes)
         .load(nettrace_ebpf::object())
         .context("loading the eBPF object failed")?;

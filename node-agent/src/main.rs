@@ -92,7 +92,10 @@ fn run(cli: Cli) -> Result<()> {
     if cli.count == Some(0) {
         bail!("-c/--count must be at least 1");
     }
-    let ringbuf_bytes = ringbuf_size(cli.ringbuf_kb)?;
+    let limits = loader::Limits {
+        ringbuf_bytes: ringbuf_size(cli.ringbuf_kb)?,
+        rate_per_cpu: rate_per_cpu(cli.rate_limit)?,
+    };
 
     system::require_root()?;
     system::require_btf()?;
@@ -108,7 +111,7 @@ fn run(cli: Cli) -> Result<()> {
 
     let want_stack = |leaf: &Leaf| cli.stack || stack_only.contains(&leaf.name);
     let mut plan = Plan::build(&kernel, &leaves, cli.backend, cli.ret, want_stack);
-    let loaded = loader::load_and_attach(&mut plan, btf, filter.encode(), ringbuf_bytes)?;
+    let loaded = loader::load_and_attach(&mut plan, btf, filter.encode(), limits)?;
     report_plan(&cli, &plan, &loaded);
     if loaded.attached.is_empty() {
         bail!("none of the selected tracers can be attached on this kernel (see `nettrace -t ?`); run with -v for the reasons");
@@ -150,6 +153,22 @@ fn function_names<'a>(leaves: &[&'a Leaf]) -> Vec<&'a str> {
             LeafKind::Tracepoint { .. } => None,
         })
         .collect()
+}
+
+/// Splits a machine-wide `--rate-limit` over the CPUs (the kernel keeps one
+/// bucket per CPU), never below one event per second per CPU.
+fn rate_per_cpu(limit: Option<u32>) -> Result<u32> {
+    match limit {
+        None => Ok(0),
+        Some(0) => bail!("--rate-limit must be at least 1 event per second"),
+        Some(n) => {
+            let cpus = aya::util::online_cpus()
+                .map(|c| c.len())
+                .unwrap_or(1)
+                .max(1);
+            Ok((n / u32::try_from(cpus).unwrap_or(u32::MAX)).max(1))
+        }
+    }
 }
 
 fn ringbuf_size(kib: u32) -> Result<u32> {

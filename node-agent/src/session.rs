@@ -80,17 +80,20 @@ pub async fn run(mut loaded: Loaded, plan: Plan, symbols: Symbols, views: Views)
             _ = tick.tick() => printer.report_loss(&stats, false)?,
         }
     }
+    // Stop the producers before the last drain and the last look at the
+    // counters: then every event the kernel produced has either been
+    // delivered or been counted as lost. (The ring buffer, stack and
+    // counter maps were taken out of `loaded` and outlive the programs.)
+    let detaching = std::time::Instant::now();
+    drop(loaded);
+    let detach_ms = detaching.elapsed().as_millis();
     if !done {
         printer.drain(ring.get_mut())?;
         printer.flush_timeline()?;
     }
     printer.report_loss(&stats, true)?;
-    drop(printer);
-    drop(ring);
-    let detaching = std::time::Instant::now();
-    drop(loaded);
     if views.verbose {
-        eprintln!("detached in {} ms", detaching.elapsed().as_millis());
+        eprintln!("detached in {detach_ms} ms");
     }
     Ok(())
 }
@@ -296,10 +299,12 @@ impl<'a> Printer<'a> {
             ringbuf_full: stats.get(stat::RB_FULL),
             skb_map_full: stats.get(stat::SKB_MAP_FULL),
             stack_failed: stats.get(stat::STACK_FAIL),
+            rate_limited: stats.get(stat::RATE_LIMITED),
         };
         let grew = now.ringbuf_full > self.reported_loss.ringbuf_full
             || now.skb_map_full > self.reported_loss.skb_map_full
-            || now.stack_failed > self.reported_loss.stack_failed;
+            || now.stack_failed > self.reported_loss.stack_failed
+            || now.rate_limited > self.reported_loss.rate_limited;
         if grew || (at_exit && !now.is_clean()) {
             if let Some(msg) = now.message() {
                 eprintln!("{msg}");
