@@ -13,7 +13,7 @@
 
 #define NT_IFNAMSIZ 16
 #define NT_COMM_LEN 16
-#define NT_MAX_SLOTS 512
+#define NT_MAX_SLOTS 1024
 #define NT_MAX_STACK_DEPTH 32
 
 /* nt_event.flags */

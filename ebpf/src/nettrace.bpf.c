@@ -551,6 +551,7 @@ static __always_inline int rtp_drop_entry(struct bpf_raw_tracepoint_args *ctx, _
  *  64..127 fentry a0   128..175 fentry a1   176..207 fentry a2
  * 208..215 fentry a3   216..223 fentry a4
  * 224..351 fexit      352..479 kretprobe
+ * 480..991 kprobe-multi (one per function; the attach cookie is the slot)
  */
 #define NT_SLOT_BASE_A0 0
 #define NT_SLOT_BASE_A1 24
@@ -599,6 +600,32 @@ static __always_inline int kp_entry(struct pt_regs *ctx, __u64 skb)
 		slot = bpf_map_lookup_elem(&nt_funcs, &ip);
 	}
 	return nt_handle(ctx, &a, slot);
+}
+
+/*
+ * kprobe-multi (fprobe) programs: one link attaches a program to every
+ * function of a family at once, and each function's attach cookie is its
+ * slot. User space loads these itself (aya 0.14 can't set the attach type).
+ */
+static __always_inline int kpm_entry(struct pt_regs *ctx, __u64 skb)
+{
+	__u32 i = bpf_get_attach_cookie(ctx);
+	struct nt_args a = { .skb = skb };
+
+	return nt_handle(ctx, &a, bpf_map_lookup_elem(&nt_slots, &i));
+}
+
+SEC("kprobe") int nt_kpm_a0(struct pt_regs *ctx) { return kpm_entry(ctx, PT_REGS_PARM1(ctx)); }
+SEC("kprobe") int nt_kpm_a1(struct pt_regs *ctx) { return kpm_entry(ctx, PT_REGS_PARM2(ctx)); }
+SEC("kprobe") int nt_kpm_a2(struct pt_regs *ctx) { return kpm_entry(ctx, PT_REGS_PARM3(ctx)); }
+SEC("kprobe") int nt_kpm_a3(struct pt_regs *ctx) { return kpm_entry(ctx, PT_REGS_PARM4(ctx)); }
+SEC("kprobe") int nt_kpm_a4(struct pt_regs *ctx) { return kpm_entry(ctx, PT_REGS_PARM5(ctx)); }
+
+SEC("kprobe") int nt_kpm_ret(struct pt_regs *ctx)
+{
+	__u32 i = bpf_get_attach_cookie(ctx);
+
+	return nt_handle_ret(bpf_map_lookup_elem(&nt_slots, &i), PT_REGS_RC(ctx));
 }
 
 SEC("kprobe") int nt_kp_a0(struct pt_regs *ctx) { return kp_entry(ctx, PT_REGS_PARM1(ctx)); }

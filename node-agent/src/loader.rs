@@ -1,6 +1,8 @@
 //! Loading the eBPF object and attaching the planned programs with aya.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::CString;
+use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
@@ -9,6 +11,7 @@ use aya::programs::{FEntry, FExit, KProbe, ProgramError, RawTracePoint};
 use aya::{Btf, Ebpf, EbpfLoader, Pod};
 use nettrace_common::Role;
 
+use crate::kprobe_multi::{self, MultiLoader};
 use crate::plan::{Backend, FunctionTarget, Plan, PlannedTracer};
 use crate::slots::{Family, Slot, SlotAllocator};
 
@@ -89,6 +92,9 @@ pub struct Loaded {
     pub ebpf: Ebpf,
     /// Tracers attached, with their program ids.
     pub attached: Vec<Attached>,
+    /// kprobe-multi programs and links, held open: closing them detaches.
+    #[allow(dead_code)]
+    links: Vec<OwnedFd>,
     /// How long loading and attaching took.
     pub elapsed: Duration,
 }
@@ -132,7 +138,14 @@ pub fn load_and_attach(
                     .and_then(|()| attach_raw_tracepoint(&mut ebpf, &slot.program, event))
                     .map(|prog| (prog, None))
             }
-            Backend::Function(target) => functions.attach(&mut ebpf, btf, id32, &tracer, target),
+            Backend::Function(target) => {
+                match functions.attach(&mut ebpf, btf, id32, &tracer, target) {
+                    Ok(Some(done)) => Ok(done),
+                    // Queued for the kprobe pass below.
+                    Ok(None) => continue,
+                    Err(e) => Err(e),
+                }
+            }
             _ => continue,
         };
         match outcome {
@@ -147,9 +160,15 @@ pub fn load_and_attach(
             }
         }
     }
+    let globals: [(&str, &[u8]); 2] = [
+        ("nt_cfg", &filter),
+        ("nt_rate", &limits.rate_per_cpu.to_ne_bytes()),
+    ];
+    let links = functions.attach_kprobes(&mut ebpf, btf, &globals, plan, &mut attached);
     Ok(Loaded {
         ebpf,
         attached,
+        links,
         elapsed: started.elapsed(),
     })
 }
@@ -184,6 +203,18 @@ struct FunctionAttacher {
     fentry_refused: Option<String>,
     /// kprobe entry programs already loaded, with their program ids.
     kprobe_loaded: HashMap<String, u32>,
+    /// Function leaves left for kprobes, attached together at the end.
+    kprobe_jobs: Vec<KprobeJob>,
+}
+
+/// A function leaf waiting for its kprobe.
+#[derive(Clone)]
+struct KprobeJob {
+    id: u32,
+    tracer: PlannedTracer,
+    target: FunctionTarget,
+    /// Why fentry was not used, when it was tried.
+    fentry_error: Option<String>,
 }
 
 impl FunctionAttacher {
@@ -194,33 +225,228 @@ impl FunctionAttacher {
         id: u32,
         t: &PlannedTracer,
         target: &FunctionTarget,
-    ) -> Result<(u32, Option<Backend>)> {
-        let mut why = Vec::new();
+    ) -> Result<Option<(u32, Option<Backend>)>> {
+        let mut fentry_error = None;
         if let (Some(family), None) = (target.fentry, &self.fentry_refused) {
             match self.attach_fentry(ebpf, btf, id, t, target, family) {
-                Ok(done) => return Ok(done),
+                Ok(done) => return Ok(Some(done)),
                 Err(e) => {
                     if let Some(ProgramError::LoadError { .. }) = e.downcast_ref::<ProgramError>() {
                         self.fentry_refused = Some(format!("{e:#}"));
                     }
-                    why.push(format!("fentry: {e:#}"));
+                    fentry_error = Some(format!("fentry: {e:#}"));
                 }
             }
         }
-        if let Some((symbol, addr, program)) = &target.kprobe {
-            match self.attach_kprobe(ebpf, id, t, target, symbol, *addr, program) {
-                Ok(done) => return Ok(done),
-                Err(e) => why.push(format!("kprobe: {e:#}")),
+        if target.kprobe.is_some() {
+            self.kprobe_jobs.push(KprobeJob {
+                id,
+                tracer: t.clone(),
+                target: target.clone(),
+                fentry_error,
+            });
+            return Ok(None);
+        }
+        Err(anyhow!(fentry_error
+            .or_else(|| self.fentry_refused.clone())
+            .unwrap_or_else(|| target.why_not.clone())))
+    }
+
+    /// Attaches the queued kprobe leaves: core-kernel functions through one
+    /// kprobe-multi link per skb-argument position (and one for returns),
+    /// the rest (module functions on kernels whose kprobe-multi can't see
+    /// them, or when a link fails) one kprobe each. Returns the fds that
+    /// keep the kprobe-multi programs and links alive.
+    fn attach_kprobes(
+        &mut self,
+        ebpf: &mut Ebpf,
+        btf: &Btf,
+        globals: &[(&str, &[u8])],
+        plan: &mut Plan,
+        attached: &mut Vec<Attached>,
+    ) -> Vec<OwnedFd> {
+        let jobs = std::mem::take(&mut self.kprobe_jobs);
+        let mut fds = Vec::new();
+        let mut single = Vec::new();
+        let mut multi = Vec::new();
+        for job in jobs {
+            match &job.target.kprobe {
+                Some((sym, _)) if !sym.in_module => multi.push(job),
+                _ => single.push(job),
             }
         }
-        if why.is_empty() {
-            why.push(
-                self.fentry_refused
-                    .clone()
-                    .unwrap_or_else(|| target.why_not.clone()),
-            );
+        if !multi.is_empty() {
+            let (done, left, error) = self.attach_multi(ebpf, btf, globals, &multi, &mut fds);
+            for (i, prog_id, ret) in done {
+                let job = &multi[i];
+                let symbol = job
+                    .target
+                    .kprobe
+                    .as_ref()
+                    .map(|(s, _)| s.symbol.clone())
+                    .unwrap_or_default();
+                plan.tracers[job.id as usize].backend = Backend::Kprobe {
+                    symbol,
+                    multi: true,
+                    ret,
+                };
+                attached.push(Attached {
+                    id: job.id,
+                    prog_id,
+                });
+            }
+            if let Some(e) = error {
+                let unsupported = e
+                    .chain()
+                    .filter_map(|c| c.downcast_ref::<std::io::Error>())
+                    .any(|io| io.raw_os_error() == Some(libc::EOPNOTSUPP));
+                if unsupported {
+                    eprintln!(
+                        "nettrace: this kernel has no kprobe-multi links (CONFIG_FPROBE is off); attaching {} kprobes one by one (slower)",
+                        left.len()
+                    );
+                } else {
+                    eprintln!(
+                        "nettrace: a kprobe-multi link failed ({e:#}); attaching {} kprobes one by one (slower)",
+                        left.len()
+                    );
+                }
+            }
+            single.extend(left.into_iter().map(|i| multi[i].clone()));
         }
-        Err(anyhow!(why.join("; ")))
+        for job in single {
+            let Some((sym, program)) = job.target.kprobe.clone() else {
+                continue;
+            };
+            match self.attach_kprobe(
+                ebpf,
+                job.id,
+                &job.tracer,
+                &job.target,
+                &sym.symbol,
+                sym.addr,
+                &program,
+            ) {
+                Ok((prog_id, backend)) => {
+                    if let Some(b) = backend {
+                        plan.tracers[job.id as usize].backend = b;
+                    }
+                    attached.push(Attached {
+                        id: job.id,
+                        prog_id,
+                    });
+                }
+                Err(e) => {
+                    let why = match &job.fentry_error {
+                        Some(f) => format!("{f}; kprobe: {e:#}"),
+                        None => format!("kprobe: {e:#}"),
+                    };
+                    plan.tracers[job.id as usize].backend =
+                        Backend::Unavailable(format!("attaching failed: {why}"));
+                }
+            }
+        }
+        fds
+    }
+
+    /// The kprobe-multi part of [`FunctionAttacher::attach_kprobes`]:
+    /// returns (job index, program id, return traced) of what attached, the
+    /// indexes of the jobs left for single kprobes, and the first error.
+    #[allow(clippy::type_complexity)]
+    fn attach_multi(
+        &mut self,
+        ebpf: &mut Ebpf,
+        btf: &Btf,
+        globals: &[(&str, &[u8])],
+        jobs: &[KprobeJob],
+        fds: &mut Vec<OwnedFd>,
+    ) -> (Vec<(usize, u32, bool)>, Vec<usize>, Option<anyhow::Error>) {
+        let all: Vec<usize> = (0..jobs.len()).collect();
+        let loader = match MultiLoader::new(ebpf, btf, globals) {
+            Ok(l) => l,
+            Err(e) => return (Vec::new(), all, Some(e)),
+        };
+        // One slot (and cookie) per function, shared by its entry and return.
+        let mut slots = Vec::with_capacity(jobs.len());
+        for _ in jobs {
+            match self.slots.take(Family::KprobeMulti) {
+                Some(slot) => slots.push(slot.index),
+                None => {
+                    return (
+                        Vec::new(),
+                        all,
+                        Some(anyhow!("no free kprobe-multi slot left")),
+                    )
+                }
+            }
+        }
+        let symbol = |job: &KprobeJob| -> CString {
+            let s = job
+                .target
+                .kprobe
+                .as_ref()
+                .map(|(s, _)| s.symbol.as_str())
+                .unwrap_or("");
+            CString::new(s).unwrap_or_default()
+        };
+        // Returns first: an entry only stashes its event when its return is traced.
+        let ret_idx: Vec<usize> = all
+            .iter()
+            .copied()
+            .filter(|&i| jobs[i].target.want_ret)
+            .collect();
+        let mut ret_ok = false;
+        let mut first_error = None;
+        if !ret_idx.is_empty() {
+            let syms: Vec<CString> = ret_idx.iter().map(|&i| symbol(&jobs[i])).collect();
+            let cookies: Vec<u64> = ret_idx.iter().map(|&i| u64::from(slots[i])).collect();
+            let outcome = loader.load("nt_kpm_ret").and_then(|prog| {
+                kprobe_multi::attach(&prog, &syms, &cookies, true).map(|link| (prog, link))
+            });
+            match outcome {
+                Ok((prog, link)) => {
+                    fds.push(prog);
+                    fds.push(link);
+                    ret_ok = true;
+                }
+                Err(e) => first_error = Some(e.context("return values")),
+            }
+        }
+        for (i, job) in jobs.iter().enumerate() {
+            let raw = RawSlot::new(job.id, &job.tracer, ret_ok && job.target.want_ret);
+            if let Err(e) = write_slot(ebpf, slots[i], raw) {
+                return (Vec::new(), all, Some(e));
+            }
+        }
+        let mut by_arg: BTreeMap<u8, Vec<usize>> = BTreeMap::new();
+        for (i, job) in jobs.iter().enumerate() {
+            by_arg.entry(job.tracer.skb_arg).or_default().push(i);
+        }
+        let mut done = Vec::new();
+        let mut left = Vec::new();
+        for (arg, idx) in by_arg {
+            let syms: Vec<CString> = idx.iter().map(|&i| symbol(&jobs[i])).collect();
+            let cookies: Vec<u64> = idx.iter().map(|&i| u64::from(slots[i])).collect();
+            let outcome = loader.load(&format!("nt_kpm_a{arg}")).and_then(|prog| {
+                kprobe_multi::attach(&prog, &syms, &cookies, false).map(|link| (prog, link))
+            });
+            match outcome {
+                Ok((prog, link)) => {
+                    let prog_id = kprobe_multi::prog_id(&prog);
+                    fds.push(prog);
+                    fds.push(link);
+                    done.extend(
+                        idx.iter()
+                            .map(|&i| (i, prog_id, ret_ok && jobs[i].target.want_ret)),
+                    );
+                }
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                    left.extend(idx);
+                }
+            }
+        }
+        (done, left, first_error)
     }
 
     fn attach_fentry(
@@ -253,7 +479,7 @@ impl FunctionAttacher {
             prog_id,
             Some(Backend::Fentry {
                 func: func.to_string(),
-                ret,
+                ret: ret.is_some(),
             }),
         ))
     }
@@ -325,7 +551,8 @@ impl FunctionAttacher {
             prog_id,
             Some(Backend::Kprobe {
                 symbol: symbol.to_string(),
-                ret,
+                multi: false,
+                ret: ret.is_some(),
             }),
         ))
     }

@@ -1,6 +1,7 @@
 //! `nettrace`: follow packets through the Linux network stack with eBPF.
 
 mod cli;
+mod kprobe_multi;
 mod loader;
 mod plan;
 mod resolve;
@@ -188,18 +189,14 @@ fn report_plan(cli: &Cli, plan: &Plan, loaded: &loader::Loaded) {
         let prog = prog_ids.get(&(id as u32)).copied().unwrap_or(0);
         let how = match &t.backend {
             Backend::Tracepoint { tp, .. } => format!("tracepoint {tp}"),
-            Backend::Fentry { func, ret, .. } => {
-                format!(
-                    "fentry {func}{}",
-                    if ret.is_some() { " + fexit" } else { "" }
-                )
+            Backend::Fentry { func, ret } => {
+                format!("fentry {func}{}", if *ret { " + fexit" } else { "" })
             }
-            Backend::Kprobe { symbol, ret, .. } => {
-                format!(
-                    "kprobe {symbol}{}",
-                    if ret.is_some() { " + kretprobe" } else { "" }
-                )
-            }
+            Backend::Kprobe { symbol, multi, ret } => format!(
+                "{} {symbol}{}",
+                if *multi { "kprobe-multi" } else { "kprobe" },
+                if *ret { " + kretprobe" } else { "" }
+            ),
             Backend::Unavailable(why) => {
                 if cli.verbose || named.contains(t.name.as_str()) {
                     eprintln!("unavailable {}: {why}", t.name);

@@ -38,6 +38,9 @@ struct Record {
     stack: Option<Vec<String>>,
 }
 
+/// How long a finished block waits for the return values of its functions.
+const RETURN_WAIT: Duration = Duration::from_millis(500);
+
 /// Most skb contexts kept open in timeline mode before the oldest is printed.
 const MAX_OPEN_CONTEXTS: usize = 65536;
 
@@ -65,6 +68,7 @@ pub async fn run(mut loaded: Loaded, plan: Plan, symbols: Symbols, views: Views)
         printed: 0,
         reported_loss: LossStats::default(),
         decode_errors: 0,
+        parked: std::collections::VecDeque::new(),
     };
 
     let mut done = false;
@@ -77,7 +81,11 @@ pub async fn run(mut loaded: Loaded, plan: Plan, symbols: Symbols, views: Views)
             }
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
-            _ = tick.tick() => printer.report_loss(&stats, false)?,
+            _ = tick.tick() => {
+                done = printer.release_parked(RETURN_WAIT);
+                printer.write_out()?;
+                printer.report_loss(&stats, false)?;
+            }
         }
     }
     // Stop the producers before the last drain and the last look at the
@@ -109,6 +117,8 @@ struct Printer<'a> {
     printed: u64,
     reported_loss: LossStats,
     decode_errors: u64,
+    /// Finished blocks waiting for return values, oldest first.
+    parked: std::collections::VecDeque<(Block<Record>, std::time::Instant)>,
 }
 
 impl<'a> Printer<'a> {
@@ -149,23 +159,26 @@ impl<'a> Printer<'a> {
         };
         let skb = rec.ev.skb;
         if let Some(ret) = rec.ev.retval {
-            // A function returned: its value belongs under its entry line,
-            // and a clone it returned joins the parent's timeline.
+            // A function returned: its value belongs under its entry line
+            // (in an open context, or in a finished block waiting for its
+            // returns), and a clone it returned joins the parent's context.
             let tracer_id = rec.ev.tracer_id;
-            let amended = self.timeline.amend(skb, |r| {
-                let matches = r.ev.tracer_id == tracer_id && r.ev.retval.is_none();
+            let set_ret = |r: &mut Record| {
+                let matches =
+                    r.ev.skb == skb && r.ev.tracer_id == tracer_id && r.ev.retval.is_none();
                 if matches {
                     r.ev.retval = Some(ret);
                 }
                 matches
-            });
-            let finished = match tracer.role {
-                Role::Clone => self.timeline.adopt(skb, ret),
-                _ => None,
             };
-            let mut done = finished.is_some_and(|block| self.emit_block(&block));
-            if !amended && !done {
-                done = self.push_record(skb, rec, false);
+            let mut done = false;
+            if !self.timeline.amend(skb, set_ret) {
+                done = self.amend_parked(set_ret);
+            }
+            if tracer.role == Role::Clone {
+                if let Some(block) = self.timeline.adopt(skb, ret) {
+                    done |= self.emit_block(block);
+                }
             }
             return done;
         }
@@ -176,19 +189,82 @@ impl<'a> Printer<'a> {
     /// Adds a record to the timeline; true once `count` is reached.
     fn push_record(&mut self, skb: u64, rec: Record, ends: bool) -> bool {
         match self.timeline.push(skb, rec, ends, None) {
-            Some(block) => self.emit_block(&block),
+            Some(block) => self.emit_block(block),
             None => false,
         }
     }
 
-    /// Prints a finished block; true once `count` is reached.
-    fn emit_block(&mut self, block: &Block<Record>) -> bool {
+    /// Whether a record still waits for its function's return value.
+    fn awaits_return(&self, rec: &Record) -> bool {
+        rec.ev.retval.is_none()
+            && self
+                .plan
+                .tracers
+                .get(rec.ev.tracer_id as usize)
+                .is_some_and(|t| t.has_ret())
+    }
+
+    /// Prints a finished block, or parks it while return values of its
+    /// functions are still to come (the skb often dies inside the functions
+    /// that handle it); true once `count` is reached.
+    fn emit_block(&mut self, block: Block<Record>) -> bool {
+        if block.records.iter().any(|r| self.awaits_return(r)) {
+            self.parked.push_back((block, std::time::Instant::now()));
+            return false;
+        }
+        self.print_block(&block)
+    }
+
+    fn print_block(&mut self, block: &Block<Record>) -> bool {
         self.write_block(block);
         self.printed += 1;
         self.views.count.is_some_and(|c| self.printed >= c)
     }
 
+    /// Gives a return value to a parked block; prints the block once it
+    /// has them all. True once `count` is reached.
+    fn amend_parked(&mut self, mut set_ret: impl FnMut(&mut Record) -> bool) -> bool {
+        let Some(pos) = self
+            .parked
+            .iter_mut()
+            .rev()
+            .position(|(b, _)| b.records.iter_mut().rev().any(&mut set_ret))
+        else {
+            return false;
+        };
+        let pos = self.parked.len() - 1 - pos;
+        let complete = self.parked[pos]
+            .0
+            .records
+            .iter()
+            .all(|r| !self.awaits_return(r));
+        match complete.then(|| self.parked.remove(pos)).flatten() {
+            Some((block, _)) => self.print_block(&block),
+            None => false,
+        }
+    }
+
+    /// Prints parked blocks that waited `max_wait` or longer (all of them
+    /// with `Duration::ZERO`); true once `count` is reached.
+    fn release_parked(&mut self, max_wait: Duration) -> bool {
+        while let Some((_, since)) = self.parked.front() {
+            if since.elapsed() < max_wait {
+                break;
+            }
+            let Some((block, _)) = self.parked.pop_front() else {
+                break;
+            };
+            if self.print_block(&block) {
+                return true;
+            }
+        }
+        false
+    }
+
     fn flush_timeline(&mut self) -> Result<()> {
+        if self.release_parked(Duration::ZERO) {
+            return self.write_out();
+        }
         for block in self.timeline.flush() {
             if self.views.count.is_some_and(|c| self.printed >= c) {
                 break;

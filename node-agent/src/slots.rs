@@ -19,10 +19,13 @@ pub enum Family {
     Fexit,
     /// kretprobe programs (return values).
     Kretprobe,
+    /// Configuration slots of kprobe-multi functions (the attach cookie; no
+    /// program of their own).
+    KprobeMulti,
 }
 
 /// Number of families, for the allocator's counters.
-const FAMILIES: usize = 12;
+const FAMILIES: usize = 13;
 
 impl Family {
     /// (first slot, number of slots, program name prefix, counter index)
@@ -40,6 +43,7 @@ impl Family {
             Family::Fentry(_) => (216, 8, "fe_a4", 9),
             Family::Fexit => (224, 128, "fx", 10),
             Family::Kretprobe => (352, 128, "kr", 11),
+            Family::KprobeMulti => (480, 512, "kpm", 12),
         }
     }
 

@@ -54,6 +54,17 @@ pub fn tracefs() -> Result<PathBuf> {
     Ok(PathBuf::from(TRACEFS))
 }
 
+/// Where a kernel function can be probed.
+#[derive(Debug, Clone)]
+pub struct FunctionSymbol {
+    /// The symbol: the function's name or a variant such as `ip_rcv_core.isra.0`.
+    pub symbol: String,
+    /// Its address.
+    pub addr: u64,
+    /// Whether it belongs to a module rather than the core kernel.
+    pub in_module: bool,
+}
+
 /// Kernel tracing facilities, probed once.
 pub struct Kernel {
     /// Where tracefs is mounted, when it could be found or mounted.
@@ -65,7 +76,7 @@ pub struct Kernel {
     /// The kernel's BTF, when readable.
     pub btf: Option<Btf>,
     /// Symbols of the functions asked for at probe time (see [`Kernel::probe`]).
-    symbols: HashMap<String, (String, u64)>,
+    symbols: HashMap<String, FunctionSymbol>,
 }
 
 impl Kernel {
@@ -91,7 +102,25 @@ impl Kernel {
             HashMap::new()
         } else {
             fs::read_to_string("/proc/kallsyms")
-                .map(|text| Kallsyms::parse(&text).functions(functions))
+                .map(|text| {
+                    let kallsyms = Kallsyms::parse(&text);
+                    kallsyms
+                        .functions(functions)
+                        .into_iter()
+                        .map(|(func, (symbol, addr))| {
+                            let in_module =
+                                kallsyms.resolve(addr).is_some_and(|s| s.module.is_some());
+                            (
+                                func,
+                                FunctionSymbol {
+                                    symbol,
+                                    addr,
+                                    in_module,
+                                },
+                            )
+                        })
+                        .collect()
+                })
                 .unwrap_or_default()
         };
         Kernel {
@@ -110,9 +139,9 @@ impl Kernel {
             .is_some_and(|btf| btf.id_by_type_name_kind(func, BtfKind::Func).is_ok())
     }
 
-    /// The symbol (possibly a compiler-renamed variant) and address of `func`.
-    pub fn function_symbol(&self, func: &str) -> Option<(String, u64)> {
-        self.symbols.get(func).cloned()
+    /// The symbol (possibly a compiler-renamed variant) of `func`.
+    pub fn function_symbol(&self, func: &str) -> Option<&FunctionSymbol> {
+        self.symbols.get(func)
     }
 
     /// Whether tracepoint `category/event` exists on this kernel.

@@ -1,0 +1,57 @@
+#!/bin/bash
+# The VM bench: run by the guest's /init after the modules are loaded (see lib.sh for the
+# step protocol). tests/tests/vm.rs boots every kernel with this file and asserts each step.
+#
+# Addresses (guest only, inside namespaces; the guest has no network device):
+#   t: bridged 10.250.10.0/24 (tracepoints)
+#   f: bridged 10.250.20.0/24 with an ACCEPT rule in B (function backends: path, clone)
+#   d: bridged 10.250.30.0/24 with `iptables -A INPUT -p icmp -j DROP` in B
+#   r: routed  10.250.40.0/24 | 10.250.41.0/24, VIP 10.250.49.100 DNATed to 10.250.41.2
+#
+# How the clone is made: with the bridge device in promiscuous mode, br_handle_frame_finish
+# passes every forwarded frame up to br0 too (local_rcv), so br_forward() hands a clone
+# (deliver_clone -> skb_clone) to the egress port and the original goes up the bridge
+# device. That is deterministic for every forwarded ICMP packet on 6.1 and 6.12, needs no
+# packet socket and no extra tool.
+. /vm/lib.sh
+
+PING="ping -c 1 -W 2"
+BACKENDS=${BACKENDS:-fentry kprobe}
+
+step topo-t topo_bridged t 10
+step topo-f topo_bridged f 20
+step topo-d topo_bridged d 30
+step topo-r topo_routed r 40
+# An ACCEPT rule in f's B registers the filter INPUT hook there, so that the request goes
+# through nf_hook_slow (without any hook in a namespace the kernel never calls it).
+step iptables-f ip netns exec fb iptables -w -A INPUT -p icmp -j ACCEPT
+step iptables-d ip netns exec db iptables -w -A INPUT -p icmp -j DROP
+step iptables-r ip netns exec rm iptables -w -t nat -A PREROUTING -d 10.250.49.100 -j DNAT \
+    --to-destination 10.250.41.2
+# Prime the ARP caches and the bridge FDBs, so that the traced pings are plain IP.
+step warmup bash -c "ip netns exec ta $PING 10.250.10.2; ip netns exec fa $PING 10.250.20.2;
+    ip netns exec ra $PING 10.250.41.2; ip netns exec da $PING 10.250.30.2; true"
+
+# 1. Tracepoints only (what the host can do too): the icmp_bridge scenario.
+step tracepoint-icmp trace "-p icmp --addr 10.250.10.2 --detail" \
+    "ip netns exec ta $PING 10.250.10.2" 2
+
+# 2. The function backends.
+for be in $BACKENDS; do
+    # a. the request's path through B, with return values (the whole tree: `-v` shows what
+    #    attaches on this kernel, and how long attaching ~80 tracers takes)
+    step "$be-icmp" trace "--backend $be -v -p icmp --addr 10.250.20.2 --timeline --detail --ret -c 2" \
+        "ip netns exec fa $PING 10.250.20.2" 5
+    # b-d trace a few groups only: attaching and detaching cost tens of seconds under TCG.
+    # b. a clone made by the promiscuous bridge joins its parent's block
+    ip -n fm link set br0 promisc on
+    step "$be-clone" trace "--backend $be -v -t link,bridge,ip-in,icmp-in,life -p icmp --addr 10.250.20.2 --timeline --detail --ret" \
+        "ip netns exec fa $PING 10.250.20.2" 3
+    ip -n fm link set br0 promisc off
+    # c. iptables DROP in B
+    step "$be-drop" trace "--backend $be -v -t netfilter,ip-in,life -p icmp --addr 10.250.30.2 --detail" \
+        "ip netns exec da ping -c 1 -W 1 10.250.30.2" 2
+    # d. skb-mode through DNAT
+    step "$be-dnat" trace "--backend $be -v -t netfilter,ip-in,link-out,life -p icmp --addr 10.250.49.100 --skb-mode --timeline --detail" \
+        "ip netns exec ra $PING 10.250.49.100" 3
+done
