@@ -1,6 +1,6 @@
 //! Loading the eBPF object and attaching the planned programs with aya.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::CString;
 use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
@@ -271,8 +271,8 @@ impl FunctionAttacher {
         let mut multi = Vec::new();
         for job in jobs {
             match &job.target.kprobe {
-                Some((sym, _)) if !sym.in_module => multi.push(job),
-                _ => single.push(job),
+                Some(_) => multi.push(job),
+                None => single.push(job),
             }
         }
         if !multi.is_empty() {
@@ -389,31 +389,66 @@ impl FunctionAttacher {
                 .unwrap_or("");
             CString::new(s).unwrap_or_default()
         };
+        let syms_of =
+            |set: &[usize]| -> Vec<CString> { set.iter().map(|&i| symbol(&jobs[i])).collect() };
+        let cookies_of =
+            |set: &[usize]| -> Vec<u64> { set.iter().map(|&i| u64::from(slots[i])).collect() };
+        // One link for `set`; when that fails and module functions are in it
+        // (kprobe-multi reaches modules only from Linux 6.2 on), one for the
+        // core-kernel functions alone. Returns what got attached.
+        let link_set = |name: &str, set: &[usize], retprobe: bool, fds: &mut Vec<OwnedFd>| {
+            let try_once = |set: &[usize]| {
+                loader.load(name).and_then(|prog| {
+                    kprobe_multi::attach(&prog, &syms_of(set), &cookies_of(set), retprobe)
+                        .map(|link| (prog, link))
+                })
+            };
+            let core: Vec<usize> = set
+                .iter()
+                .copied()
+                .filter(|&i| {
+                    jobs[i]
+                        .target
+                        .kprobe
+                        .as_ref()
+                        .is_some_and(|(s, _)| !s.in_module)
+                })
+                .collect();
+            let (attached, outcome) = match try_once(set) {
+                Ok(done) => (set.to_vec(), Ok(done)),
+                Err(e) if !core.is_empty() && core.len() < set.len() => match try_once(&core) {
+                    Ok(done) => (core, Ok(done)),
+                    Err(_) => (Vec::new(), Err(e)),
+                },
+                Err(e) => (Vec::new(), Err(e)),
+            };
+            match outcome {
+                Ok((prog, link)) => {
+                    let id = kprobe_multi::prog_id(&prog);
+                    fds.push(prog);
+                    fds.push(link);
+                    (attached, id, None)
+                }
+                Err(e) => (attached, 0, Some(e)),
+            }
+        };
+        let mut first_error = None;
         // Returns first: an entry only stashes its event when its return is traced.
-        let ret_idx: Vec<usize> = all
+        let ret_set: Vec<usize> = all
             .iter()
             .copied()
             .filter(|&i| jobs[i].target.want_ret)
             .collect();
-        let mut ret_ok = false;
-        let mut first_error = None;
-        if !ret_idx.is_empty() {
-            let syms: Vec<CString> = ret_idx.iter().map(|&i| symbol(&jobs[i])).collect();
-            let cookies: Vec<u64> = ret_idx.iter().map(|&i| u64::from(slots[i])).collect();
-            let outcome = loader.load("nt_kpm_ret").and_then(|prog| {
-                kprobe_multi::attach(&prog, &syms, &cookies, true).map(|link| (prog, link))
-            });
-            match outcome {
-                Ok((prog, link)) => {
-                    fds.push(prog);
-                    fds.push(link);
-                    ret_ok = true;
-                }
-                Err(e) => first_error = Some(e.context("return values")),
+        let mut ret_ok = HashSet::new();
+        if !ret_set.is_empty() {
+            let (attached, _, error) = link_set("nt_kpm_ret", &ret_set, true, fds);
+            ret_ok.extend(attached);
+            if let Some(e) = error {
+                first_error = Some(e.context("return values"));
             }
         }
         for (i, job) in jobs.iter().enumerate() {
-            let raw = RawSlot::new(job.id, &job.tracer, ret_ok && job.target.want_ret);
+            let raw = RawSlot::new(job.id, &job.tracer, ret_ok.contains(&i));
             if let Err(e) = write_slot(ebpf, slots[i], raw) {
                 return (Vec::new(), all, Some(e));
             }
@@ -424,27 +459,17 @@ impl FunctionAttacher {
         }
         let mut done = Vec::new();
         let mut left = Vec::new();
-        for (arg, idx) in by_arg {
-            let syms: Vec<CString> = idx.iter().map(|&i| symbol(&jobs[i])).collect();
-            let cookies: Vec<u64> = idx.iter().map(|&i| u64::from(slots[i])).collect();
-            let outcome = loader.load(&format!("nt_kpm_a{arg}")).and_then(|prog| {
-                kprobe_multi::attach(&prog, &syms, &cookies, false).map(|link| (prog, link))
-            });
-            match outcome {
-                Ok((prog, link)) => {
-                    let prog_id = kprobe_multi::prog_id(&prog);
-                    fds.push(prog);
-                    fds.push(link);
-                    done.extend(
-                        idx.iter()
-                            .map(|&i| (i, prog_id, ret_ok && jobs[i].target.want_ret)),
-                    );
-                }
-                Err(e) => {
-                    first_error.get_or_insert(e);
-                    left.extend(idx);
-                }
+        for (arg, set) in by_arg {
+            let (attached, prog_id, error) = link_set(&format!("nt_kpm_a{arg}"), &set, false, fds);
+            if let Some(e) = error {
+                first_error.get_or_insert(e);
             }
+            left.extend(set.iter().copied().filter(|i| !attached.contains(i)));
+            done.extend(
+                attached
+                    .into_iter()
+                    .map(|i| (i, prog_id, ret_ok.contains(&i))),
+            );
         }
         (done, left, first_error)
     }
