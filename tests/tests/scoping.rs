@@ -173,6 +173,11 @@ fn ifname_missing_is_an_error() {
 fn pid_keeps_only_that_process() {
     preflight();
     let t = Topology::bridged(SUBNET_PID);
+    // Resolve the neighbours first: while ARP is pending the kernel parks the request and
+    // transmits it later from whichever task handles the ARP reply, which --pid rightly
+    // filters out.
+    ping(&t.a, t.b_addr, 1);
+    ping(&t.b, t.a_addr, 1);
     // `ip netns exec` execs `sh`, which waits for a line on stdin and then execs ping: the
     // pid is ping's, and ping starts only once nettrace is tracing (on EOF, sh just exits).
     let b = t.b_addr.to_string();
