@@ -97,6 +97,8 @@ pub struct Loaded {
     links: Vec<OwnedFd>,
     /// How long loading and attaching took.
     pub elapsed: Duration,
+    /// How long each phase of it took (object, tracepoints and fentry, kprobes).
+    pub phases: Vec<(&'static str, Duration)>,
 }
 
 /// Bounds on what tracing may cost.
@@ -126,6 +128,7 @@ pub fn load_and_attach(
         .map_max_entries("nt_events", ringbuf_bytes)
         .load(nettrace_ebpf::object())
         .context("loading the eBPF object failed")?;
+    let mut phases = vec![("object", started.elapsed())];
 
     let mut attached = Vec::new();
     let mut functions = FunctionAttacher::default();
@@ -164,12 +167,19 @@ pub fn load_and_attach(
         ("nt_cfg", &filter),
         ("nt_rate", &limits.rate_per_cpu.to_ne_bytes()),
     ];
+    phases.push(("tracepoints and fentry", started.elapsed()));
     let links = functions.attach_kprobes(&mut ebpf, btf, &globals, plan, &mut attached);
+    phases.push(("kprobes", started.elapsed()));
     Ok(Loaded {
         ebpf,
         attached,
         links,
         elapsed: started.elapsed(),
+        phases: phases
+            .windows(2)
+            .map(|w| (w[1].0, w[1].1 - w[0].1))
+            .chain(phases.first().copied())
+            .collect(),
     })
 }
 

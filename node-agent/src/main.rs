@@ -101,7 +101,9 @@ fn run(cli: Cli) -> Result<()> {
     system::require_root()?;
     system::require_btf()?;
     resolve::resolve_kernel_scopes(&cli, &mut filter)?;
+    let probing = std::time::Instant::now();
     let kernel = Kernel::probe(&function_names(&leaves));
+    let probe_time = probing.elapsed();
     if kernel.tracefs.is_none() {
         system::tracefs()?;
     }
@@ -114,6 +116,13 @@ fn run(cli: Cli) -> Result<()> {
     let mut plan = Plan::build(&kernel, &leaves, cli.backend, cli.ret, want_stack);
     let loaded = loader::load_and_attach(&mut plan, btf, filter.encode(), limits)?;
     report_plan(&cli, &plan, &loaded);
+    if cli.verbose {
+        let phases: Vec<String> = std::iter::once(("kernel probe", probe_time))
+            .chain(loaded.phases.iter().copied())
+            .map(|(name, d)| format!("{name} {} ms", d.as_millis()))
+            .collect();
+        eprintln!("attach time by phase: {}", phases.join(", "));
+    }
     if loaded.attached.is_empty() {
         bail!("none of the selected tracers can be attached on this kernel (see `nettrace -t ?`); run with -v for the reasons");
     }
