@@ -38,6 +38,9 @@ struct Record {
     stack: Option<Vec<String>>,
 }
 
+/// Formatted output is written out whenever this much has accumulated.
+const WRITE_CHUNK: usize = 256 * 1024;
+
 /// How long a finished block waits for the return values of its functions.
 const RETURN_WAIT: Duration = Duration::from_millis(500);
 
@@ -137,6 +140,11 @@ impl<'a> Printer<'a> {
             if self.handle(ev) {
                 done = true;
                 break;
+            }
+            // Under a sustained flood the ring buffer never runs empty: write
+            // as we go, so memory stays bounded and output keeps flowing.
+            if self.buf.len() >= WRITE_CHUNK {
+                self.write_out()?;
             }
         }
         self.write_out()?;
