@@ -4,7 +4,7 @@
 use std::fmt::{self, Display, Write};
 
 use crate::event::Event;
-use crate::summary::write_summary;
+use crate::summary::{write_dec, write_padded, write_summary};
 
 /// What user space resolved for one event.
 #[derive(Debug, Clone, Copy, Default)]
@@ -36,10 +36,32 @@ pub struct Timestamp(pub u64);
 
 impl Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let secs = self.0 / 1_000_000_000;
-        let micros = (self.0 % 1_000_000_000) / 1_000;
-        write!(f, "{secs}.{micros:06}")
+        write_timestamp(f, self.0)
     }
+}
+
+/// `seconds.micros` of a nanosecond count, without the formatting machinery.
+pub(crate) fn write_timestamp<W: Write + ?Sized>(out: &mut W, ns: u64) -> fmt::Result {
+    write_dec(out, ns / 1_000_000_000)?;
+    let mut micros = [b'.', b'0', b'0', b'0', b'0', b'0', b'0'];
+    let mut m = (ns % 1_000_000_000) / 1_000;
+    for d in micros[1..].iter_mut().rev() {
+        *d = b'0' + (m % 10) as u8;
+        m /= 10;
+    }
+    micros
+        .iter()
+        .try_for_each(|&c| out.write_char(char::from(c)))
+}
+
+/// The 16 lower-case hex digits of `v`.
+pub(crate) fn write_hex16<W: Write + ?Sized>(out: &mut W, v: u64) -> fmt::Result {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut buf = [0u8; 16];
+    for (i, d) in buf.iter_mut().enumerate() {
+        *d = HEX[((v >> (60 - 4 * i)) & 0xf) as usize];
+    }
+    buf.iter().try_for_each(|&c| out.write_char(char::from(c)))
 }
 
 /// Width of the `{iface}][{task}` part of a detail line in timeline mode.
@@ -61,31 +83,46 @@ fn write_event_inner(
     ann: &Annotations<'_>,
     opts: TextOptions,
 ) -> fmt::Result {
-    write!(out, "{}: ", Timestamp(ev.ts_ns))?;
+    // The hot path of text output: plain appends rather than `write!`.
+    write_timestamp(out, ev.ts_ns)?;
+    out.push_str(": ");
     if opts.detail {
-        write!(out, "[{:016x}][", ev.skb)?;
+        out.push('[');
+        write_hex16(out, ev.skb)?;
+        out.push_str("][");
         let start = out.len();
         if ev.ifindex == 0 {
             out.push_str("    ");
         } else {
-            write!(out, "{}:{}", ev.ifindex, ev.ifname)?;
+            write_dec(out, u64::from(ev.ifindex))?;
+            out.push(':');
+            out.push_str(&ev.ifname);
         }
-        write!(out, "][pid:{},{}", ev.pid, ev.comm)?;
+        out.push_str("][pid:");
+        write_dec(out, u64::from(ev.pid))?;
+        out.push(',');
+        out.push_str(&ev.comm);
         if opts.timeline {
             let used = out[start..].chars().count();
             for _ in used..TIMELINE_DEV_TASK_WIDTH {
                 out.push(' ');
             }
         }
-        write!(out, "][{:<12}]", ann.group)?;
+        out.push_str("][");
+        write_padded(out, ann.group, 12)?;
+        out.push(']');
     }
-    write!(out, "[{:<24}]: ", ann.tracer)?;
+    out.push('[');
+    write_padded(out, ann.tracer, 24)?;
+    out.push_str("]: ");
     write_summary(out, &ev.packet)?;
     if let Some(reason) = ann.drop_reason {
-        write!(out, ", reason: {reason}")?;
+        out.push_str(", reason: ");
+        out.push_str(reason);
     }
     if let Some(loc) = ann.location {
-        write!(out, ", location: {loc}")?;
+        out.push_str(", location: ");
+        out.push_str(loc);
     }
     out.push('\n');
     if let Some(ret) = ev.retval {
@@ -228,6 +265,16 @@ mod tests {
         let mut s = String::new();
         write_event(&mut s, ev, a, o);
         s
+    }
+
+    #[test]
+    fn hex16_matches_std_formatting() {
+        for v in [0u64, 1, 0xffff_8881_3900_0000, u64::MAX] {
+            let mut s = String::new();
+            write_hex16(&mut s, v).expect("string write");
+            assert_eq!(s, format!("{v:016x}"));
+        }
+        assert_eq!(Timestamp(u64::MAX).to_string(), "18446744073.709551");
     }
 
     #[test]

@@ -46,8 +46,9 @@ use std::net::IpAddr;
 use serde::{Serialize, Serializer};
 
 use crate::event::{Event, Packet, L4};
-use crate::format::{Annotations, LossStats, Timestamp};
+use crate::format::{write_hex16, write_timestamp, Annotations, LossStats, Timestamp};
 use crate::summary::{icmp_type_name, write_tcp_flags};
+use crate::summary::{v4_str, write_dec};
 
 /// Serializes `value` into `out` through a per-thread scratch buffer (one
 /// bulk copy instead of many small writes).
@@ -284,9 +285,223 @@ fn event_json<'a>(ev: &'a Event, ann: &Annotations<'a>) -> EventJson<'a> {
     }
 }
 
+/// Appends `s` as a JSON string, escaped exactly as serde_json does.
+fn push_json_str(out: &mut String, s: &str) {
+    out.push('"');
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let esc: &str = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0x08 => "\\b",
+            0x0c => "\\f",
+            0..=0x1f => "",
+            _ => continue,
+        };
+        // `b` is ASCII, so `i` and `i + 1` are char boundaries
+        out.push_str(&s[start..i]);
+        if esc.is_empty() {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            out.push_str("\\u00");
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 0xf)]));
+        } else {
+            out.push_str(esc);
+        }
+        start = i + 1;
+    }
+    out.push_str(&s[start..]);
+    out.push('"');
+}
+
+/// Appends `,"key":` (the key is a literal that needs no escaping).
+fn push_key(out: &mut String, key: &str) {
+    out.push_str(",\"");
+    out.push_str(key);
+    out.push_str("\":");
+}
+
+fn push_num(out: &mut String, key: &str, n: u64) {
+    push_key(out, key);
+    let _ = write_dec(out, n);
+}
+
+fn push_display(out: &mut String, key: &str, v: impl Display) {
+    push_key(out, key);
+    out.push('"');
+    // addresses and hex numbers: nothing to escape
+    let _ = fmt::Write::write_fmt(out, format_args!("{v}"));
+    out.push('"');
+}
+
+/// The `pkt` object of [`PktJson`], written directly.
+fn write_pkt_object(out: &mut String, pkt: &Packet) {
+    type Parts<'p> = (
+        &'static str,
+        Option<(IpAddr, IpAddr)>,
+        Option<(&'p L4, bool)>,
+    );
+    let (l3, addrs, l4): Parts<'_> = match pkt {
+        Packet::Ipv4 { src, dst, l4 } => (
+            "ipv4",
+            Some((IpAddr::V4(*src), IpAddr::V4(*dst))),
+            Some((l4, false)),
+        ),
+        Packet::Ipv6 { src, dst, l4 } => (
+            "ipv6",
+            Some((IpAddr::V6(*src), IpAddr::V6(*dst))),
+            Some((l4, true)),
+        ),
+        Packet::Arp { sender, target, .. } => (
+            "arp",
+            Some((IpAddr::V4(*sender), IpAddr::V4(*target))),
+            None,
+        ),
+        Packet::Other { .. } => ("other", None, None),
+        Packet::Unknown => ("unknown", None, None),
+    };
+    out.push_str("{\"l3\":\"");
+    out.push_str(l3);
+    out.push('"');
+    if !matches!(pkt, Packet::Unknown) {
+        push_num(out, "ethertype", u64::from(pkt.ethertype()));
+    }
+    if let Some((src, dst)) = addrs {
+        for (key, a) in [("saddr", src), ("daddr", dst)] {
+            push_key(out, key);
+            out.push('"');
+            match a {
+                IpAddr::V4(v4) => out.push_str(v4_str(&v4, &mut [0; 15])),
+                IpAddr::V6(v6) => {
+                    let _ = fmt::Write::write_fmt(out, format_args!("{v6}"));
+                }
+            }
+            out.push('"');
+        }
+    }
+    if let Some((l4, v6)) = l4 {
+        push_key(out, "proto");
+        match l4.proto(v6) {
+            6 => out.push_str("\"tcp\""),
+            17 => out.push_str("\"udp\""),
+            1 if !v6 => out.push_str("\"icmp\""),
+            58 if v6 => out.push_str("\"icmpv6\""),
+            n => {
+                let _ = write_dec(out, u64::from(n));
+            }
+        }
+        match *l4 {
+            L4::Tcp {
+                sport,
+                dport,
+                seq,
+                ack,
+                flags,
+            } => {
+                push_num(out, "sport", u64::from(sport));
+                push_num(out, "dport", u64::from(dport));
+                push_num(out, "seq", u64::from(seq));
+                push_num(out, "ack", u64::from(ack));
+                push_key(out, "flags");
+                out.push('"');
+                let _ = write_tcp_flags(out, flags);
+                out.push('"');
+            }
+            L4::Udp { sport, dport } => {
+                push_num(out, "sport", u64::from(sport));
+                push_num(out, "dport", u64::from(dport));
+            }
+            L4::Icmp { ty, code, id, seq } => {
+                push_num(out, "icmp_type", u64::from(ty));
+                push_num(out, "icmp_code", u64::from(code));
+                if matches!(icmp_type_name(ty, v6), Some((_, true))) {
+                    push_num(out, "icmp_id", u64::from(id));
+                    push_num(out, "icmp_seq", u64::from(seq));
+                }
+            }
+            L4::Other(_) => {}
+            L4::Unreadable(_) => out.push_str(",\"l4_unreadable\":true"),
+        }
+    }
+    if let Packet::Arp { op, .. } = pkt {
+        push_num(out, "arp_op", u64::from(*op));
+    }
+    out.push('}');
+}
+
+/// One event object (no newline), the same bytes as serializing
+/// [`EventJson`] with serde_json, without its intermediate structures, the
+/// summary string and the copy.
+fn write_event_object(out: &mut String, ev: &Event, ann: &Annotations<'_>) {
+    out.push_str("{\"type\":\"event\",\"time\":\"");
+    let _ = write_timestamp(out, ev.ts_ns);
+    out.push('"');
+    push_num(out, "ts_ns", ev.ts_ns);
+    push_key(out, "tracer");
+    push_json_str(out, ann.tracer);
+    push_key(out, "group");
+    push_json_str(out, ann.group);
+    push_key(out, "skb");
+    out.push('"');
+    let _ = write_hex16(out, ev.skb);
+    out.push('"');
+    push_num(out, "netns", u64::from(ev.netns));
+    push_num(out, "ifindex", u64::from(ev.ifindex));
+    if ev.ifindex != 0 {
+        push_key(out, "ifname");
+        push_json_str(out, &ev.ifname);
+    }
+    push_num(out, "pid", u64::from(ev.pid));
+    push_key(out, "comm");
+    push_json_str(out, &ev.comm);
+    push_num(out, "len", u64::from(ev.pkt_len));
+    if ev.skb_mode {
+        out.push_str(",\"skb_mode\":true");
+    }
+    if ev.from_sk {
+        out.push_str(",\"from_sk\":true");
+    }
+    push_key(out, "pkt");
+    write_pkt_object(out, &ev.packet);
+    // The summary is built from numbers, addresses and fixed ASCII names:
+    // nothing in it needs escaping.
+    push_key(out, "summary");
+    out.push('"');
+    let _ = crate::summary::write_summary(out, &ev.packet);
+    out.push('"');
+    if let Some(reason) = ann.drop_reason {
+        push_key(out, "drop_reason");
+        push_json_str(out, reason);
+        push_num(out, "drop_reason_code", u64::from(ev.drop_reason));
+    }
+    if let Some(loc) = ann.location {
+        push_key(out, "location");
+        push_json_str(out, loc);
+    }
+    if let Some(ret) = ev.retval {
+        push_display(out, "ret", Hex(ret));
+    }
+    if let Some(stack) = ann.stack {
+        push_key(out, "stack");
+        out.push('[');
+        for (i, frame) in stack.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            push_json_str(out, frame);
+        }
+        out.push(']');
+    }
+    out.push('}');
+}
+
 /// Appends one `event` object and a newline.
 pub fn write_event_json(out: &mut String, ev: &Event, ann: &Annotations<'_>) {
-    append_json(out, &event_json(ev, ann));
+    write_event_object(out, ev, ann);
     out.push('\n');
 }
 
@@ -302,7 +517,7 @@ where
         if i > 0 {
             out.push(',');
         }
-        append_json(out, &event_json(ev, &ann));
+        write_event_object(out, ev, &ann);
     }
     out.push_str("]}\n");
 }
@@ -354,6 +569,123 @@ mod tests {
         assert!(s.ends_with('\n'));
         assert_eq!(s.matches('\n').count(), 1, "one line: {s}");
         serde_json::from_str(&s).expect("valid JSON")
+    }
+
+    /// The direct writer gives the same bytes as serde_json on the
+    /// `EventJson` structures (still used by `write_event_json_bytes`).
+    #[test]
+    fn direct_writer_matches_serde() {
+        let mut events = vec![sample()];
+        let packets = [
+            Packet::Unknown,
+            Packet::Other { ethertype: 0x88cc },
+            Packet::Arp {
+                op: 2,
+                sender: "10.0.0.1".parse().expect("addr"),
+                target: "10.0.0.2".parse().expect("addr"),
+            },
+        ];
+        let l4s = [
+            L4::Tcp {
+                sport: 1,
+                dport: 65535,
+                seq: u32::MAX,
+                ack: 0,
+                flags: 0,
+            },
+            L4::Tcp {
+                sport: 80,
+                dport: 4000,
+                seq: 1,
+                ack: 2,
+                flags: 0xff,
+            },
+            L4::Udp {
+                sport: 53,
+                dport: 5353,
+            },
+            L4::Icmp {
+                ty: 0,
+                code: 0,
+                id: 1,
+                seq: 2,
+            },
+            L4::Icmp {
+                ty: 3,
+                code: 1,
+                id: 1,
+                seq: 2,
+            },
+            L4::Icmp {
+                ty: 128,
+                code: 0,
+                id: 1,
+                seq: 2,
+            },
+            L4::Icmp {
+                ty: 200,
+                code: 9,
+                id: 1,
+                seq: 2,
+            },
+            L4::Other(132),
+            L4::Unreadable(6),
+            L4::Unreadable(1),
+        ];
+        for (i, l4) in l4s.into_iter().enumerate() {
+            let mut e = sample();
+            e.packet = if i % 2 == 0 {
+                Packet::Ipv4 {
+                    src: "1.2.3.4".parse().expect("addr"),
+                    dst: "255.0.10.100".parse().expect("addr"),
+                    l4,
+                }
+            } else {
+                Packet::Ipv6 {
+                    src: "fd00::1".parse().expect("addr"),
+                    dst: "::ffff:10.0.0.1".parse().expect("addr"),
+                    l4,
+                }
+            };
+            e.skb_mode = i % 3 == 0;
+            e.from_sk = i % 4 == 0;
+            e.retval = (i % 2 == 1).then_some(0xffff_8885_8f24_2900 + i as u64);
+            e.ifindex = (i % 5) as u32;
+            events.push(e);
+        }
+        for p in packets {
+            let mut e = sample();
+            e.packet = p;
+            events.push(e);
+        }
+        let mut odd = sample();
+        odd.comm = "a\"b\\c\n\r\t\u{8}\u{c}\u{1}\u{1f}\u{7f}é\u{fffd}".into();
+        odd.ifname = "\u{0}x".into();
+        events.push(odd);
+        let stack = vec!["a+0x1".to_string(), "q\"\\\u{2}".to_string()];
+        let anns = [
+            ann(),
+            Annotations {
+                tracer: "t\"\u{1b}",
+                group: "",
+                drop_reason: Some("NETFILTER_DROP"),
+                location: Some("nf_hook_slow+0x9c\\"),
+                stack: Some(&stack),
+            },
+            Annotations {
+                stack: Some(&[]),
+                ..ann()
+            },
+        ];
+        for ev in &events {
+            for a in &anns {
+                let mut direct = String::new();
+                write_event_json(&mut direct, ev, a);
+                let mut serde = Vec::new();
+                write_event_json_bytes(&mut serde, ev, a);
+                assert_eq!(direct, String::from_utf8(serde).expect("utf-8"));
+            }
+        }
     }
 
     #[test]

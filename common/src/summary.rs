@@ -2,14 +2,25 @@
 //! `ICMP: 10.35.13.63 -> 9.135.224.89, ping request   , seq: 1`.
 
 use std::fmt::{self, Display, Write};
+use std::net::Ipv4Addr;
 
 use crate::event::{Packet, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, L4};
 
 /// Writes the summary of `p` into `out`.
 pub fn write_summary<W: Write + ?Sized>(out: &mut W, p: &Packet) -> fmt::Result {
     match *p {
-        Packet::Ipv4 { src, dst, l4 } => write_ip(out, &src, &dst, &l4, false),
-        Packet::Ipv6 { src, dst, l4 } => write_ip(out, &src, &dst, &l4, true),
+        Packet::Ipv4 { src, dst, l4 } => {
+            // IPv4 addresses through a stack buffer: much cheaper than
+            // `Ipv4Addr`'s Display on the per-event path.
+            let (mut a, mut b) = ([0u8; 15], [0u8; 15]);
+            write_ip(out, v4_str(&src, &mut a), v4_str(&dst, &mut b), &l4, false)
+        }
+        Packet::Ipv6 { src, dst, l4 } => {
+            let (mut a, mut b) = (StackStr::new(), StackStr::new());
+            let _ = write!(a, "{src}");
+            let _ = write!(b, "{dst}");
+            write_ip(out, a.as_str(), b.as_str(), &l4, true)
+        }
         Packet::Arp { op, sender, target } => {
             write!(out, "ARP: {sender} -> {target}, ")?;
             match op {
@@ -68,17 +79,102 @@ pub fn tcp_flags(flags: u8) -> String {
     s
 }
 
-/// `addr:port`, with IPv6 addresses in brackets.
-struct Endpoint<'a, A>(&'a A, u16, bool);
+/// Writes the decimal digits of `n`.
+pub(crate) fn write_dec<W: Write + ?Sized>(out: &mut W, n: u64) -> fmt::Result {
+    if n < 10 {
+        return out.write_char(char::from(b'0' + n as u8));
+    }
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    let mut n = n;
+    while n > 0 {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+    // char by char: cheaper than validating the digits as a `str`
+    buf[i..]
+        .iter()
+        .try_for_each(|&d| out.write_char(char::from(d)))
+}
 
-impl<A: Display> Display for Endpoint<'_, A> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.2 {
-            write!(f, "[{}]:{}", self.0, self.1)
-        } else {
-            write!(f, "{}:{}", self.0, self.1)
+/// Writes `s` left-aligned in `width` characters, like `{:<width}`.
+pub(crate) fn write_padded<W: Write + ?Sized>(out: &mut W, s: &str, width: usize) -> fmt::Result {
+    out.write_str(s)?;
+    const SPACES: &str = "                                ";
+    let mut missing = width.saturating_sub(s.chars().count());
+    while missing > 0 {
+        let n = missing.min(SPACES.len());
+        out.write_str(&SPACES[..n])?;
+        missing -= n;
+    }
+    Ok(())
+}
+
+/// Dotted-quad text of an IPv4 address in `buf`.
+pub(crate) fn v4_str<'b>(a: &Ipv4Addr, buf: &'b mut [u8; 15]) -> &'b str {
+    let mut len = 0;
+    for (i, o) in a.octets().into_iter().enumerate() {
+        if i > 0 {
+            buf[len] = b'.';
+            len += 1;
+        }
+        if o >= 100 {
+            buf[len] = b'0' + o / 100;
+            len += 1;
+        }
+        if o >= 10 {
+            buf[len] = b'0' + (o / 10) % 10;
+            len += 1;
+        }
+        buf[len] = b'0' + o % 10;
+        len += 1;
+    }
+    // only ASCII digits and dots were written
+    std::str::from_utf8(&buf[..len]).unwrap_or("")
+}
+
+/// Text of an IPv6 address (at most 39 bytes) on the stack.
+struct StackStr {
+    buf: [u8; 48],
+    len: usize,
+}
+
+impl StackStr {
+    fn new() -> Self {
+        StackStr {
+            buf: [0; 48],
+            len: 0,
         }
     }
+
+    fn as_str(&self) -> &str {
+        // only whole `&str`s are appended
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or("")
+    }
+}
+
+impl Write for StackStr {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let end = self.len + s.len();
+        let dst = self.buf.get_mut(self.len..end).ok_or(fmt::Error)?;
+        dst.copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
+}
+
+/// `addr:port`, with IPv6 addresses in brackets.
+fn write_endpoint<W: Write + ?Sized>(out: &mut W, addr: &str, port: u16, v6: bool) -> fmt::Result {
+    if v6 {
+        out.write_char('[')?;
+        out.write_str(addr)?;
+        out.write_char(']')?;
+    } else {
+        out.write_str(addr)?;
+    }
+    out.write_char(':')?;
+    write_dec(out, u64::from(port))
 }
 
 /// Name of an ICMP (or ICMPv6 when `v6`) type, and whether it is an echo.
@@ -114,10 +210,10 @@ pub fn icmp_type_name(ty: u8, v6: bool) -> Option<(&'static str, bool)> {
     Some(r)
 }
 
-fn write_ip<W: Write + ?Sized, A: Display>(
+fn write_ip<W: Write + ?Sized>(
     out: &mut W,
-    src: &A,
-    dst: &A,
+    src: &str,
+    dst: &str,
     l4: &L4,
     v6: bool,
 ) -> fmt::Result {
@@ -131,22 +227,32 @@ fn write_ip<W: Write + ?Sized, A: Display>(
             ack,
             flags,
         } => {
-            write!(
-                out,
-                "TCP: {} -> {}, seq: {seq}, ack: {ack}, flags: ",
-                Endpoint(src, sport, v6),
-                Endpoint(dst, dport, v6)
-            )?;
+            out.write_str("TCP: ")?;
+            write_endpoint(out, src, sport, v6)?;
+            out.write_str(" -> ")?;
+            write_endpoint(out, dst, dport, v6)?;
+            out.write_str(", seq: ")?;
+            write_dec(out, u64::from(seq))?;
+            out.write_str(", ack: ")?;
+            write_dec(out, u64::from(ack))?;
+            out.write_str(", flags: ")?;
             write_tcp_flags(out, flags)
         }
-        L4::Udp { sport, dport } => write!(
-            out,
-            "UDP: {} -> {}",
-            Endpoint(src, sport, v6),
-            Endpoint(dst, dport, v6)
-        ),
+        L4::Udp { sport, dport } => {
+            out.write_str("UDP: ")?;
+            write_endpoint(out, src, sport, v6)?;
+            out.write_str(" -> ")?;
+            write_endpoint(out, dst, dport, v6)
+        }
         L4::Icmp { ty, code, seq, .. } => match icmp_type_name(ty, v6) {
-            Some((kind, true)) => write!(out, "{icmp}: {src} -> {dst}, {kind:<15}, seq: {seq}"),
+            Some((kind, true)) => {
+                for part in [icmp, ": ", src, " -> ", dst, ", "] {
+                    out.write_str(part)?;
+                }
+                write_padded(out, kind, 15)?;
+                out.write_str(", seq: ")?;
+                write_dec(out, u64::from(seq))
+            }
             Some((name, false)) => write!(out, "{icmp}: {src} -> {dst}, {name:<15}, code: {code}"),
             // "type N" padded to the 15 columns of a name
             None => write!(out, "{icmp}: {src} -> {dst}, type {ty:<10}, code: {code}"),
@@ -166,6 +272,40 @@ fn write_ip<W: Write + ?Sized, A: Display>(
 mod tests {
     use super::*;
     use std::net::{Ipv4Addr, Ipv6Addr};
+
+    #[test]
+    fn fast_writers_match_std_formatting() {
+        for n in [0u64, 7, 10, 99, 100, 65535, 4_026_531_840, u64::MAX] {
+            let mut out = String::new();
+            write_dec(&mut out, n).expect("string write");
+            assert_eq!(out, n.to_string());
+        }
+        for a in [
+            Ipv4Addr::new(0, 0, 0, 0),
+            Ipv4Addr::new(255, 255, 255, 255),
+            Ipv4Addr::new(10, 0, 100, 9),
+            Ipv4Addr::new(1, 20, 199, 250),
+        ] {
+            assert_eq!(v4_str(&a, &mut [0; 15]), a.to_string());
+        }
+        for (s, w) in [
+            ("life", 12),
+            ("exactly-twelve", 12),
+            ("", 3),
+            ("näive", 8),
+            ("x", 40),
+        ] {
+            let mut out = String::new();
+            write_padded(&mut out, s, w).expect("string write");
+            assert_eq!(out, format!("{s:<w$}"));
+        }
+        let longest: Ipv6Addr = "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"
+            .parse()
+            .expect("addr");
+        let mut buf = StackStr::new();
+        write!(buf, "{longest}").expect("fits");
+        assert_eq!(buf.as_str(), longest.to_string());
+    }
 
     fn v4(l4: L4) -> Packet {
         Packet::Ipv4 {
