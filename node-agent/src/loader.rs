@@ -129,6 +129,7 @@ pub fn load_and_attach(
         .load(nettrace_ebpf::object())
         .context("loading the eBPF object failed")?;
     let mut phases = vec![("object", started.elapsed())];
+    let preload_errors = preload_raw_tracepoints(&mut ebpf, plan);
 
     let mut attached = Vec::new();
     let mut functions = FunctionAttacher::default();
@@ -136,6 +137,13 @@ pub fn load_and_attach(
         let id32 = id as u32;
         let tracer = plan.tracers[id].clone();
         let outcome = match &tracer.backend {
+            Backend::Tracepoint { slot, .. } if preload_errors.contains_key(&slot.program) => {
+                Err(anyhow!(
+                    "loading {}: {}",
+                    slot.program,
+                    preload_errors[&slot.program]
+                ))
+            }
             Backend::Tracepoint { event, slot, .. } => {
                 write_slot(&mut ebpf, slot.index, RawSlot::new(id32, &tracer, false))
                     .and_then(|()| attach_raw_tracepoint(&mut ebpf, &slot.program, event))
@@ -193,12 +201,51 @@ fn write_slot(ebpf: &mut Ebpf, index: u32, raw: RawSlot) -> Result<()> {
         .context("writing the slot configuration")
 }
 
+/// Loads (has the kernel verify) the planned raw tracepoint programs on two
+/// threads; verification is most of the cost of attaching a tracepoint.
+/// Returns the programs that failed to load, with the error.
+fn preload_raw_tracepoints(ebpf: &mut Ebpf, plan: &Plan) -> HashMap<String, String> {
+    let wanted: HashSet<&str> = plan
+        .tracers
+        .iter()
+        .filter_map(|t| match &t.backend {
+            Backend::Tracepoint { slot, .. } => Some(slot.program.as_str()),
+            _ => None,
+        })
+        .collect();
+    let mut progs: Vec<(String, &mut RawTracePoint)> = ebpf
+        .programs_mut()
+        .filter(|(name, _)| wanted.contains(name))
+        .filter_map(|(name, p)| {
+            <&mut RawTracePoint>::try_from(p)
+                .ok()
+                .map(|p| (name.to_string(), p))
+        })
+        .collect();
+    let load_all = |progs: &mut [(String, &mut RawTracePoint)]| -> Vec<(String, String)> {
+        progs
+            .iter_mut()
+            .filter_map(|(name, p)| p.load().err().map(|e| (name.clone(), format!("{e:#}"))))
+            .collect()
+    };
+    let half = progs.len() / 2;
+    let (first, second) = progs.split_at_mut(half);
+    std::thread::scope(|s| {
+        let other = s.spawn(|| load_all(first));
+        let mut errors = load_all(second);
+        errors.extend(other.join().unwrap_or_default());
+        errors.into_iter().collect()
+    })
+}
+
 fn attach_raw_tracepoint(ebpf: &mut Ebpf, program: &str, event: &str) -> Result<u32> {
     let prog: &mut RawTracePoint = ebpf
         .program_mut(program)
         .ok_or_else(|| anyhow!("program {program} missing from the eBPF object"))?
         .try_into()?;
-    prog.load().with_context(|| format!("loading {program}"))?;
+    if prog.fd().is_err() {
+        prog.load().with_context(|| format!("loading {program}"))?;
+    }
     prog.attach(event)
         .with_context(|| format!("attaching to raw tracepoint {event}"))?;
     Ok(prog.info().map(|i| i.id()).unwrap_or(0))

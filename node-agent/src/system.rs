@@ -97,32 +97,40 @@ impl Kernel {
         let kprobes = Path::new("/sys/bus/event_source/devices/kprobe/type").exists();
         // An error (EPERM on a kernel that refuses them) means no fentry.
         let fentry = root && aya::sys::is_program_supported(ProgramType::Tracing).unwrap_or(false);
-        let btf = Btf::from_sys_fs().ok();
-        let symbols = if functions.is_empty() || !kprobes {
-            HashMap::new()
-        } else {
-            fs::read_to_string("/proc/kallsyms")
-                .map(|text| {
-                    let kallsyms = Kallsyms::parse(&text);
-                    kallsyms
-                        .functions(functions)
-                        .into_iter()
-                        .map(|(func, (symbol, addr))| {
-                            let in_module =
-                                kallsyms.resolve(addr).is_some_and(|s| s.module.is_some());
-                            (
-                                func,
-                                FunctionSymbol {
-                                    symbol,
-                                    addr,
-                                    in_module,
-                                },
-                            )
-                        })
-                        .collect()
-                })
-                .unwrap_or_default()
+        // Parsing the BTF and reading kallsyms are the slow parts (seconds
+        // under emulation): do them side by side.
+        let read_symbols = || {
+            if functions.is_empty() || !kprobes {
+                HashMap::new()
+            } else {
+                fs::read_to_string("/proc/kallsyms")
+                    .map(|text| {
+                        let kallsyms = Kallsyms::parse(&text);
+                        kallsyms
+                            .functions(functions)
+                            .into_iter()
+                            .map(|(func, (symbol, addr))| {
+                                let in_module =
+                                    kallsyms.resolve(addr).is_some_and(|s| s.module.is_some());
+                                (
+                                    func,
+                                    FunctionSymbol {
+                                        symbol,
+                                        addr,
+                                        in_module,
+                                    },
+                                )
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            }
         };
+        let (btf, symbols) = std::thread::scope(|s| {
+            let btf = s.spawn(|| Btf::from_sys_fs().ok());
+            let symbols = read_symbols();
+            (btf.join().ok().flatten(), symbols)
+        });
         Kernel {
             tracefs,
             kprobes,
