@@ -10,6 +10,7 @@ pub mod filter;
 pub mod format;
 pub mod json;
 pub mod kallsyms;
+pub mod protocol;
 pub mod summary;
 pub mod timeline;
 pub mod tracer;

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 
 /// Output format for events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -15,8 +15,18 @@ pub enum OutputFormat {
 
 /// Trace packets through the Linux network stack with eBPF.
 #[derive(Debug, Parser)]
-#[command(name = "nettrace", version, about, max_term_width = 110)]
+#[command(
+    name = "nettrace",
+    version,
+    about,
+    max_term_width = 110,
+    args_conflicts_with_subcommands = true,
+    disable_help_subcommand = true
+)]
 pub struct Cli {
+    /// Another mode than tracing from the command line.
+    #[command(subcommand)]
+    pub command: Option<Command>,
     /// IP source address (IPv4 or IPv6)
     #[arg(short = 's', long = "saddr", value_name = "SADDR")]
     pub saddr: Option<String>,
@@ -101,6 +111,13 @@ pub struct Cli {
     /// Size of the event ring buffer in KiB (a power of two, at least 4)
     #[arg(long = "ringbuf-kb", value_name = "KIB", default_value_t = 4096)]
     pub ringbuf_kb: u32,
+}
+
+/// Modes of the binary besides the command-line tracer.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Node agent: read one protocol v1 `spec` line on stdin, answer with JSON lines on stdout
+    Agent,
 }
 
 impl Cli {

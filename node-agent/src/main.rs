@@ -1,8 +1,11 @@
 //! `nettrace`: follow packets through the Linux network stack with eBPF.
 
+mod agent;
 mod cli;
+mod containers;
 mod kprobe_multi;
 mod loader;
+mod netlink;
 mod plan;
 mod resolve;
 mod session;
@@ -41,6 +44,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if matches!(cli.command, Some(cli::Command::Agent)) {
+        return agent::main();
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -69,9 +75,40 @@ fn run(cli: Cli) -> Result<()> {
         print_tracer_list(&tree, cli.backend);
         return Ok(());
     }
+    let prepared = prepare(&cli, &tree)?;
+    eprintln!("begin tracing......");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime
+        .block_on(session::run(
+            prepared.loaded,
+            prepared.plan,
+            prepared.symbols,
+            prepared.views,
+            None,
+        ))
+        .map(|_| ())
+}
 
+/// Everything a session needs, attached and ready.
+pub struct Prepared {
+    /// The loaded and attached programs and their maps.
+    pub loaded: loader::Loaded,
+    /// What was planned for each tracer.
+    pub plan: Plan,
+    /// Kernel symbols and drop reasons.
+    pub symbols: Symbols,
+    /// How events are shown.
+    pub views: Views,
+}
+
+/// Checks the options, loads and attaches the tracers (the command line and
+/// the agent share this).
+pub fn prepare(cli: &Cli, tree: &TracerTree) -> Result<Prepared> {
     // Everything the user typed is checked before anything is loaded.
-    let mut filter = resolve::filter_from_cli(&cli)?;
+    let mut filter = resolve::filter_from_cli(cli)?;
     let names: Vec<&str> = if cli.tracer.is_empty() {
         vec!["all"]
     } else {
@@ -100,7 +137,7 @@ fn run(cli: Cli) -> Result<()> {
 
     system::require_root()?;
     system::require_btf()?;
-    resolve::resolve_kernel_scopes(&cli, &mut filter)?;
+    resolve::resolve_kernel_scopes(cli, &mut filter)?;
     let probing = std::time::Instant::now();
     let kernel = Kernel::probe(&function_names(&leaves));
     let probe_time = probing.elapsed();
@@ -115,7 +152,7 @@ fn run(cli: Cli) -> Result<()> {
     let want_stack = |leaf: &Leaf| cli.stack || stack_only.contains(&leaf.name);
     let mut plan = Plan::build(&kernel, &leaves, cli.backend, cli.ret, want_stack);
     let loaded = loader::load_and_attach(&mut plan, btf, filter.encode(), limits)?;
-    report_plan(&cli, &plan, &loaded);
+    report_plan(cli, &plan, &loaded);
     if cli.verbose {
         let phases: Vec<String> = std::iter::once(("kernel probe", probe_time))
             .chain(loaded.phases.iter().copied())
@@ -145,13 +182,12 @@ fn run(cli: Cli) -> Result<()> {
         count: cli.count,
         verbose: cli.verbose,
     };
-
-    eprintln!("begin tracing......");
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    runtime.block_on(session::run(loaded, plan, symbols, views))
+    Ok(Prepared {
+        loaded,
+        plan,
+        symbols,
+        views,
+    })
 }
 
 /// The kernel functions among `leaves`.

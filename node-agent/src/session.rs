@@ -11,6 +11,7 @@ use nettrace_common::{json, Block, Event, RawEvent, Role, Timeline};
 use tokio::io::unix::AsyncFd;
 use tokio::signal::unix::{signal, SignalKind};
 
+use crate::agent::{self, Control, Stop};
 use crate::cli::OutputFormat;
 use crate::loader::{stat, Loaded, Stats};
 use crate::plan::Plan;
@@ -47,8 +48,15 @@ const RETURN_WAIT: Duration = Duration::from_millis(500);
 /// Most skb contexts kept open in timeline mode before the oldest is printed.
 const MAX_OPEN_CONTEXTS: usize = 65536;
 
-/// Runs the session until SIGINT/SIGTERM, or until `count` is reached.
-pub async fn run(mut loaded: Loaded, plan: Plan, symbols: Symbols, views: Views) -> Result<()> {
+/// Runs the session until SIGINT/SIGTERM, or until `count` is reached (in
+/// agent mode also until the deadline or the end of stdin).
+pub async fn run(
+    mut loaded: Loaded,
+    plan: Plan,
+    symbols: Symbols,
+    views: Views,
+    control: Option<Control>,
+) -> Result<Stop> {
     let ring = loaded.take_ring_buffer()?;
     let stacks = loaded.take_stacks()?;
     let stats = loaded.take_stats()?;
@@ -59,6 +67,26 @@ pub async fn run(mut loaded: Loaded, plan: Plan, symbols: Symbols, views: Views)
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let (sink, deadline, input_closed) = match control {
+        Some(c) => (Some(c.sink), c.deadline, Some(c.input_closed)),
+        None => (None, None, None),
+    };
+    let deadline = async move {
+        match deadline {
+            Some(d) => tokio::time::sleep_until(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    let input_closed = async move {
+        match input_closed {
+            // A dropped sender means the watcher is gone too.
+            Some(rx) => {
+                let _ = rx.await;
+            }
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(deadline, input_closed);
 
     let mut printer = Printer {
         plan: &plan,
@@ -72,9 +100,11 @@ pub async fn run(mut loaded: Loaded, plan: Plan, symbols: Symbols, views: Views)
         reported_loss: LossStats::default(),
         decode_errors: 0,
         parked: std::collections::VecDeque::new(),
+        sink,
     };
 
     let mut done = false;
+    let mut stop = Stop::Count;
     while !done {
         tokio::select! {
             guard = ring.readable_mut() => {
@@ -82,8 +112,10 @@ pub async fn run(mut loaded: Loaded, plan: Plan, symbols: Symbols, views: Views)
                 done = printer.drain(guard.get_inner_mut())?;
                 guard.clear_ready();
             }
-            _ = sigint.recv() => break,
-            _ = sigterm.recv() => break,
+            _ = sigint.recv() => { stop = Stop::Signal; break }
+            _ = sigterm.recv() => { stop = Stop::Signal; break }
+            _ = &mut deadline => { stop = Stop::Deadline; break }
+            _ = &mut input_closed => { stop = Stop::InputClosed; break }
             _ = tick.tick() => {
                 done = printer.release_parked(RETURN_WAIT);
                 printer.write_out()?;
@@ -106,7 +138,7 @@ pub async fn run(mut loaded: Loaded, plan: Plan, symbols: Symbols, views: Views)
     if views.verbose {
         eprintln!("detached in {detach_ms} ms");
     }
-    Ok(())
+    Ok(stop)
 }
 
 struct Printer<'a> {
@@ -122,6 +154,8 @@ struct Printer<'a> {
     decode_errors: u64,
     /// Finished blocks waiting for return values, oldest first.
     parked: std::collections::VecDeque<(Block<Record>, std::time::Instant)>,
+    /// Agent mode: scoping, annotations, protocol lines.
+    sink: Option<agent::AgentSink>,
 }
 
 impl<'a> Printer<'a> {
@@ -153,6 +187,9 @@ impl<'a> Printer<'a> {
 
     /// Prints or buffers one event; true once `count` is reached.
     fn handle(&mut self, ev: Event) -> bool {
+        if self.sink.as_ref().is_some_and(|s| !s.keep(&ev)) {
+            return false;
+        }
         let stack = ev
             .stack_id
             .and_then(|id| self.symbols.stack(self.stacks, id));
@@ -327,9 +364,13 @@ impl<'a> Printer<'a> {
         let (mut loc, mut reason) = (String::new(), String::new());
         let ann = self.resolver().annotations(rec, &mut loc, &mut reason);
         let mut buf = std::mem::take(&mut self.buf);
-        match self.views.output {
-            OutputFormat::Text => format::write_event(&mut buf, &rec.ev, &ann, self.views.text),
-            OutputFormat::Json => json::write_event_json(&mut buf, &rec.ev, &ann),
+        if let Some(sink) = self.sink.as_mut() {
+            sink.write_event(&mut buf, &rec.ev, &ann);
+        } else {
+            match self.views.output {
+                OutputFormat::Text => format::write_event(&mut buf, &rec.ev, &ann, self.views.text),
+                OutputFormat::Json => json::write_event_json(&mut buf, &rec.ev, &ann),
+            }
         }
         self.buf = buf;
     }
@@ -349,6 +390,11 @@ impl<'a> Printer<'a> {
             .map(|(r, (l, d))| resolver.annotations(r, l, d))
             .collect();
         let items = block.records.iter().zip(anns).map(|(r, a)| (&r.ev, a));
+        if let Some(sink) = self.sink.as_mut() {
+            sink.write_timeline(&mut buf, block.skb, items);
+            self.buf = buf;
+            return;
+        }
         match self.views.output {
             OutputFormat::Text => {
                 format::write_timeline_block(&mut buf, block.skb, items, self.views.text)
@@ -389,7 +435,14 @@ impl<'a> Printer<'a> {
             || now.skb_map_full > self.reported_loss.skb_map_full
             || now.stack_failed > self.reported_loss.stack_failed
             || now.rate_limited > self.reported_loss.rate_limited;
-        if grew || (at_exit && !now.is_clean()) {
+        if self.sink.is_some() {
+            if grew || at_exit {
+                self.buf.push_str(&agent::lost_msg(&now).to_line());
+                self.buf.push('\n');
+                self.write_out()?;
+                self.reported_loss = now;
+            }
+        } else if grew || (at_exit && !now.is_clean()) {
             if let Some(msg) = now.message() {
                 eprintln!("{msg}");
             }

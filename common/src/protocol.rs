@@ -1,0 +1,606 @@
+//! The node agent's line protocol, version 1.
+//!
+//! One JSON object per line, each with `"v":1` and a `"type"`. The plugin
+//! writes one [`Spec`] (`"type":"spec"`) on the agent's stdin; the agent
+//! answers on stdout with `hello`, `resolved`, `ready`, then `event`,
+//! `timeline` and `lost` lines, `error` lines when something goes wrong, and
+//! `bye` last. Unknown keys are ignored (additions keep version 1); an
+//! unknown version or type is an error. The README documents the schema.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use thiserror::Error;
+
+/// The protocol version this code speaks.
+pub const VERSION: u64 = 1;
+
+/// Why a protocol line could not be read.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ProtocolError {
+    /// Not a JSON object.
+    #[error("not a JSON object: {0}")]
+    NotJson(String),
+    /// No `"v"` key.
+    #[error("no protocol version (\"v\") in the line")]
+    NoVersion,
+    /// A version this code does not speak.
+    #[error("unsupported protocol version {0} (this side speaks version {VERSION})")]
+    Version(String),
+    /// No `"type"` key.
+    #[error("no message type (\"type\") in the line")]
+    NoType,
+    /// A known version but an unknown type, or fields of the wrong shape.
+    #[error("bad {ty:?} message: {reason}")]
+    Message {
+        /// The `"type"` of the line.
+        ty: String,
+        /// What serde said.
+        reason: String,
+    },
+}
+
+/// One line of the protocol, in either direction.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum Message {
+    /// Plugin → agent: what to trace.
+    Spec(Spec),
+    /// Agent → plugin, first line: who is tracing.
+    Hello(Hello),
+    /// Agent → plugin: what each target resolved to.
+    Resolved(Resolved),
+    /// Agent → plugin: the tracers are attached.
+    Ready(Ready),
+    /// Agent → plugin: one traced hit.
+    Event(EventMsg),
+    /// Agent → plugin: the events of one skb (with `timeline`).
+    Timeline(TimelineMsg),
+    /// Agent → plugin: loss counters (when they grow, and at the end).
+    Lost(Lost),
+    /// Agent → plugin: something failed.
+    Error(ErrorMsg),
+    /// Agent → plugin, last line.
+    Bye(Bye),
+}
+
+/// A pod container to trace.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Target {
+    /// Kubernetes namespace of the pod.
+    pub namespace: String,
+    /// Pod name.
+    pub pod: String,
+    /// Container name.
+    pub container: String,
+    /// Container id with its runtime prefix (`containerd://…`, `cri-o://…`, `docker://…`).
+    pub container_id: String,
+    /// Pod uid, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_uid: Option<String>,
+}
+
+/// The filter and view options of the command line.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TraceOptions {
+    /// `-p`: protocol.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proto: Option<String>,
+    /// `-s`: source address.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub saddr: Option<String>,
+    /// `-d`: destination address.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub daddr: Option<String>,
+    /// `--addr`: source or destination address.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub addr: Option<String>,
+    /// `--sport`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sport: Option<String>,
+    /// `--dport`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dport: Option<String>,
+    /// `--port`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<String>,
+    /// `-t`: tracers (empty: all).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tracers: Vec<String>,
+    /// `--detail` (a view option: the plugin formats; the agent ignores it).
+    pub detail: bool,
+    /// `--timeline`: the agent groups events per skb and sends `timeline` lines.
+    pub timeline: bool,
+    /// `-c`: stop after this many events (or timeline blocks).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
+    /// `--skb-mode`.
+    pub skb_mode: bool,
+    /// `--ret`.
+    pub ret: bool,
+    /// `--stack`.
+    pub stack: bool,
+    /// `--stack-tracer`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub stack_tracers: Vec<String>,
+    /// `--force-stack`.
+    pub force_stack: bool,
+    /// `--backend`: auto, fentry, kprobe or tracepoint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backend: Option<String>,
+    /// `--rate-limit`, events per second.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<u32>,
+    /// Do not scope to the targets' network namespaces: follow matching
+    /// packets across the host too (events there are annotated when they are
+    /// on a target's host-side veth).
+    pub follow_host: bool,
+}
+
+/// Plugin → agent: what to trace, and for how long.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Spec {
+    /// The containers to trace (empty: the whole node).
+    #[serde(default)]
+    pub targets: Vec<Target>,
+    /// Filters and views.
+    #[serde(default)]
+    pub options: TraceOptions,
+    /// The agent stops by itself after this many seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_secs: Option<u64>,
+}
+
+/// The two clocks read at the same moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Clock {
+    /// CLOCK_MONOTONIC in ns (the clock of the events' `ts_ns`).
+    pub monotonic_ns: u64,
+    /// CLOCK_REALTIME in ns (Unix time).
+    pub realtime_ns: u64,
+}
+
+/// Agent → plugin, first line.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// `nettrace` version of the agent.
+    pub agent: String,
+    /// The node's kernel release (`uname -r`).
+    pub kernel: String,
+    /// Attach backends available: `tracepoint`, `fentry`, `kprobe`, `kprobe-multi`.
+    pub backends: Vec<String>,
+    /// Clocks, to put events of several nodes on one time line.
+    pub clock: Clock,
+}
+
+/// What one target resolved to (or why it did not).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResolvedTarget {
+    /// The target as given.
+    #[serde(flatten)]
+    pub target: Target,
+    /// A process of the container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// Inode of the container's network namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<u64>,
+    /// The container shares the host's network namespace (hostNetwork pod):
+    /// only addresses and ports can scope it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub host_network: bool,
+    /// Index of the host end of the container's veth.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_ifindex: Option<u32>,
+    /// Name of the host end of the container's veth.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_ifname: Option<String>,
+    /// Why the host end is unknown, when it is (the target is traced anyway).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_if_error: Option<String>,
+    /// Why the target could not be resolved (then it is not traced).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Agent → plugin: the resolution of every target, in spec order.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resolved {
+    /// One entry per target of the spec.
+    pub targets: Vec<ResolvedTarget>,
+}
+
+/// How events are scoped to the targets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// In the kernel, on one network namespace.
+    Kernel,
+    /// In the agent, on the targets' network namespaces.
+    User,
+    /// Not scoped (no resolved target, hostNetwork, or `follow_host`).
+    #[default]
+    None,
+}
+
+/// Agent → plugin: tracing has begun.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ready {
+    /// How many tracers are attached.
+    pub tracers: usize,
+    /// How events are scoped to the targets' network namespaces.
+    pub scope: Scope,
+}
+
+/// Who an event belongs to.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Annotation {
+    /// Pod namespace.
+    pub namespace: String,
+    /// Pod name.
+    pub pod: String,
+    /// Container name.
+    pub container: String,
+    /// Set when the event is on the host side, on this interface leading to the pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_ifname: Option<String>,
+}
+
+/// Agent → plugin: one event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventMsg {
+    /// The event object exactly as `nettrace -o json` prints it.
+    pub event: Value,
+    /// The pod it belongs to, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub annotation: Option<Annotation>,
+}
+
+/// Agent → plugin: the events of one skb context, in order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TimelineMsg {
+    /// The skb address, 16 hex digits.
+    pub skb: String,
+    /// The events.
+    pub events: Vec<EventMsg>,
+}
+
+/// Agent → plugin: loss counters (totals since the start).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lost {
+    /// Events lost because the ring buffer was full.
+    pub events: u64,
+    /// skbs not remembered by `skb_mode` because its map was full.
+    pub skb_map_full: u64,
+    /// Stacks that could not be taken.
+    pub stack_failed: u64,
+    /// Events that matched the filter.
+    pub matched: u64,
+    /// Events suppressed by the rate limit.
+    pub rate_limited: u64,
+}
+
+/// Agent → plugin: an error (the agent may go on, or say `bye` next).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorMsg {
+    /// One line.
+    pub message: String,
+}
+
+/// Why the agent stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ByeReason {
+    /// `deadline_secs` elapsed.
+    Deadline,
+    /// SIGINT or SIGTERM.
+    Signal,
+    /// Stdin closed: the plugin is gone.
+    InputClosed,
+    /// `count` reached.
+    Count,
+    /// A fatal error (reported in an `error` line before).
+    Error,
+}
+
+/// Agent → plugin, last line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bye {
+    /// Why.
+    pub reason: ByeReason,
+}
+
+impl Message {
+    /// Serializes the message as one line (without the newline), `"v"` first.
+    pub fn to_line(&self) -> String {
+        // Serializing these types cannot fail: every map key is a string.
+        let body = serde_json::to_string(self).unwrap_or_else(|_| "{}".to_string());
+        match body.strip_prefix('{') {
+            Some(rest) if rest != "}" => format!("{{\"v\":{VERSION},{rest}"),
+            _ => format!("{{\"v\":{VERSION}}}"),
+        }
+    }
+
+    /// Parses one line.
+    pub fn parse(line: &str) -> Result<Message, ProtocolError> {
+        let mut value: Value =
+            serde_json::from_str(line.trim()).map_err(|e| ProtocolError::NotJson(e.to_string()))?;
+        let obj = value
+            .as_object_mut()
+            .ok_or_else(|| ProtocolError::NotJson("not an object".to_string()))?;
+        match obj.remove("v") {
+            None => return Err(ProtocolError::NoVersion),
+            Some(Value::Number(n)) if n.as_u64() == Some(VERSION) => {}
+            Some(other) => return Err(ProtocolError::Version(other.to_string())),
+        }
+        let ty = match obj.get("type") {
+            Some(Value::String(t)) => t.clone(),
+            _ => return Err(ProtocolError::NoType),
+        };
+        serde_json::from_value(value).map_err(|e| ProtocolError::Message {
+            ty,
+            reason: e.to_string(),
+        })
+    }
+}
+
+/// An `event` line built around an event object already serialized as
+/// `-o json` prints it (kept byte for byte, key order included); parses
+/// back as [`Message::Event`].
+pub fn event_line(event_json: &str, annotation: Option<&Annotation>) -> String {
+    let mut line = format!("{{\"v\":{VERSION},\"type\":\"event\",");
+    push_event_fields(&mut line, event_json, annotation);
+    line.push('}');
+    line
+}
+
+/// A `timeline` line from serialized event objects (see [`event_line`]).
+pub fn timeline_line<'a, I>(skb: u64, events: I) -> String
+where
+    I: IntoIterator<Item = (&'a str, Option<&'a Annotation>)>,
+{
+    let mut line =
+        format!("{{\"v\":{VERSION},\"type\":\"timeline\",\"skb\":\"{skb:016x}\",\"events\":[");
+    for (i, (event_json, annotation)) in events.into_iter().enumerate() {
+        if i > 0 {
+            line.push(',');
+        }
+        line.push('{');
+        push_event_fields(&mut line, event_json, annotation);
+        line.push('}');
+    }
+    line.push_str("]}");
+    line
+}
+
+fn push_event_fields(line: &mut String, event_json: &str, annotation: Option<&Annotation>) {
+    line.push_str("\"event\":");
+    line.push_str(event_json.trim_end());
+    if let Some(a) = annotation {
+        line.push_str(",\"annotation\":");
+        // Serializing an Annotation (strings only) cannot fail.
+        line.push_str(&serde_json::to_string(a).unwrap_or_else(|_| "null".to_string()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn target() -> Target {
+        Target {
+            namespace: "default".into(),
+            pod: "a".into(),
+            container: "app".into(),
+            container_id: "containerd://0123abcd".into(),
+            pod_uid: Some("9f1c-uid".into()),
+        }
+    }
+
+    fn all_messages() -> Vec<Message> {
+        let event = json!({"type":"event","ts_ns":1u64 << 60,"tracer":"ip_rcv","skb":"ffff888100000000",
+            "pkt":{"l3":"ipv4","saddr":"10.0.0.1"},"summary":"ICMP: 10.0.0.1 -> 10.0.0.2"});
+        let ann = Annotation {
+            namespace: "default".into(),
+            pod: "a".into(),
+            container: "app".into(),
+            host_ifname: Some("veth1234".into()),
+        };
+        vec![
+            Message::Spec(Spec {
+                targets: vec![target()],
+                options: TraceOptions {
+                    proto: Some("icmp".into()),
+                    addr: Some("10.0.0.2".into()),
+                    port: Some("53".into()),
+                    tracers: vec!["link".into(), "kfree_skb".into()],
+                    detail: true,
+                    timeline: true,
+                    count: Some(3),
+                    skb_mode: true,
+                    ret: true,
+                    stack: true,
+                    stack_tracers: vec!["kfree_skb".into()],
+                    backend: Some("tracepoint".into()),
+                    rate_limit: Some(1000),
+                    follow_host: true,
+                    ..TraceOptions::default()
+                },
+                deadline_secs: Some(60),
+            }),
+            Message::Spec(Spec::default()),
+            Message::Hello(Hello {
+                agent: "0.1.0".into(),
+                kernel: "6.18.0".into(),
+                backends: vec!["tracepoint".into(), "kprobe".into()],
+                clock: Clock {
+                    monotonic_ns: u64::MAX,
+                    realtime_ns: 1_764_000_000_000_000_000,
+                },
+            }),
+            Message::Resolved(Resolved {
+                targets: vec![
+                    ResolvedTarget {
+                        target: target(),
+                        pid: Some(42),
+                        netns: Some(4026532000),
+                        host_network: false,
+                        host_ifindex: Some(7),
+                        host_ifname: Some("veth1234".into()),
+                        host_if_error: None,
+                        error: None,
+                    },
+                    ResolvedTarget {
+                        target: Target::default(),
+                        host_network: true,
+                        host_if_error: Some("no peer".into()),
+                        error: Some("no process".into()),
+                        ..ResolvedTarget::default()
+                    },
+                ],
+            }),
+            Message::Ready(Ready {
+                tracers: 12,
+                scope: Scope::User,
+            }),
+            Message::Event(EventMsg {
+                event: event.clone(),
+                annotation: Some(ann.clone()),
+            }),
+            Message::Event(EventMsg {
+                event: event.clone(),
+                annotation: None,
+            }),
+            Message::Timeline(TimelineMsg {
+                skb: "ffff888100000000".into(),
+                events: vec![EventMsg {
+                    event,
+                    annotation: Some(ann),
+                }],
+            }),
+            Message::Lost(Lost {
+                events: 1,
+                skb_map_full: 2,
+                stack_failed: 3,
+                matched: 4,
+                rate_limited: 5,
+            }),
+            Message::Error(ErrorMsg {
+                message: "boom".into(),
+            }),
+            Message::Bye(Bye {
+                reason: ByeReason::InputClosed,
+            }),
+        ]
+    }
+
+    #[test]
+    fn every_message_round_trips_exactly() {
+        for msg in all_messages() {
+            let line = msg.to_line();
+            assert!(line.starts_with("{\"v\":1,\"type\":\""), "{line}");
+            assert!(!line.contains('\n'));
+            let back = Message::parse(&line).unwrap_or_else(|e| panic!("{line}: {e}"));
+            assert_eq!(back, msg, "{line}");
+            assert_eq!(back.to_line(), line);
+        }
+    }
+
+    #[test]
+    fn prebuilt_event_lines_parse_as_messages() {
+        let raw = r#"{"type":"event","tracer":"ip_rcv","ts_ns":5,"skb":"00000000000000ff"}"#;
+        let ann = Annotation {
+            namespace: "ns".into(),
+            pod: "p".into(),
+            container: "c".into(),
+            host_ifname: None,
+        };
+        let line = event_line(&format!("{raw}\n"), Some(&ann));
+        assert!(line.contains(raw), "{line}");
+        let expected = EventMsg {
+            event: serde_json::from_str(raw).unwrap_or_default(),
+            annotation: Some(ann.clone()),
+        };
+        assert_eq!(Message::parse(&line), Ok(Message::Event(expected.clone())));
+        let line = event_line(raw, None);
+        assert_eq!(
+            Message::parse(&line),
+            Ok(Message::Event(EventMsg {
+                annotation: None,
+                ..expected.clone()
+            }))
+        );
+        let line = timeline_line(255, [(raw, Some(&ann)), (raw, Some(&ann))]);
+        assert_eq!(
+            Message::parse(&line),
+            Ok(Message::Timeline(TimelineMsg {
+                skb: "00000000000000ff".into(),
+                events: vec![expected.clone(), expected],
+            }))
+        );
+    }
+
+    #[test]
+    fn wire_shapes_are_stable() {
+        let bye = Message::Bye(Bye {
+            reason: ByeReason::InputClosed,
+        });
+        assert_eq!(
+            bye.to_line(),
+            r#"{"v":1,"type":"bye","reason":"input-closed"}"#
+        );
+        let ready = Message::Ready(Ready {
+            tracers: 3,
+            scope: Scope::Kernel,
+        });
+        assert_eq!(
+            ready.to_line(),
+            r#"{"v":1,"type":"ready","tracers":3,"scope":"kernel"}"#
+        );
+    }
+
+    #[test]
+    fn minimal_spec_parses_with_defaults() {
+        let line = r#"{"v":1,"type":"spec","targets":[{"namespace":"n","pod":"p","container":"c","container_id":"docker://ab"}],"options":{"proto":"icmp"},"extra":true}"#;
+        let Ok(Message::Spec(spec)) = Message::parse(line) else {
+            panic!("not a spec");
+        };
+        assert_eq!(spec.targets.len(), 1);
+        assert_eq!(spec.targets[0].pod_uid, None);
+        assert_eq!(spec.options.proto.as_deref(), Some("icmp"));
+        assert!(!spec.options.timeline);
+        assert_eq!(spec.deadline_secs, None);
+    }
+
+    #[test]
+    fn malformed_lines_give_clear_errors() {
+        assert!(matches!(
+            Message::parse("not json"),
+            Err(ProtocolError::NotJson(_))
+        ));
+        assert!(matches!(
+            Message::parse("[1]"),
+            Err(ProtocolError::NotJson(_))
+        ));
+        assert_eq!(
+            Message::parse(r#"{"type":"bye","reason":"signal"}"#),
+            Err(ProtocolError::NoVersion)
+        );
+        assert_eq!(
+            Message::parse(r#"{"v":2,"type":"bye","reason":"signal"}"#),
+            Err(ProtocolError::Version("2".into()))
+        );
+        assert_eq!(
+            Message::parse(r#"{"v":"1","type":"bye"}"#),
+            Err(ProtocolError::Version("\"1\"".into()))
+        );
+        assert_eq!(Message::parse(r#"{"v":1}"#), Err(ProtocolError::NoType));
+        let err = Message::parse(r#"{"v":1,"type":"nope"}"#).unwrap_err();
+        assert!(matches!(&err, ProtocolError::Message { ty, .. } if ty == "nope"));
+        let err = Message::parse(r#"{"v":1,"type":"spec","targets":[{"pod":"p"}]}"#).unwrap_err();
+        assert!(err.to_string().contains("namespace"), "{err}");
+        let err = Message::parse(r#"{"v":1,"type":"bye","reason":"tired"}"#).unwrap_err();
+        assert!(err.to_string().starts_with("bad \"bye\" message"), "{err}");
+    }
+}

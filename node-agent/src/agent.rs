@@ -1,0 +1,447 @@
+//! `nettrace agent`: the node agent. Speaks protocol v1
+//! (`nettrace_common::protocol`) on stdin/stdout: says hello, reads one
+//! spec, resolves its containers, traces, and streams annotated events
+//! until the deadline, a signal, `count`, or the plugin closing stdin.
+
+use std::collections::HashMap;
+use std::io::{self, Write};
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use nettrace_common::format::{Annotations, LossStats};
+use nettrace_common::json;
+use nettrace_common::protocol::{
+    self, Annotation, Bye, ByeReason, Clock, ErrorMsg, Hello, Lost, Message, Ready, Resolved,
+    ResolvedTarget, Scope, Spec, Target,
+};
+use nettrace_common::Event;
+use tokio::sync::oneshot;
+
+use crate::cli::Cli;
+use crate::containers;
+use crate::system::Kernel;
+
+/// Where the agent finds processes.
+const PROC: &str = "/proc";
+/// The agent's own network namespace: "host side" is relative to it.
+const HOST_NETNS: &str = "/proc/self/ns/net";
+
+/// Why a session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// SIGINT or SIGTERM.
+    Signal,
+    /// `count` reached.
+    Count,
+    /// The spec's deadline passed.
+    Deadline,
+    /// Stdin closed.
+    InputClosed,
+}
+
+impl From<Stop> for ByeReason {
+    fn from(s: Stop) -> ByeReason {
+        match s {
+            Stop::Signal => ByeReason::Signal,
+            Stop::Count => ByeReason::Count,
+            Stop::Deadline => ByeReason::Deadline,
+            Stop::InputClosed => ByeReason::InputClosed,
+        }
+    }
+}
+
+/// Writes one protocol line to stdout.
+pub fn emit(msg: &Message) -> Result<()> {
+    let mut out = io::stdout().lock();
+    writeln!(out, "{}", msg.to_line()).context("writing to stdout")?;
+    out.flush().context("writing to stdout")
+}
+
+/// The agent's entry point.
+pub fn main() -> ExitCode {
+    let result = run();
+    let (reason, code) = match result {
+        Ok(stop) => (stop.into(), ExitCode::SUCCESS),
+        Err(e) => {
+            let message = format!("{e:#}").replace('\n', " ");
+            let _ = emit(&Message::Error(ErrorMsg { message }));
+            (ByeReason::Error, ExitCode::FAILURE)
+        }
+    };
+    let _ = emit(&Message::Bye(Bye { reason }));
+    code
+}
+
+fn run() -> Result<Stop> {
+    emit(&Message::Hello(hello()))?;
+    let mut line = String::new();
+    let n = io::stdin()
+        .read_line(&mut line)
+        .context("reading the spec from stdin")?;
+    if n == 0 {
+        return Ok(Stop::InputClosed);
+    }
+    let spec = match Message::parse(&line).context("reading the spec")? {
+        Message::Spec(spec) => spec,
+        other => bail!(
+            "expected a \"spec\" line first, got {:?}",
+            other.to_line().chars().take(80).collect::<String>()
+        ),
+    };
+    let deadline = spec
+        .deadline_secs
+        .map(|s| tokio::time::Instant::now() + Duration::from_secs(s));
+
+    let resolved: Vec<ResolvedTarget> = spec.targets.iter().map(resolve_target).collect();
+    emit(&Message::Resolved(Resolved {
+        targets: resolved.clone(),
+    }))?;
+    if !spec.targets.is_empty() && resolved.iter().all(|r| r.error.is_some()) {
+        bail!("no target could be resolved on this node");
+    }
+    let sink = AgentSink::new(&spec, &resolved)?;
+
+    let cli = cli_from_spec(&spec, &sink)?;
+    let tree = crate::load_tree(&cli)?;
+    let prepared = crate::prepare(&cli, &tree)?;
+    emit(&Message::Ready(Ready {
+        tracers: prepared.loaded.attached.len(),
+        scope: sink.scope,
+    }))?;
+
+    // The plugin going away closes stdin: watch for it on a thread.
+    let (closed_tx, closed_rx) = oneshot::channel();
+    std::thread::spawn(move || {
+        let mut rest = String::new();
+        while matches!(io::stdin().read_line(&mut rest), Ok(n) if n > 0) {
+            rest.clear();
+        }
+        let _ = closed_tx.send(());
+    });
+    let ctl = Control {
+        sink,
+        deadline,
+        input_closed: closed_rx,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(crate::session::run(
+        prepared.loaded,
+        prepared.plan,
+        prepared.symbols,
+        prepared.views,
+        Some(ctl),
+    ))
+}
+
+/// The agent's side of a session: how to stop, what to keep, how to annotate.
+pub struct Control {
+    /// Scoping and annotations.
+    pub sink: AgentSink,
+    /// When to stop.
+    pub deadline: Option<tokio::time::Instant>,
+    /// Fires when stdin is closed.
+    pub input_closed: oneshot::Receiver<()>,
+}
+
+fn hello() -> Hello {
+    let kernel = nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let k = Kernel::probe(&[]);
+    let mut backends = vec!["tracepoint".to_string()];
+    if k.fentry {
+        backends.push("fentry".into());
+    }
+    if k.kprobes {
+        backends.push("kprobe".into());
+        // multi-link kprobes arrived in 5.18
+        let (major, minor) = kernel_version(&kernel);
+        if (major, minor) >= (5, 18) {
+            backends.push("kprobe-multi".into());
+        }
+    }
+    Hello {
+        agent: env!("CARGO_PKG_VERSION").to_string(),
+        kernel,
+        backends,
+        clock: read_clocks(),
+    }
+}
+
+/// `(major, minor)` of a kernel release string, `(0, 0)` when unreadable.
+fn kernel_version(release: &str) -> (u32, u32) {
+    let mut parts = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
+}
+
+/// Both clocks, the realtime one read between two monotonic readings and
+/// paired with their midpoint.
+fn read_clocks() -> Clock {
+    let ns = |id: libc::clockid_t| {
+        let mut t = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: t is a valid timespec to write to.
+        if unsafe { libc::clock_gettime(id, &mut t) } != 0 {
+            return 0;
+        }
+        u64::try_from(t.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(t.tv_nsec).unwrap_or(0)
+    };
+    let m1 = ns(libc::CLOCK_MONOTONIC);
+    let realtime_ns = ns(libc::CLOCK_REALTIME);
+    let m2 = ns(libc::CLOCK_MONOTONIC);
+    Clock {
+        monotonic_ns: m1 + (m2.saturating_sub(m1)) / 2,
+        realtime_ns,
+    }
+}
+
+fn resolve_target(t: &Target) -> ResolvedTarget {
+    let mut r = ResolvedTarget {
+        target: t.clone(),
+        ..ResolvedTarget::default()
+    };
+    match containers::resolve(Path::new(PROC), &t.container_id, Path::new(HOST_NETNS)) {
+        Ok(c) => {
+            r.pid = Some(c.pid);
+            r.netns = Some(c.netns);
+            r.host_network = c.host_network;
+            if let Some((index, name)) = c.host_if {
+                r.host_ifindex = Some(index);
+                r.host_ifname = Some(name);
+            }
+            r.host_if_error = c.host_if_error;
+        }
+        Err(e) => r.error = Some(format!("{e:#}").replace('\n', " ")),
+    }
+    r
+}
+
+/// The command line equivalent to the spec's options (so that the agent
+/// checks and plans exactly as `nettrace` does), with the kernel netns
+/// filter when the sink scopes in the kernel.
+fn cli_from_spec(spec: &Spec, sink: &AgentSink) -> Result<Cli> {
+    let o = &spec.options;
+    let mut args = vec!["nettrace".to_string()];
+    let mut opt = |name: &str, v: &Option<String>| {
+        if let Some(v) = v {
+            args.push(format!("--{name}={v}"));
+        }
+    };
+    opt("proto", &o.proto);
+    opt("saddr", &o.saddr);
+    opt("daddr", &o.daddr);
+    opt("addr", &o.addr);
+    opt("sport", &o.sport);
+    opt("dport", &o.dport);
+    opt("port", &o.port);
+    opt("backend", &o.backend);
+    if !o.tracers.is_empty() {
+        args.push(format!("--tracer={}", o.tracers.join(",")));
+    }
+    if !o.stack_tracers.is_empty() {
+        args.push(format!("--stack-tracer={}", o.stack_tracers.join(",")));
+    }
+    for (on, flag) in [
+        (o.timeline, "--timeline"),
+        (o.skb_mode, "--skb-mode"),
+        (o.ret, "--ret"),
+        (o.stack, "--stack"),
+        (o.force_stack, "--force-stack"),
+    ] {
+        if on {
+            args.push(flag.to_string());
+        }
+    }
+    if let Some(c) = o.count {
+        args.push(format!("--count={c}"));
+    }
+    if let Some(r) = o.rate_limit {
+        args.push(format!("--rate-limit={r}"));
+    }
+    if let (Scope::Kernel, Some(ns)) = (sink.scope, sink.kernel_netns) {
+        args.push(format!("--netns={ns}"));
+    }
+    args.push("--output=json".to_string());
+    let cli = Cli::try_parse_from(&args)
+        .map_err(|e| anyhow::anyhow!("{}", crate::cli::one_line_error(&e)))
+        .context("spec options")?;
+    if cli.wants_tracer_list() {
+        bail!("spec options: the tracer list (\"?\") is not available in agent mode");
+    }
+    Ok(cli)
+}
+
+/// Scoping and annotation of events for the targets of a spec.
+pub struct AgentSink {
+    /// How events are scoped.
+    pub scope: Scope,
+    /// The netns the kernel filter holds (scope `kernel`).
+    kernel_netns: Option<u32>,
+    /// Pods by network namespace inode.
+    by_netns: HashMap<u32, Annotation>,
+    /// Pods by the ifindex of their host-side veth (in `host_netns`).
+    by_host_if: HashMap<u32, Annotation>,
+    /// The agent's network namespace inode.
+    host_netns: u32,
+    /// Scratch buffer for event objects.
+    scratch: String,
+}
+
+impl AgentSink {
+    /// Builds the scoping of a spec from what its targets resolved to.
+    pub fn new(spec: &Spec, resolved: &[ResolvedTarget]) -> Result<AgentSink> {
+        let host_netns = u32::try_from(containers::netns_inode(Path::new(HOST_NETNS))?)
+            .context("netns inode out of range")?;
+        let mut by_netns = HashMap::new();
+        let mut by_host_if = HashMap::new();
+        let mut any_host_network = false;
+        for r in resolved.iter().filter(|r| r.error.is_none()) {
+            let ann = Annotation {
+                namespace: r.target.namespace.clone(),
+                pod: r.target.pod.clone(),
+                container: r.target.container.clone(),
+                host_ifname: None,
+            };
+            if r.host_network {
+                // Every hostNetwork pod shares the host's namespace: events
+                // there cannot be told apart by namespace.
+                any_host_network = true;
+                continue;
+            }
+            if let (Some(index), Some(name)) = (r.host_ifindex, &r.host_ifname) {
+                let mut host = ann.clone();
+                host.host_ifname = Some(name.clone());
+                by_host_if.insert(index, host);
+            }
+            if let Some(ns) = r.netns.and_then(|n| u32::try_from(n).ok()) {
+                by_netns.insert(ns, ann);
+            }
+        }
+        let scope = if spec.options.follow_host || any_host_network || by_netns.is_empty() {
+            Scope::None
+        } else if by_netns.len() == 1 {
+            Scope::Kernel
+        } else {
+            Scope::User
+        };
+        let kernel_netns = match scope {
+            Scope::Kernel => by_netns.keys().next().copied(),
+            _ => None,
+        };
+        Ok(AgentSink {
+            scope,
+            kernel_netns,
+            by_netns,
+            by_host_if,
+            host_netns,
+            scratch: String::new(),
+        })
+    }
+
+    /// Whether an event is in scope.
+    pub fn keep(&self, ev: &Event) -> bool {
+        self.scope != Scope::User || self.by_netns.contains_key(&ev.netns)
+    }
+
+    /// The pod an event belongs to, when known.
+    pub fn annotation(&self, ev: &Event) -> Option<Annotation> {
+        if let Some(a) = self.by_netns.get(&ev.netns) {
+            return Some(a.clone());
+        }
+        if ev.netns == self.host_netns && ev.ifindex != 0 {
+            return self.by_host_if.get(&ev.ifindex).cloned();
+        }
+        None
+    }
+
+    /// Appends the `event` line of an event (its `-o json` object, annotated).
+    pub fn write_event(&mut self, out: &mut String, ev: &Event, ann: &Annotations<'_>) {
+        self.scratch.clear();
+        json::write_event_json(&mut self.scratch, ev, ann);
+        out.push_str(&protocol::event_line(
+            &self.scratch,
+            self.annotation(ev).as_ref(),
+        ));
+        out.push('\n');
+    }
+
+    /// Appends the `timeline` line of one skb's events.
+    pub fn write_timeline<'a, I>(&mut self, out: &mut String, skb: u64, items: I)
+    where
+        I: IntoIterator<Item = (&'a Event, Annotations<'a>)>,
+    {
+        let rendered: Vec<(String, Option<Annotation>)> = items
+            .into_iter()
+            .map(|(ev, ann)| {
+                let mut obj = String::new();
+                json::write_event_json(&mut obj, ev, &ann);
+                (obj, self.annotation(ev))
+            })
+            .collect();
+        out.push_str(&protocol::timeline_line(
+            skb,
+            rendered.iter().map(|(o, a)| (o.as_str(), a.as_ref())),
+        ));
+        out.push('\n');
+    }
+}
+
+/// The `lost` message of the loss counters.
+pub fn lost_msg(s: &LossStats) -> Message {
+    Message::Lost(Lost {
+        events: s.ringbuf_full,
+        skb_map_full: s.skb_map_full,
+        stack_failed: s.stack_failed,
+        matched: s.matched,
+        rate_limited: s.rate_limited,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_versions_parse() {
+        assert_eq!(kernel_version("6.18.0-rc1+"), (6, 18));
+        assert_eq!(kernel_version("5.4.0-150-generic"), (5, 4));
+        assert_eq!(kernel_version("weird"), (0, 0));
+    }
+
+    #[test]
+    fn spec_options_become_the_cli() {
+        let mut spec = Spec::default();
+        spec.options.proto = Some("icmp".into());
+        spec.options.addr = Some("10.0.0.2".into());
+        spec.options.tracers = vec!["link".into(), "kfree_skb".into()];
+        spec.options.timeline = true;
+        spec.options.count = Some(2);
+        let sink = AgentSink {
+            scope: Scope::Kernel,
+            kernel_netns: Some(4026532000),
+            by_netns: HashMap::new(),
+            by_host_if: HashMap::new(),
+            host_netns: 1,
+            scratch: String::new(),
+        };
+        let cli = cli_from_spec(&spec, &sink).expect("valid spec");
+        assert_eq!(cli.proto.as_deref(), Some("icmp"));
+        assert_eq!(cli.addr.as_deref(), Some("10.0.0.2"));
+        assert_eq!(cli.tracer, ["link", "kfree_skb"]);
+        assert!(cli.timeline && !cli.skb_mode);
+        assert_eq!(cli.count, Some(2));
+        assert_eq!(cli.netns.as_deref(), Some("4026532000"));
+        spec.options.backend = Some("nope".into());
+        assert!(cli_from_spec(&spec, &sink).is_err());
+    }
+}

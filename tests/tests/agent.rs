@@ -1,0 +1,525 @@
+//! `nettrace agent`: protocol v1 against a fake container (a process in its
+//! own network namespace and in a cgroup named after a container id), with
+//! real pings. The agent runs inside a "node" namespace, so the host side of
+//! the container's veth is that namespace's end.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nettrace_tests::*;
+use serde_json::{json, Value};
+
+/// A process standing for a container: `sleep` in network namespace `pod`,
+/// in cgroup `nettrace-test-<id>`. Killed and removed on drop.
+struct FakeContainer {
+    id: String,
+    child: Child,
+    cgroup: PathBuf,
+}
+
+/// The cgroup hierarchy to create test cgroups in (v2, hybrid or v1).
+fn cgroup_root() -> PathBuf {
+    for dir in [
+        "/sys/fs/cgroup",
+        "/sys/fs/cgroup/unified",
+        "/sys/fs/cgroup/pids",
+    ] {
+        let dir = PathBuf::from(dir);
+        if dir.join("cgroup.procs").is_file() {
+            return dir;
+        }
+    }
+    panic!("no writable cgroup hierarchy found under /sys/fs/cgroup");
+}
+
+impl FakeContainer {
+    fn start(pod: &Netns, tag: u8) -> FakeContainer {
+        let id = format!(
+            "{:08x}{:08x}{:02x}{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.subsec_nanos())
+                .unwrap_or(0),
+            tag,
+            "c0ffee".repeat(8)
+        );
+        let cgroup = cgroup_root().join(format!("nettrace-test-{id}"));
+        std::fs::create_dir(&cgroup).unwrap_or_else(|e| panic!("mkdir {}: {e}", cgroup.display()));
+        let child = Command::new("ip")
+            .args(["netns", "exec", pod.name(), "sleep", "120"])
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn sleep");
+        let fake = FakeContainer { id, child, cgroup };
+        std::fs::write(fake.cgroup.join("cgroup.procs"), fake.pid().to_string()).unwrap_or_else(
+            |e| panic!("moving {} into {}: {e}", fake.pid(), fake.cgroup.display()),
+        );
+        fake
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for FakeContainer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.cgroup).is_ok() || !self.cgroup.exists() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        eprintln!("warning: cannot remove {}", self.cgroup.display());
+    }
+}
+
+/// A "node" namespace and a "pod" namespace joined by a veth:
+/// `vh0` (node, 10.250.S.1) — `eth0` (pod, 10.250.S.2).
+struct Bench {
+    node: Netns,
+    pod: Netns,
+    node_addr: Ipv4Addr,
+}
+
+impl Bench {
+    fn new(subnet: u8) -> Bench {
+        let (node, pod) = (Netns::new(), Netns::new());
+        node.ip(&[
+            "link",
+            "add",
+            "vh0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            pod.name(),
+        ]);
+        let node_addr = Ipv4Addr::new(10, 250, subnet, 1);
+        node.ip(&["addr", "add", &format!("{node_addr}/24"), "dev", "vh0"]);
+        node.ip(&["link", "set", "vh0", "up"]);
+        pod.ip(&[
+            "addr",
+            "add",
+            &format!("10.250.{subnet}.2/24"),
+            "dev",
+            "eth0",
+        ]);
+        pod.ip(&["link", "set", "eth0", "up"]);
+        Bench {
+            node,
+            pod,
+            node_addr,
+        }
+    }
+}
+
+/// `nettrace agent` running in a namespace, with its stdout collected.
+struct Agent {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: Arc<Mutex<Vec<String>>>,
+    stderr: Arc<Mutex<Vec<String>>>,
+}
+
+fn collect<R: std::io::Read + Send + 'static>(src: R, sink: Arc<Mutex<Vec<String>>>) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(src).lines() {
+            let Ok(line) = line else { break };
+            sink.lock().unwrap().push(line);
+        }
+    });
+}
+
+impl Agent {
+    fn spawn(ns: &Netns) -> Agent {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", ns.name()]).arg(nettrace_bin());
+        Agent::spawn_cmd(cmd)
+    }
+
+    fn spawn_cmd(mut cmd: Command) -> Agent {
+        let mut child = cmd
+            .arg("agent")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn nettrace agent");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        collect(child.stdout.take().expect("stdout"), lines.clone());
+        collect(child.stderr.take().expect("stderr"), stderr.clone());
+        let stdin = child.stdin.take();
+        Agent {
+            child,
+            stdin,
+            lines,
+            stderr,
+        }
+    }
+
+    /// `nettrace agent` in the test's own (host) namespace.
+    fn spawn_host() -> Agent {
+        Agent::spawn_cmd(Command::new(nettrace_bin()))
+    }
+
+    fn send(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        writeln!(stdin, "{line}").expect("write to agent");
+        stdin.flush().expect("flush to agent");
+    }
+
+    fn messages(&self) -> Vec<Value> {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+            .collect()
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "stdout:\n{}\nstderr:\n{}",
+            self.lines.lock().unwrap().join("\n"),
+            self.stderr.lock().unwrap().join("\n")
+        )
+    }
+
+    /// Waits until `pred` holds for the messages so far.
+    fn wait_for(&self, what: &str, timeout: Duration, pred: impl Fn(&[Value]) -> bool) {
+        let start = Instant::now();
+        while !pred(&self.messages()) {
+            if start.elapsed() > timeout {
+                panic!("timed out waiting for {what}\n{}", self.describe());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits for the agent to exit by itself.
+    fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                // let the reader threads take the last lines
+                std::thread::sleep(Duration::from_millis(200));
+                return status;
+            }
+            if start.elapsed() > timeout {
+                let _ = self.child.kill();
+                panic!("agent did not exit within {timeout:?}\n{}", self.describe());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn ty(v: &Value) -> &str {
+    v["type"].as_str().unwrap_or("")
+}
+
+fn has(ty_name: &'static str) -> impl Fn(&[Value]) -> bool {
+    move |m| m.iter().any(|v| ty(v) == ty_name)
+}
+
+/// Events of `event` and `timeline` messages, each with its annotation.
+fn events(msgs: &[Value]) -> Vec<(Value, Value)> {
+    let mut out = Vec::new();
+    for m in msgs {
+        match ty(m) {
+            "event" => out.push((m["event"].clone(), m["annotation"].clone())),
+            "timeline" => {
+                for e in m["events"].as_array().into_iter().flatten() {
+                    out.push((e["event"].clone(), e["annotation"].clone()));
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+fn target(c: &FakeContainer, pod: &str) -> Value {
+    json!({"namespace": "shop", "pod": pod, "container": "app",
+           "container_id": format!("containerd://{}", c.id)})
+}
+
+fn is_reply_to(ev: &Value, node: &str) -> bool {
+    ev["pkt"]["saddr"] == node
+        && ev["summary"]
+            .as_str()
+            .is_some_and(|s| s.contains("ping reply"))
+}
+
+/// Checks every line carries the version and the sequence is
+/// hello, resolved, ready, (event | timeline | lost)*, bye.
+fn assert_sequence(msgs: &[Value], agent: &Agent) {
+    let types: Vec<&str> = msgs.iter().map(ty).collect();
+    assert!(
+        msgs.iter().all(|m| m["v"] == 1),
+        "a line without v:1\n{}",
+        agent.describe()
+    );
+    assert_eq!(
+        &types[..3],
+        ["hello", "resolved", "ready"],
+        "{}",
+        agent.describe()
+    );
+    assert_eq!(types.last(), Some(&"bye"), "{}", agent.describe());
+    for t in &types[3..types.len() - 1] {
+        assert!(
+            matches!(*t, "event" | "timeline" | "lost"),
+            "unexpected {t} line\n{}",
+            agent.describe()
+        );
+    }
+}
+
+#[test]
+fn agent_streams_annotated_pod_events_and_stops_when_stdin_closes() {
+    preflight();
+    let b = Bench::new(230);
+    let c = FakeContainer::start(&b.pod, 1);
+    let mut agent = Agent::spawn(&b.node);
+    agent.wait_for("hello", Duration::from_secs(30), has("hello"));
+    let spec = json!({"v": 1, "type": "spec", "targets": [target(&c, "client")],
+                      "options": {"proto": "icmp", "addr": b.node_addr.to_string()},
+                      "deadline_secs": 120});
+    agent.send(&spec.to_string());
+    agent.wait_for("ready", Duration::from_secs(60), has("ready"));
+
+    let msgs = agent.messages();
+    let hello = &msgs[0];
+    assert!(
+        hello["kernel"].as_str().is_some_and(|k| !k.is_empty()),
+        "{hello}"
+    );
+    assert!(hello["backends"]
+        .as_array()
+        .is_some_and(|b| b.contains(&json!("tracepoint"))));
+    assert!(hello["clock"]["monotonic_ns"]
+        .as_u64()
+        .is_some_and(|n| n > 0));
+    assert!(hello["clock"]["realtime_ns"]
+        .as_u64()
+        .is_some_and(|n| n > 1_600_000_000_000_000_000));
+    let r = &msgs[1]["targets"][0];
+    assert_eq!(r["pid"], c.pid(), "{r}");
+    assert_eq!(r["netns"], b.pod.inode(), "{r}");
+    assert_eq!(r["host_ifname"], "vh0", "{r}");
+    assert_eq!(r["host_ifindex"], b.node.ifindex("vh0"), "{r}");
+    assert_eq!(r["pod"], "client");
+    assert!(r.get("error").is_none(), "{r}");
+    assert_eq!(msgs[2]["scope"], "kernel");
+    assert!(msgs[2]["tracers"].as_u64().is_some_and(|n| n > 0));
+
+    ping(&b.pod, b.node_addr, 1);
+    let node = b.node_addr.to_string();
+    agent.wait_for("the reply in the pod", Duration::from_secs(15), |m| {
+        events(m).iter().any(|(e, _)| is_reply_to(e, &node))
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    // The plugin goes away: stdin closes.
+    drop(agent.stdin.take());
+    let status = agent.wait_exit(Duration::from_secs(10));
+    assert!(status.success(), "exit {status}\n{}", agent.describe());
+
+    let msgs = agent.messages();
+    assert_sequence(&msgs, &agent);
+    assert_eq!(
+        msgs.last().map(|m| m["reason"].clone()),
+        Some(json!("input-closed"))
+    );
+    assert!(
+        msgs.iter().any(|m| ty(m) == "lost"),
+        "no lost line\n{}",
+        agent.describe()
+    );
+    let evs = events(&msgs);
+    assert!(!evs.is_empty());
+    for (ev, ann) in &evs {
+        // scoped in the kernel to the pod's namespace
+        assert_eq!(ev["netns"], b.pod.inode(), "{ev}");
+        assert_eq!(ev["type"], "event");
+        assert!(
+            ev["tracer"].is_string() && ev["summary"].is_string(),
+            "{ev}"
+        );
+        assert_eq!(
+            *ann,
+            json!({"namespace": "shop", "pod": "client", "container": "app"}),
+            "{ev}"
+        );
+    }
+    assert!(evs.iter().any(|(e, _)| e["ifname"] == "eth0"));
+}
+
+#[test]
+fn agent_follows_the_host_side_in_timelines_until_the_deadline() {
+    preflight();
+    let b = Bench::new(231);
+    let c = FakeContainer::start(&b.pod, 2);
+    let mut agent = Agent::spawn(&b.node);
+    let spec = json!({"v": 1, "type": "spec", "targets": [target(&c, "web")],
+                      "options": {"proto": "icmp", "addr": b.node_addr.to_string(),
+                                  "timeline": true, "follow_host": true},
+                      "deadline_secs": 6});
+    agent.send(&spec.to_string());
+    agent.wait_for("ready", Duration::from_secs(60), has("ready"));
+    assert_eq!(agent.messages()[2]["scope"], "none");
+    ping(&b.pod, b.node_addr, 1);
+    // stdin stays open: the deadline stops the agent
+    let status = agent.wait_exit(Duration::from_secs(30));
+    assert!(status.success(), "exit {status}\n{}", agent.describe());
+
+    let msgs = agent.messages();
+    assert_sequence(&msgs, &agent);
+    assert_eq!(
+        msgs.last().map(|m| m["reason"].clone()),
+        Some(json!("deadline"))
+    );
+    let timelines: Vec<&Value> = msgs.iter().filter(|m| ty(m) == "timeline").collect();
+    assert!(!timelines.is_empty(), "no timeline\n{}", agent.describe());
+    for t in &timelines {
+        for e in t["events"].as_array().into_iter().flatten() {
+            assert_eq!(e["event"]["skb"], t["skb"], "{t}");
+        }
+    }
+    let evs = events(&msgs);
+    let host_side: Vec<&(Value, Value)> = evs
+        .iter()
+        .filter(|(e, _)| e["netns"] == b.node.inode() && e["ifname"] == "vh0")
+        .collect();
+    assert!(
+        !host_side.is_empty(),
+        "no event on the host side\n{}",
+        agent.describe()
+    );
+    for (_, ann) in &host_side {
+        assert_eq!(
+            *ann,
+            json!({"namespace": "shop", "pod": "web", "container": "app", "host_ifname": "vh0"})
+        );
+    }
+    assert!(
+        evs.iter()
+            .any(|(e, a)| e["netns"] == b.pod.inode() && a["pod"] == "web"),
+        "no annotated event in the pod\n{}",
+        agent.describe()
+    );
+}
+
+#[test]
+fn agent_scopes_several_pods_in_user_space() {
+    preflight();
+    let (b1, b2) = (Bench::new(232), Bench::new(233));
+    let (c1, c2) = (
+        FakeContainer::start(&b1.pod, 3),
+        FakeContainer::start(&b2.pod, 4),
+    );
+    // The agent runs in the host's namespace here: the veths lead elsewhere.
+    let mut agent = Agent::spawn_host();
+    let spec = json!({"v": 1, "type": "spec",
+                      "targets": [target(&c1, "one"), target(&c2, "two")],
+                      "options": {"proto": "icmp", "tracers": ["link"]}, "deadline_secs": 60});
+    agent.send(&spec.to_string());
+    agent.wait_for("ready", Duration::from_secs(60), has("ready"));
+    let msgs = agent.messages();
+    assert_eq!(msgs[2]["scope"], "user", "{}", agent.describe());
+    let (ns1, ns2) = (b1.pod.inode(), b2.pod.inode());
+    for (r, netns) in msgs[1]["targets"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .zip([ns1, ns2])
+    {
+        assert_eq!(r["netns"], netns, "{r}");
+        assert!(r.get("error").is_none(), "{r}");
+        // the peer is not in the agent's namespace: traced, without host side
+        assert!(
+            r["host_if_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("peer")),
+            "{r}"
+        );
+    }
+    // A third namespace pinging is not in scope.
+    let other = Bench::new(234);
+    ping(&b1.pod, b1.node_addr, 1);
+    ping(&b2.pod, b2.node_addr, 1);
+    ping(&other.pod, other.node_addr, 1);
+    agent.wait_for("replies in both pods", Duration::from_secs(15), |m| {
+        let evs = events(m);
+        [(ns1, &b1), (ns2, &b2)].iter().all(|(ns, b)| {
+            evs.iter()
+                .any(|(e, _)| e["netns"] == *ns && is_reply_to(e, &b.node_addr.to_string()))
+        })
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    drop(agent.stdin.take());
+    let status = agent.wait_exit(Duration::from_secs(10));
+    assert!(status.success(), "exit {status}\n{}", agent.describe());
+    let msgs = agent.messages();
+    assert_sequence(&msgs, &agent);
+    for (ev, ann) in events(&msgs) {
+        let pod = if ev["netns"] == ns1 {
+            "one"
+        } else if ev["netns"] == ns2 {
+            "two"
+        } else {
+            panic!("event out of scope: {ev}\n{}", agent.describe());
+        };
+        assert_eq!(ann["pod"], pod, "{ev}");
+    }
+}
+
+#[test]
+fn agent_rejects_bad_specs_with_one_error_line() {
+    preflight();
+    for (spec, needle) in [
+        ("not json".to_string(), "not a JSON object"),
+        (r#"{"v":2,"type":"spec"}"#.to_string(), "unsupported protocol version 2"),
+        (r#"{"v":1,"type":"bye","reason":"signal"}"#.to_string(), "expected a \"spec\""),
+        (
+            json!({"v": 1, "type": "spec", "targets": [{"namespace": "n", "pod": "p", "container": "c",
+                   "container_id": "containerd://0000000000000000000000000000dead"}]})
+            .to_string(),
+            "no target could be resolved",
+        ),
+        (
+            json!({"v": 1, "type": "spec", "options": {"proto": "nope"}}).to_string(),
+            "--proto",
+        ),
+    ] {
+        let mut agent = Agent::spawn_host();
+        agent.send(&spec);
+        let status = agent.wait_exit(Duration::from_secs(20));
+        assert_eq!(status.code(), Some(1), "{spec}\n{}", agent.describe());
+        let msgs = agent.messages();
+        let types: Vec<&str> = msgs.iter().map(ty).collect();
+        assert_eq!(types.first(), Some(&"hello"), "{spec}\n{}", agent.describe());
+        assert_eq!(&types[types.len() - 2..], ["error", "bye"], "{spec}\n{}", agent.describe());
+        let message = msgs[msgs.len() - 2]["message"].as_str().unwrap_or("");
+        assert!(message.contains(needle), "{spec}: {message}");
+        assert_eq!(msgs[msgs.len() - 1]["reason"], "error");
+    }
+}
