@@ -139,7 +139,7 @@ pub fn prepare(cli: &Cli, tree: &TracerTree) -> Result<Prepared> {
     system::require_btf()?;
     resolve::resolve_kernel_scopes(cli, &mut filter)?;
     let probing = std::time::Instant::now();
-    let kernel = Kernel::probe(&function_names(&leaves));
+    let mut kernel = Kernel::probe(&function_names(&leaves));
     let probe_time = probing.elapsed();
     if kernel.tracefs.is_none() {
         system::tracefs()?;
@@ -171,7 +171,7 @@ pub fn prepare(cli: &Cli, tree: &TracerTree) -> Result<Prepared> {
 
     let any_drop = plan.attachable().any(|(_, t)| t.role == Role::Drop);
     let any_stack = plan.attachable().any(|(_, t)| t.stack);
-    let symbols = Symbols::load(&kernel, any_drop || any_stack, any_drop);
+    let symbols = Symbols::load(&mut kernel, any_drop || any_stack, any_drop);
     let views = Views {
         text: TextOptions {
             detail: cli.detail,

@@ -18,12 +18,18 @@ pub struct Symbols {
 
 impl Symbols {
     /// Reads what the selected views need: symbols for drop locations and
-    /// stacks, drop reasons for kfree_skb.
-    pub fn load(kernel: &Kernel, want_kallsyms: bool, want_drop_reasons: bool) -> Symbols {
+    /// stacks (the table the kernel probe already read, when it read one),
+    /// drop reasons for kfree_skb.
+    pub fn load(kernel: &mut Kernel, want_kallsyms: bool, want_drop_reasons: bool) -> Symbols {
         let kallsyms = want_kallsyms
-            .then(|| fs::read_to_string("/proc/kallsyms").ok())
-            .flatten()
-            .map(|text| Kallsyms::parse(&text));
+            .then(|| {
+                kernel.take_kallsyms().or_else(|| {
+                    fs::read_to_string("/proc/kallsyms")
+                        .ok()
+                        .map(|text| Kallsyms::parse(&text))
+                })
+            })
+            .flatten();
         let drop_reasons = want_drop_reasons
             .then(|| kernel.tracepoint_format("skb", "kfree_skb"))
             .flatten()

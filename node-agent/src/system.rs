@@ -77,6 +77,8 @@ pub struct Kernel {
     pub btf: Option<Btf>,
     /// Symbols of the functions asked for at probe time (see [`Kernel::probe`]).
     symbols: HashMap<String, FunctionSymbol>,
+    /// The parsed `/proc/kallsyms`, when the probe had to read it.
+    kallsyms: Option<Kallsyms>,
 }
 
 impl Kernel {
@@ -99,34 +101,32 @@ impl Kernel {
         let fentry = root && aya::sys::is_program_supported(ProgramType::Tracing).unwrap_or(false);
         // Parsing the BTF and reading kallsyms are the slow parts (seconds
         // under emulation): do them side by side.
-        let read_symbols = || {
+        let read_symbols = || -> (Option<Kallsyms>, HashMap<String, FunctionSymbol>) {
             if functions.is_empty() || !kprobes {
-                HashMap::new()
-            } else {
-                fs::read_to_string("/proc/kallsyms")
-                    .map(|text| {
-                        let kallsyms = Kallsyms::parse(&text);
-                        kallsyms
-                            .functions(functions)
-                            .into_iter()
-                            .map(|(func, (symbol, addr))| {
-                                let in_module =
-                                    kallsyms.resolve(addr).is_some_and(|s| s.module.is_some());
-                                (
-                                    func,
-                                    FunctionSymbol {
-                                        symbol,
-                                        addr,
-                                        in_module,
-                                    },
-                                )
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default()
+                return (None, HashMap::new());
             }
+            let Ok(text) = fs::read_to_string("/proc/kallsyms") else {
+                return (None, HashMap::new());
+            };
+            let kallsyms = Kallsyms::parse(&text);
+            let symbols = kallsyms
+                .functions(functions)
+                .into_iter()
+                .map(|(func, (symbol, addr))| {
+                    let in_module = kallsyms.resolve(addr).is_some_and(|s| s.module.is_some());
+                    (
+                        func,
+                        FunctionSymbol {
+                            symbol,
+                            addr,
+                            in_module,
+                        },
+                    )
+                })
+                .collect();
+            (Some(kallsyms), symbols)
         };
-        let (btf, symbols) = std::thread::scope(|s| {
+        let (btf, (kallsyms, symbols)) = std::thread::scope(|s| {
             let btf = s.spawn(|| Btf::from_sys_fs().ok());
             let symbols = read_symbols();
             (btf.join().ok().flatten(), symbols)
@@ -137,7 +137,14 @@ impl Kernel {
             fentry,
             btf,
             symbols,
+            kallsyms,
         }
+    }
+
+    /// Hands over the `/proc/kallsyms` table the probe read, if it read one,
+    /// so that nobody reads and parses it a second time.
+    pub fn take_kallsyms(&mut self) -> Option<Kallsyms> {
+        self.kallsyms.take()
     }
 
     /// Whether `func` is a function in the kernel's BTF (fentry needs it).
