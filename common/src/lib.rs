@@ -11,6 +11,7 @@ pub mod format;
 pub mod json;
 pub mod kallsyms;
 pub mod protocol;
+pub mod remote;
 pub mod summary;
 pub mod timeline;
 pub mod tracer;

@@ -1,0 +1,460 @@
+//! Text output of events received from a node agent (`kubectl nettrace`).
+//!
+//! An agent sends each event as the object `nettrace -o json` prints
+//! ([`crate::json`]); [`RemoteEvent`] reads it back, and
+//! [`write_remote_event`] prints the very line host `nettrace` would have
+//! printed for it, with the pod (and node) it belongs to appended before the
+//! newline:
+//!
+//! ```text
+//! 1379.453013: [net_dev_queue           ]: ICMP: 10.0.0.1 -> 10.0.0.2, ping request   , seq: 1, pod: shop/client/app
+//! 1379.453041: [netif_receive_skb       ]: ICMP: 10.0.0.1 -> 10.0.0.2, ping request   , seq: 1, pod: shop/client/app via veth3f9a1c, node: worker-1
+//! ```
+
+use std::fmt::{self, Write};
+
+use serde::{Deserialize, Serialize};
+
+use crate::format::{write_timestamp, TextOptions};
+use crate::protocol::Annotation;
+use crate::summary::{write_dec, write_padded};
+
+/// Width of the `{iface}][{task}` part of a detail line in timeline mode
+/// (as in [`crate::format`]).
+const TIMELINE_DEV_TASK_WIDTH: usize = 30;
+
+/// One event object as `nettrace -o json` prints it (the keys text output
+/// needs; `pkt` and the others are skipped). Missing keys take defaults.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RemoteEvent {
+    /// Monotonic timestamp of the agent's node, in ns.
+    pub ts_ns: u64,
+    /// The tracer that fired.
+    pub tracer: String,
+    /// Its group in the tracer tree.
+    pub group: String,
+    /// The skb address, 16 hex digits.
+    pub skb: String,
+    /// Network namespace inode of the skb's device.
+    pub netns: u64,
+    /// Interface index (0: none).
+    pub ifindex: u32,
+    /// Interface name, absent without a device.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ifname: Option<String>,
+    /// Task the kernel was running.
+    pub pid: u32,
+    /// Its name.
+    pub comm: String,
+    /// `skb->len`.
+    pub len: u32,
+    /// The packet summary, as in the text output.
+    pub summary: String,
+    /// Drop reason name, drops only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drop_reason: Option<String>,
+    /// Where the skb was dropped (`symbol+0xoffset`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
+    /// Return value in hex (`--ret`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ret: Option<String>,
+    /// Call stack, innermost first (`--stack`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stack: Option<Vec<String>>,
+}
+
+impl RemoteEvent {
+    /// Reads one event object.
+    pub fn parse(json: &str) -> Result<RemoteEvent, serde_json::Error> {
+        serde_json::from_str(json)
+    }
+}
+
+/// Appends the line(s) of one remote event, each ending with `\n`: the host
+/// `nettrace` text (see [`crate::format::write_event`]) with
+/// `, pod: NAMESPACE/POD/CONTAINER[ via HOST_IFNAME]` when annotated and
+/// `, node: NODE` when `node` is given, both before the newline of the
+/// event's first line.
+pub fn write_remote_event(
+    out: &mut String,
+    ev: &RemoteEvent,
+    ann: Option<&Annotation>,
+    node: Option<&str>,
+    opts: TextOptions,
+) {
+    // fmt::Write for String never fails.
+    let _ = write_inner(out, ev, ann, node, opts);
+}
+
+fn write_inner(
+    out: &mut String,
+    ev: &RemoteEvent,
+    ann: Option<&Annotation>,
+    node: Option<&str>,
+    opts: TextOptions,
+) -> fmt::Result {
+    write_timestamp(out, ev.ts_ns)?;
+    out.push_str(": ");
+    if opts.detail {
+        out.push('[');
+        out.push_str(&ev.skb);
+        out.push_str("][");
+        let start = out.len();
+        if ev.ifindex == 0 {
+            out.push_str("    ");
+        } else {
+            write_dec(out, u64::from(ev.ifindex))?;
+            out.push(':');
+            out.push_str(ev.ifname.as_deref().unwrap_or(""));
+        }
+        out.push_str("][pid:");
+        write_dec(out, u64::from(ev.pid))?;
+        out.push(',');
+        out.push_str(&ev.comm);
+        if opts.timeline {
+            let used = out[start..].chars().count();
+            for _ in used..TIMELINE_DEV_TASK_WIDTH {
+                out.push(' ');
+            }
+        }
+        out.push_str("][");
+        write_padded(out, &ev.group, 12)?;
+        out.push(']');
+    }
+    out.push('[');
+    write_padded(out, &ev.tracer, 24)?;
+    out.push_str("]: ");
+    out.push_str(&ev.summary);
+    if let Some(reason) = &ev.drop_reason {
+        out.push_str(", reason: ");
+        out.push_str(reason);
+    }
+    if let Some(loc) = &ev.location {
+        out.push_str(", location: ");
+        out.push_str(loc);
+    }
+    write_suffix(out, ann, node);
+    out.push('\n');
+    if let Some(ret) = &ev.ret {
+        writeln!(out, "                return value:{ret}")?;
+    }
+    if let Some(stack) = &ev.stack {
+        out.push_str("Call Stack:\n");
+        for frame in stack {
+            writeln!(out, "    -> {frame}")?;
+        }
+    }
+    Ok(())
+}
+
+/// Appends `, pod: NS/POD/CONTAINER[ via IFNAME]` and `, node: NODE`.
+pub fn write_suffix(out: &mut String, ann: Option<&Annotation>, node: Option<&str>) {
+    if let Some(a) = ann {
+        out.push_str(", pod: ");
+        out.push_str(&a.namespace);
+        out.push('/');
+        out.push_str(&a.pod);
+        out.push('/');
+        out.push_str(&a.container);
+        if let Some(ifname) = &a.host_ifname {
+            out.push_str(" via ");
+            out.push_str(ifname);
+        }
+    }
+    if let Some(node) = node {
+        out.push_str(", node: ");
+        out.push_str(node);
+    }
+}
+
+/// Appends a whole timeline block of remote events: the
+/// `<------------------- skb: ... ---------------------->` header, the
+/// event lines (annotated as by [`write_remote_event`]), one empty line.
+pub fn write_remote_timeline<'a, I>(
+    out: &mut String,
+    skb: &str,
+    items: I,
+    node: Option<&str>,
+    opts: TextOptions,
+) where
+    I: IntoIterator<Item = (&'a RemoteEvent, Option<&'a Annotation>)>,
+{
+    let _ = writeln!(
+        out,
+        "<------------------- skb: {skb} ---------------------->"
+    );
+    for (ev, ann) in items {
+        write_remote_event(out, ev, ann, node, opts);
+    }
+    out.push('\n');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::tests::sample;
+    use crate::event::{Event, Packet, L4};
+    use crate::format::{write_event, write_timeline_block, Annotations};
+    use crate::json::{write_event_json, write_timeline_json};
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    const ALL_OPTS: [TextOptions; 4] = [
+        TextOptions {
+            detail: false,
+            timeline: false,
+        },
+        TextOptions {
+            detail: true,
+            timeline: false,
+        },
+        TextOptions {
+            detail: false,
+            timeline: true,
+        },
+        TextOptions {
+            detail: true,
+            timeline: true,
+        },
+    ];
+
+    /// Events covering every part of a text line.
+    fn events() -> Vec<Event> {
+        let mut v = vec![sample()];
+        let mut no_dev = sample();
+        no_dev.ifindex = 0;
+        no_dev.ifname.clear();
+        no_dev.comm = "swapper/2".into();
+        v.push(no_dev);
+        let mut ret = sample();
+        ret.retval = Some(0xffff_8885_8f24_2900);
+        ret.comm = "ping".into();
+        ret.pid = 897_081;
+        v.push(ret);
+        let mut tcp = sample();
+        tcp.packet = Packet::Ipv6 {
+            src: Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1),
+            dst: Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2),
+            l4: L4::Tcp {
+                sport: 35338,
+                dport: 8080,
+                seq: 1,
+                ack: 2,
+                flags: 0x12,
+            },
+        };
+        tcp.skb_mode = true;
+        v.push(tcp);
+        let mut arp = sample();
+        arp.packet = Packet::Arp {
+            op: 1,
+            sender: Ipv4Addr::new(10, 0, 0, 1),
+            target: Ipv4Addr::new(10, 0, 0, 2),
+        };
+        v.push(arp);
+        let mut drop = sample();
+        drop.drop_reason = 7;
+        v.push(drop);
+        v
+    }
+
+    fn stack() -> Vec<String> {
+        vec![
+            "sk_skb_reason_drop+0x90".into(),
+            "nft_do_chain+0x46f".into(),
+        ]
+    }
+
+    /// The annotation variants: plain, drop with location and stack.
+    fn anns(stack: &[String]) -> Vec<Annotations<'_>> {
+        vec![
+            Annotations {
+                tracer: "napi_gro_receive",
+                group: "link-in",
+                ..Annotations::default()
+            },
+            Annotations {
+                tracer: "__netif_receive_skb_core",
+                group: "a-long-group-name",
+                ..Annotations::default()
+            },
+            Annotations {
+                tracer: "kfree_skb",
+                group: "life",
+                drop_reason: Some("NETFILTER_DROP"),
+                location: Some("nft_do_chain+0x46f"),
+                stack: Some(stack),
+            },
+            Annotations {
+                tracer: "kfree_skb",
+                group: "life",
+                drop_reason: Some("NO_SOCKET"),
+                location: None,
+                stack: None,
+            },
+        ]
+    }
+
+    fn via_json(ev: &Event, ann: &Annotations<'_>) -> RemoteEvent {
+        let mut json = String::new();
+        write_event_json(&mut json, ev, ann);
+        RemoteEvent::parse(&json).unwrap_or_else(|e| panic!("{json}: {e}"))
+    }
+
+    #[test]
+    fn remote_lines_equal_host_lines() {
+        let stack = stack();
+        for ev in events() {
+            for ann in anns(&stack) {
+                let remote = via_json(&ev, &ann);
+                for opts in ALL_OPTS {
+                    let mut host = String::new();
+                    write_event(&mut host, &ev, &ann, opts);
+                    let mut mine = String::new();
+                    write_remote_event(&mut mine, &remote, None, None, opts);
+                    assert_eq!(mine, host, "{opts:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn remote_timeline_blocks_equal_host_blocks() {
+        let stack = stack();
+        let evs = events();
+        let anns = anns(&stack);
+        let items: Vec<(&Event, Annotations<'_>)> =
+            evs.iter().zip(anns.iter().cycle().copied()).collect();
+        for opts in ALL_OPTS {
+            let mut host = String::new();
+            write_timeline_block(
+                &mut host,
+                0xffff_8887_b626_0800,
+                items.iter().cloned(),
+                opts,
+            );
+            let mut json = String::new();
+            write_timeline_json(&mut json, 0xffff_8887_b626_0800, items.iter().cloned());
+            #[derive(Deserialize)]
+            struct Tl {
+                skb: String,
+                events: Vec<RemoteEvent>,
+            }
+            let tl: Tl = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{json}: {e}"));
+            let mut mine = String::new();
+            write_remote_timeline(
+                &mut mine,
+                &tl.skb,
+                tl.events.iter().map(|e| (e, None)),
+                None,
+                opts,
+            );
+            assert_eq!(mine, host, "{opts:?}");
+        }
+    }
+
+    fn ann(host_ifname: Option<&str>) -> Annotation {
+        Annotation {
+            namespace: "shop".into(),
+            pod: "client".into(),
+            container: "app".into(),
+            host_ifname: host_ifname.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn pod_and_node_suffixes_go_before_the_newline() {
+        let stack = stack();
+        let a = anns(&stack);
+        let remote = via_json(&sample(), &a[0]);
+        let mut s = String::new();
+        write_remote_event(
+            &mut s,
+            &remote,
+            Some(&ann(None)),
+            None,
+            TextOptions::default(),
+        );
+        assert_eq!(
+            s,
+            "453516.922978: [napi_gro_receive        ]: ICMP: 10.35.13.63 -> 9.135.224.89, ping request   , seq: 1, pod: shop/client/app\n"
+        );
+        s.clear();
+        write_remote_event(
+            &mut s,
+            &remote,
+            Some(&ann(Some("veth3f9a1c"))),
+            Some("worker-1"),
+            TextOptions::default(),
+        );
+        assert_eq!(
+            s,
+            "453516.922978: [napi_gro_receive        ]: ICMP: 10.35.13.63 -> 9.135.224.89, ping request   , seq: 1, pod: shop/client/app via veth3f9a1c, node: worker-1\n"
+        );
+        s.clear();
+        write_remote_event(
+            &mut s,
+            &remote,
+            None,
+            Some("worker-2"),
+            TextOptions::default(),
+        );
+        assert!(s.ends_with("seq: 1, node: worker-2\n"), "{s}");
+    }
+
+    #[test]
+    fn suffix_follows_drop_location_and_precedes_ret_and_stack() {
+        let stack = stack();
+        let a = anns(&stack);
+        let mut ev = sample();
+        ev.retval = Some(0x2a);
+        let remote = via_json(&ev, &a[2]);
+        let mut s = String::new();
+        write_remote_event(
+            &mut s,
+            &remote,
+            Some(&ann(None)),
+            Some("n1"),
+            TextOptions::default(),
+        );
+        assert_eq!(
+            s,
+            "453516.922978: [kfree_skb               ]: ICMP: 10.35.13.63 -> 9.135.224.89, ping request   , seq: 1, reason: NETFILTER_DROP, location: nft_do_chain+0x46f, pod: shop/client/app, node: n1\n\
+             \x20               return value:2a\n\
+             Call Stack:\n    -> sk_skb_reason_drop+0x90\n    -> nft_do_chain+0x46f\n"
+        );
+    }
+
+    #[test]
+    fn timeline_block_with_annotations() {
+        let stack = stack();
+        let a = anns(&stack);
+        let remote = via_json(&sample(), &a[0]);
+        let pod = ann(None);
+        let mut s = String::new();
+        write_remote_timeline(
+            &mut s,
+            "ffff8887b6260800",
+            [(&remote, Some(&pod)), (&remote, None)],
+            Some("n1"),
+            TextOptions::default(),
+        );
+        assert_eq!(
+            s,
+            "<------------------- skb: ffff8887b6260800 ---------------------->\n\
+             453516.922978: [napi_gro_receive        ]: ICMP: 10.35.13.63 -> 9.135.224.89, ping request   , seq: 1, pod: shop/client/app, node: n1\n\
+             453516.922978: [napi_gro_receive        ]: ICMP: 10.35.13.63 -> 9.135.224.89, ping request   , seq: 1, node: n1\n\n"
+        );
+    }
+
+    #[test]
+    fn sparse_objects_parse_with_defaults() {
+        let ev = RemoteEvent::parse(r#"{"type":"event","tracer":"x","extra":[1]}"#)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(ev.tracer, "x");
+        assert_eq!(ev.ts_ns, 0);
+        assert!(RemoteEvent::parse("42").is_err());
+        assert!(RemoteEvent::parse(r#"{"ts_ns":"x"}"#).is_err());
+    }
+}
