@@ -21,6 +21,10 @@ pub const FL_ADDR: u32 = 0x4;
 pub const FL_SKB_MODE: u32 = 0x8;
 /// Filter flag: the address filters are IPv6.
 pub const FL_V6: u32 = 0x10;
+/// Filter flag: only the (netns, interface) pairs of the scope map match.
+pub const FL_SCOPE: u32 = 0x20;
+/// Filter flag: an skb that matched is followed out of the scope.
+pub const FL_FOLLOW: u32 = 0x40;
 
 const PROTO_NAMES: &str = "ip, ipv4, ip6, ipv6, arp, tcp, udp, icmp, icmp6, icmpv6, sctp";
 
@@ -140,6 +144,11 @@ pub struct Filter {
     pub pid: Option<u32>,
     /// Keep following an skb once it matched.
     pub skb_mode: bool,
+    /// Match only in the scope map's network namespaces and interfaces
+    /// (filled by the agent).
+    pub scope_map: bool,
+    /// Follow an skb that matched wherever it goes next (agent scoping).
+    pub follow: bool,
 }
 
 fn put(b: &mut [u8; FILTER_SIZE], off: usize, v: &[u8]) {
@@ -224,6 +233,12 @@ impl Filter {
         if self.skb_mode {
             flags |= FL_SKB_MODE;
         }
+        if self.scope_map {
+            flags |= FL_SCOPE;
+        }
+        if self.follow {
+            flags |= FL_FOLLOW;
+        }
         put(&mut b, 48, &self.netns.unwrap_or(0).to_le_bytes());
         put(&mut b, 52, &self.ifindex.unwrap_or(0).to_le_bytes());
         put(&mut b, 56, &self.pid.unwrap_or(0).to_le_bytes());
@@ -237,8 +252,8 @@ impl Filter {
         b
     }
 
-    /// Whether an event passes the filter (the kernel's rules; `skb_mode`
-    /// is not considered). Zero netns/ifindex/pid values mean "any".
+    /// Whether an event passes the filter (the kernel's rules; `skb_mode`,
+    /// the scope map and following are not considered). Zero netns/ifindex/pid values mean "any".
     pub fn matches(&self, ev: &Event) -> bool {
         let pkt = &ev.packet;
         if let Some(proto) = &self.proto {

@@ -1,10 +1,11 @@
 //! The node agent's line protocol, version 1.
 //!
 //! One JSON object per line, each with `"v":1` and a `"type"`. The plugin
-//! writes one [`Spec`] (`"type":"spec"`) on the agent's stdin; the agent
-//! answers on stdout with `hello`, `resolved`, `ready`, then `event`,
-//! `timeline` and `lost` lines, `error` lines when something goes wrong, and
-//! `bye` last. Unknown keys are ignored (additions keep version 1); an
+//! writes one [`Spec`] (`"type":"spec"`) on the agent's stdin, then `ping`
+//! lines to show it is alive; the agent answers on stdout, once it has the
+//! spec (so that a plugin attaching late misses nothing), with `hello`,
+//! `resolved`, `ready`, then `event`, `timeline` and `lost` lines, `error`
+//! lines when something goes wrong, and `bye` last. Unknown keys are ignored (additions keep version 1); an
 //! unknown version or type is an error. The README documents the schema.
 
 use serde::{Deserialize, Serialize};
@@ -42,6 +43,8 @@ pub enum ProtocolError {
 /// One line of the protocol, in either direction.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
+// One message lives at a time, per line: the spec's size costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Message {
     /// Plugin → agent: what to trace.
     Spec(Spec),
@@ -61,6 +64,8 @@ pub enum Message {
     Error(ErrorMsg),
     /// Agent → plugin, last line.
     Bye(Bye),
+    /// Plugin → agent: still here (resets the agent's idle timer).
+    Ping(Ping),
 }
 
 /// A pod container to trace.
@@ -149,7 +154,24 @@ pub struct Spec {
     /// The agent stops by itself after this many seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deadline_secs: Option<u64>,
+    /// Other pods on the node, resolved only to annotate events that reach
+    /// them (the pod a traced packet is delivered to, say); not traced.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub peers: Vec<Target>,
+    /// The agent stops when no line has arrived on its stdin for this many
+    /// seconds (default [`DEFAULT_IDLE_TIMEOUT_SECS`]); the plugin sends
+    /// `ping` lines well within it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout_secs: Option<u64>,
 }
+
+/// How long an agent waits for a line from its plugin before it stops, when
+/// the spec does not say.
+pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 60;
+
+/// Plugin → agent: a keep-alive line.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ping {}
 
 /// The two clocks read at the same moment.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -214,10 +236,9 @@ pub struct Resolved {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Scope {
-    /// In the kernel, on one network namespace.
+    /// In the kernel: packets that match in the targets' network namespaces
+    /// or on their host-side veths, followed from there wherever they go.
     Kernel,
-    /// In the agent, on the targets' network namespaces.
-    User,
     /// Not scoped (no resolved target, hostNetwork, or `follow_host`).
     #[default]
     None,
@@ -301,6 +322,9 @@ pub enum ByeReason {
     Count,
     /// A fatal error (reported in an `error` line before).
     Error,
+    /// No line from the plugin within the idle timeout (or no spec within
+    /// it): the plugin is presumed gone.
+    Idle,
 }
 
 /// Agent → plugin, last line.
@@ -428,8 +452,14 @@ mod tests {
                     ..TraceOptions::default()
                 },
                 deadline_secs: Some(60),
+                peers: vec![Target {
+                    pod: "b".into(),
+                    ..target()
+                }],
+                idle_timeout_secs: Some(30),
             }),
             Message::Spec(Spec::default()),
+            Message::Ping(Ping {}),
             Message::Hello(Hello {
                 agent: "0.1.0".into(),
                 kernel: "6.18.0".into(),
@@ -462,7 +492,7 @@ mod tests {
             }),
             Message::Ready(Ready {
                 tracers: 12,
-                scope: Scope::User,
+                scope: Scope::Kernel,
             }),
             Message::Event(EventMsg {
                 event: event.clone(),

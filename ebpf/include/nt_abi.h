@@ -61,6 +61,8 @@ _Static_assert(sizeof(struct nt_event) == 152, "nt_event layout");
 #define NT_FL_ADDR 0x4
 #define NT_FL_SKB_MODE 0x8
 #define NT_FL_V6 0x10       /* the address filters are IPv6 addresses */
+#define NT_FL_SCOPE 0x20    /* only (netns, ifindex) pairs in nt_scope match */
+#define NT_FL_FOLLOW 0x40   /* an skb that matched is followed out of the scope */
 
 /* The packet filter, written once into .rodata before loading. */
 struct nt_filter {

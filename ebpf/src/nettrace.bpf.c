@@ -89,6 +89,30 @@ struct {
 	__type(value, __u8);
 } nt_skbs SEC(".maps");
 
+/*
+ * The scope of an agent: network namespaces (key netns << 32) and
+ * interfaces (key netns << 32 | ifindex) whose packets match.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u64);
+	__type(value, __u8);
+} nt_scope SEC(".maps");
+
+/* Filter flags under which matched skbs are remembered in nt_skbs. */
+#define NT_FL_REMEMBER (NT_FL_SKB_MODE | NT_FL_FOLLOW)
+
+static __always_inline int in_scope(const struct nt_event *e)
+{
+	__u64 key = (__u64)e->netns << 32;
+
+	if (bpf_map_lookup_elem(&nt_scope, &key))
+		return 1;
+	key |= e->ifindex;
+	return e->ifindex && bpf_map_lookup_elem(&nt_scope, &key) != 0;
+}
+
 /* kprobe entry programs find their tracer by function address. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -355,7 +379,7 @@ static __noinline int nt_handle(void *ctx, struct nt_args *a, struct nt_slot *sl
 	if (!skb || !slot || !slot->enabled)
 		return 0;
 
-	if (nt_cfg.flags & NT_FL_SKB_MODE)
+	if (nt_cfg.flags & NT_FL_REMEMBER)
 		remembered = bpf_map_lookup_elem(&nt_skbs, &a->skb) != 0;
 
 	pid_tgid = bpf_get_current_pid_tgid();
@@ -384,17 +408,21 @@ static __noinline int nt_handle(void *ctx, struct nt_args *a, struct nt_slot *sl
 			return 0;
 		if (nt_cfg.ifindex && nt_cfg.ifindex != e->ifindex)
 			return 0;
+		if ((nt_cfg.flags & NT_FL_SCOPE) && !in_scope(e))
+			return 0;
 	}
 
 	if (parse_skb(e, skb) && a->sk)
 		parse_sock(e, (struct sock *)a->sk);
 
-	if (remembered) {
+	/* skb-mode follows a remembered skb whatever its headers became;
+	 * following alone only lifts the scope, the packet filter still holds. */
+	if (remembered && (nt_cfg.flags & NT_FL_SKB_MODE)) {
 		e->flags |= NT_F_SKB_MODE;
 	} else {
 		if (!packet_matches(e))
 			return 0;
-		if (nt_cfg.flags & NT_FL_SKB_MODE) {
+		if (!remembered && (nt_cfg.flags & NT_FL_REMEMBER)) {
 			__u8 one = 1;
 
 			if (bpf_map_update_elem(&nt_skbs, &a->skb, &one, BPF_ANY))
@@ -403,7 +431,7 @@ static __noinline int nt_handle(void *ctx, struct nt_args *a, struct nt_slot *sl
 	}
 
 	if ((slot->role == NT_ROLE_CONSUME || slot->role == NT_ROLE_DROP) &&
-	    (nt_cfg.flags & NT_FL_SKB_MODE))
+	    (nt_cfg.flags & NT_FL_REMEMBER))
 		bpf_map_delete_elem(&nt_skbs, &a->skb);
 
 	e->ts_ns = bpf_ktime_get_ns();
@@ -459,7 +487,7 @@ static __noinline int nt_handle_ret(struct nt_slot *slot, __u64 retval)
 	e->flags |= NT_F_RET;
 	e->ts_ns = bpf_ktime_get_ns();
 	e->stack_id = -1;
-	if (slot->role == NT_ROLE_CLONE && retval && (nt_cfg.flags & NT_FL_SKB_MODE)) {
+	if (slot->role == NT_ROLE_CLONE && retval && (nt_cfg.flags & NT_FL_REMEMBER)) {
 		__u8 one = 1;
 
 		if (bpf_map_update_elem(&nt_skbs, &retval, &one, BPF_ANY))
@@ -526,6 +554,21 @@ static __always_inline int rtp_drop_entry(struct bpf_raw_tracepoint_args *ctx, _
 	};
 
 	return nt_handle(ctx, &a, bpf_map_lookup_elem(&nt_slots, &slot_idx));
+}
+
+/*
+ * A remembered skb (skb-mode, following) is forgotten when it is freed,
+ * whichever tracers were chosen: its address is soon another skb's. The
+ * loader attaches these after the tracers, so a tracer on the same
+ * tracepoint still sees the skb as remembered.
+ */
+SEC("raw_tracepoint")
+int nt_forget(struct bpf_raw_tracepoint_args *ctx)
+{
+	__u64 skb = ctx->args[0];
+
+	bpf_map_delete_elem(&nt_skbs, &skb);
+	return 0;
 }
 
 #define RTP_SLOT(fam, max, n)                                                    \

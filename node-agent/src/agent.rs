@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::io::{self, Write};
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::mpsc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -40,6 +41,8 @@ pub enum Stop {
     Deadline,
     /// Stdin closed.
     InputClosed,
+    /// No line from the plugin within the idle timeout.
+    Idle,
 }
 
 impl From<Stop> for ByeReason {
@@ -49,6 +52,7 @@ impl From<Stop> for ByeReason {
             Stop::Count => ByeReason::Count,
             Stop::Deadline => ByeReason::Deadline,
             Stop::InputClosed => ByeReason::InputClosed,
+            Stop::Idle => ByeReason::Idle,
         }
     }
 }
@@ -76,15 +80,29 @@ pub fn main() -> ExitCode {
 }
 
 fn run() -> Result<Stop> {
+    // Every stdin line goes through one reader thread: the spec first, then
+    // the plugin's pings, which keep the agent alive.
+    let lines = spawn_stdin_reader();
+    let first = match lines.recv_timeout(Duration::from_secs(protocol::DEFAULT_IDLE_TIMEOUT_SECS)) {
+        Ok(line) => line,
+        Err(mpsc::RecvTimeoutError::Timeout) => {
+            emit(&Message::Hello(hello()))?;
+            emit(&Message::Error(ErrorMsg {
+                message: format!(
+                    "no spec arrived on stdin within {} s",
+                    protocol::DEFAULT_IDLE_TIMEOUT_SECS
+                ),
+            }))?;
+            return Ok(Stop::Idle);
+        }
+        Err(mpsc::RecvTimeoutError::Disconnected) => {
+            emit(&Message::Hello(hello()))?;
+            return Ok(Stop::InputClosed);
+        }
+    };
+    // Hello comes once the plugin is surely listening (it wrote the spec).
     emit(&Message::Hello(hello()))?;
-    let mut line = String::new();
-    let n = io::stdin()
-        .read_line(&mut line)
-        .context("reading the spec from stdin")?;
-    if n == 0 {
-        return Ok(Stop::InputClosed);
-    }
-    let spec = match Message::parse(&line).context("reading the spec")? {
+    let spec = match Message::parse(&first).context("reading the spec")? {
         Message::Spec(spec) => spec,
         other => bail!(
             "expected a \"spec\" line first, got {:?}",
@@ -94,6 +112,11 @@ fn run() -> Result<Stop> {
     let deadline = spec
         .deadline_secs
         .map(|s| tokio::time::Instant::now() + Duration::from_secs(s));
+    let idle = Duration::from_secs(
+        spec.idle_timeout_secs
+            .unwrap_or(protocol::DEFAULT_IDLE_TIMEOUT_SECS)
+            .max(1),
+    );
 
     let resolved: Vec<ResolvedTarget> = spec.targets.iter().map(resolve_target).collect();
     emit(&Message::Resolved(Resolved {
@@ -102,29 +125,27 @@ fn run() -> Result<Stop> {
     if !spec.targets.is_empty() && resolved.iter().all(|r| r.error.is_some()) {
         bail!("no target could be resolved on this node");
     }
-    let sink = AgentSink::new(&spec, &resolved)?;
+    // Peers only annotate: one that cannot be resolved is left out.
+    let peers: Vec<ResolvedTarget> = spec
+        .peers
+        .iter()
+        .map(resolve_target)
+        .filter(|r| r.error.is_none())
+        .collect();
+    let sink = AgentSink::new(&spec, &resolved, &peers)?;
 
-    let cli = cli_from_spec(&spec, &sink)?;
+    let cli = cli_from_spec(&spec)?;
     let tree = crate::load_tree(&cli)?;
-    let prepared = crate::prepare(&cli, &tree)?;
+    let prepared = crate::prepare_scoped(&cli, &tree, &sink.kernel_scope)?;
     emit(&Message::Ready(Ready {
         tracers: prepared.loaded.attached.len(),
         scope: sink.scope,
     }))?;
 
-    // The plugin going away closes stdin: watch for it on a thread.
-    let (closed_tx, closed_rx) = oneshot::channel();
-    std::thread::spawn(move || {
-        let mut rest = String::new();
-        while matches!(io::stdin().read_line(&mut rest), Ok(n) if n > 0) {
-            rest.clear();
-        }
-        let _ = closed_tx.send(());
-    });
     let ctl = Control {
         sink,
         deadline,
-        input_closed: closed_rx,
+        input_closed: watch_input(lines, idle),
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -139,14 +160,47 @@ fn run() -> Result<Stop> {
     ))
 }
 
+/// Reads stdin line by line on a thread; the channel closes at end of input.
+fn spawn_stdin_reader() -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let stdin = io::stdin();
+        let mut line = String::new();
+        while matches!(stdin.read_line(&mut line), Ok(n) if n > 0) {
+            if tx.send(std::mem::take(&mut line)).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Watches the plugin's lines: fires with [`Stop::InputClosed`] at end of
+/// input, or [`Stop::Idle`] when nothing arrived for `idle`.
+fn watch_input(lines: mpsc::Receiver<String>, idle: Duration) -> oneshot::Receiver<Stop> {
+    let (tx, rx) = oneshot::channel();
+    std::thread::spawn(move || {
+        let stop = loop {
+            match lines.recv_timeout(idle) {
+                // Pings and anything else only show the plugin is alive.
+                Ok(_) => continue,
+                Err(mpsc::RecvTimeoutError::Timeout) => break Stop::Idle,
+                Err(mpsc::RecvTimeoutError::Disconnected) => break Stop::InputClosed,
+            }
+        };
+        let _ = tx.send(stop);
+    });
+    rx
+}
+
 /// The agent's side of a session: how to stop, what to keep, how to annotate.
 pub struct Control {
     /// Scoping and annotations.
     pub sink: AgentSink,
     /// When to stop.
     pub deadline: Option<tokio::time::Instant>,
-    /// Fires when stdin is closed.
-    pub input_closed: oneshot::Receiver<()>,
+    /// Fires when stdin is closed or the plugin has gone quiet.
+    pub input_closed: oneshot::Receiver<Stop>,
 }
 
 fn hello() -> Hello {
@@ -227,9 +281,9 @@ fn resolve_target(t: &Target) -> ResolvedTarget {
 }
 
 /// The command line equivalent to the spec's options (so that the agent
-/// checks and plans exactly as `nettrace` does), with the kernel netns
-/// filter when the sink scopes in the kernel.
-fn cli_from_spec(spec: &Spec, sink: &AgentSink) -> Result<Cli> {
+/// checks and plans exactly as `nettrace` does); the scope goes to the
+/// kernel apart, through [`crate::prepare_scoped`].
+fn cli_from_spec(spec: &Spec) -> Result<Cli> {
     let o = &spec.options;
     let mut args = vec!["nettrace".to_string()];
     let mut opt = |name: &str, v: &Option<String>| {
@@ -268,9 +322,6 @@ fn cli_from_spec(spec: &Spec, sink: &AgentSink) -> Result<Cli> {
     if let Some(r) = o.rate_limit {
         args.push(format!("--rate-limit={r}"));
     }
-    if let (Scope::Kernel, Some(ns)) = (sink.scope, sink.kernel_netns) {
-        args.push(format!("--netns={ns}"));
-    }
     args.push("--output=json".to_string());
     let cli = Cli::try_parse_from(&args)
         .map_err(|e| anyhow::anyhow!("{}", crate::cli::one_line_error(&e)))
@@ -285,9 +336,10 @@ fn cli_from_spec(spec: &Spec, sink: &AgentSink) -> Result<Cli> {
 pub struct AgentSink {
     /// How events are scoped.
     pub scope: Scope,
-    /// The netns the kernel filter holds (scope `kernel`).
-    kernel_netns: Option<u32>,
-    /// Pods by network namespace inode.
+    /// The scope map's keys for the kernel (scope `kernel`): each target's
+    /// netns (`netns << 32`) and host-side veth (`host netns << 32 | ifindex`).
+    pub kernel_scope: Vec<u64>,
+    /// Pods (targets and peers) by network namespace inode.
     by_netns: HashMap<u32, Annotation>,
     /// Pods by the ifindex of their host-side veth (in `host_netns`).
     by_host_if: HashMap<u32, Annotation>,
@@ -298,59 +350,71 @@ pub struct AgentSink {
 }
 
 impl AgentSink {
-    /// Builds the scoping of a spec from what its targets resolved to.
-    pub fn new(spec: &Spec, resolved: &[ResolvedTarget]) -> Result<AgentSink> {
+    /// Builds the scoping of a spec from what its targets resolved to, and
+    /// the annotations from its targets and peers.
+    pub fn new(
+        spec: &Spec,
+        resolved: &[ResolvedTarget],
+        peers: &[ResolvedTarget],
+    ) -> Result<AgentSink> {
         let host_netns = u32::try_from(containers::netns_inode(Path::new(HOST_NETNS))?)
             .context("netns inode out of range")?;
-        let mut by_netns = HashMap::new();
-        let mut by_host_if = HashMap::new();
+        let mut sink = AgentSink {
+            scope: Scope::None,
+            kernel_scope: Vec::new(),
+            by_netns: HashMap::new(),
+            by_host_if: HashMap::new(),
+            host_netns,
+            scratch: String::new(),
+        };
+        // Peers first: a pod given both ways is annotated as the target.
+        for r in peers.iter().chain(resolved) {
+            sink.add_annotation(r);
+        }
         let mut any_host_network = false;
         for r in resolved.iter().filter(|r| r.error.is_none()) {
-            let ann = Annotation {
-                namespace: r.target.namespace.clone(),
-                pod: r.target.pod.clone(),
-                container: r.target.container.clone(),
-                host_ifname: None,
-            };
             if r.host_network {
-                // Every hostNetwork pod shares the host's namespace: events
-                // there cannot be told apart by namespace.
+                // hostNetwork pods share the node's namespace: events there
+                // cannot be told apart by namespace or interface.
                 any_host_network = true;
                 continue;
             }
-            if let (Some(index), Some(name)) = (r.host_ifindex, &r.host_ifname) {
-                let mut host = ann.clone();
-                host.host_ifname = Some(name.clone());
-                by_host_if.insert(index, host);
-            }
             if let Some(ns) = r.netns.and_then(|n| u32::try_from(n).ok()) {
-                by_netns.insert(ns, ann);
+                sink.kernel_scope.push(u64::from(ns) << 32);
+            }
+            if let Some(index) = r.host_ifindex {
+                sink.kernel_scope
+                    .push(u64::from(host_netns) << 32 | u64::from(index));
             }
         }
-        let scope = if spec.options.follow_host || any_host_network || by_netns.is_empty() {
-            Scope::None
-        } else if by_netns.len() == 1 {
-            Scope::Kernel
+        sink.kernel_scope.sort_unstable();
+        sink.kernel_scope.dedup();
+        if spec.options.follow_host || any_host_network || sink.kernel_scope.is_empty() {
+            sink.kernel_scope.clear();
         } else {
-            Scope::User
-        };
-        let kernel_netns = match scope {
-            Scope::Kernel => by_netns.keys().next().copied(),
-            _ => None,
-        };
-        Ok(AgentSink {
-            scope,
-            kernel_netns,
-            by_netns,
-            by_host_if,
-            host_netns,
-            scratch: String::new(),
-        })
+            sink.scope = Scope::Kernel;
+        }
+        Ok(sink)
     }
 
-    /// Whether an event is in scope.
-    pub fn keep(&self, ev: &Event) -> bool {
-        self.scope != Scope::User || self.by_netns.contains_key(&ev.netns)
+    fn add_annotation(&mut self, r: &ResolvedTarget) {
+        if r.error.is_some() || r.host_network {
+            return;
+        }
+        let ann = Annotation {
+            namespace: r.target.namespace.clone(),
+            pod: r.target.pod.clone(),
+            container: r.target.container.clone(),
+            host_ifname: None,
+        };
+        if let (Some(index), Some(name)) = (r.host_ifindex, &r.host_ifname) {
+            let mut host = ann.clone();
+            host.host_ifname = Some(name.clone());
+            self.by_host_if.insert(index, host);
+        }
+        if let Some(ns) = r.netns.and_then(|n| u32::try_from(n).ok()) {
+            self.by_netns.insert(ns, ann);
+        }
     }
 
     /// The pod an event belongs to, when known.
@@ -426,22 +490,14 @@ mod tests {
         spec.options.tracers = vec!["link".into(), "kfree_skb".into()];
         spec.options.timeline = true;
         spec.options.count = Some(2);
-        let sink = AgentSink {
-            scope: Scope::Kernel,
-            kernel_netns: Some(4026532000),
-            by_netns: HashMap::new(),
-            by_host_if: HashMap::new(),
-            host_netns: 1,
-            scratch: String::new(),
-        };
-        let cli = cli_from_spec(&spec, &sink).expect("valid spec");
+        let cli = cli_from_spec(&spec).expect("valid spec");
         assert_eq!(cli.proto.as_deref(), Some("icmp"));
         assert_eq!(cli.addr.as_deref(), Some("10.0.0.2"));
         assert_eq!(cli.tracer, ["link", "kfree_skb"]);
         assert!(cli.timeline && !cli.skb_mode);
         assert_eq!(cli.count, Some(2));
-        assert_eq!(cli.netns.as_deref(), Some("4026532000"));
+        assert_eq!(cli.netns, None);
         spec.options.backend = Some("nope".into());
-        assert!(cli_from_spec(&spec, &sink).is_err());
+        assert!(cli_from_spec(&spec).is_err());
     }
 }

@@ -9,7 +9,7 @@ use anyhow::{anyhow, Context, Result};
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf, StackTraceMap};
 use aya::programs::{FEntry, FExit, KProbe, ProgramError, RawTracePoint};
 use aya::{Btf, Ebpf, EbpfLoader, Pod};
-use nettrace_common::Role;
+use nettrace_common::{filter, Role};
 
 use crate::kprobe_multi::{self, MultiLoader};
 use crate::plan::{Backend, FunctionTarget, Plan, PlannedTracer};
@@ -112,11 +112,14 @@ pub struct Limits {
 
 /// Loads the object with `filter` and attaches every attachable tracer of
 /// `plan`, updating the plan with the backend each function leaf got.
+/// `scope` fills the scope map (keys `netns << 32 | ifindex`, ifindex 0 for
+/// a whole namespace) before anything is attached.
 pub fn load_and_attach(
     plan: &mut Plan,
     btf: &Btf,
     filter: [u8; 80],
     limits: Limits,
+    scope: &[u64],
 ) -> Result<Loaded> {
     let started = Instant::now();
     let raw = RawFilter(filter);
@@ -128,6 +131,7 @@ pub fn load_and_attach(
         .map_max_entries("nt_events", ringbuf_bytes)
         .load(nettrace_ebpf::object())
         .context("loading the eBPF object failed")?;
+    fill_scope(&mut ebpf, scope)?;
     let mut phases = vec![("object", started.elapsed())];
     let preload_errors = preload_raw_tracepoints(&mut ebpf, plan);
 
@@ -178,6 +182,10 @@ pub fn load_and_attach(
     phases.push(("tracepoints and fentry", started.elapsed()));
     let links = functions.attach_kprobes(&mut ebpf, btf, &globals, plan, &mut attached);
     phases.push(("kprobes", started.elapsed()));
+    let flags = u32::from_le_bytes([filter[60], filter[61], filter[62], filter[63]]);
+    if flags & (filter::FL_SKB_MODE | filter::FL_FOLLOW) != 0 {
+        attach_forget(&mut ebpf)?;
+    }
     Ok(Loaded {
         ebpf,
         attached,
@@ -189,6 +197,38 @@ pub fn load_and_attach(
             .chain(phases.first().copied())
             .collect(),
     })
+}
+
+/// The tracepoints where skbs are freed, where remembered ones are forgotten.
+const FREEING_TRACEPOINTS: [&str; 2] = ["consume_skb", "kfree_skb"];
+
+/// Attaches `nt_forget` to the freeing tracepoints (after the tracers).
+fn attach_forget(ebpf: &mut Ebpf) -> Result<()> {
+    let prog: &mut RawTracePoint = ebpf
+        .program_mut("nt_forget")
+        .ok_or_else(|| anyhow!("program nt_forget missing from the eBPF object"))?
+        .try_into()?;
+    prog.load().context("loading nt_forget")?;
+    for event in FREEING_TRACEPOINTS {
+        prog.attach(event)
+            .with_context(|| format!("attaching nt_forget to raw tracepoint {event}"))?;
+    }
+    Ok(())
+}
+
+fn fill_scope(ebpf: &mut Ebpf, scope: &[u64]) -> Result<()> {
+    if scope.is_empty() {
+        return Ok(());
+    }
+    let map = ebpf
+        .map_mut("nt_scope")
+        .ok_or_else(|| anyhow!("the eBPF object has no nt_scope map"))?;
+    let mut keys: BpfHashMap<&mut MapData, u64, u8> = BpfHashMap::try_from(map)?;
+    for key in scope {
+        keys.insert(key, 1, 0)
+            .with_context(|| format!("adding {key:#x} to the scope map"))?;
+    }
+    Ok(())
 }
 
 fn write_slot(ebpf: &mut Ebpf, index: u32, raw: RawSlot) -> Result<()> {

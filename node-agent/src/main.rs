@@ -104,11 +104,21 @@ pub struct Prepared {
     pub views: Views,
 }
 
-/// Checks the options, loads and attaches the tracers (the command line and
-/// the agent share this).
+/// Checks the options, loads and attaches the tracers (the command line).
 pub fn prepare(cli: &Cli, tree: &TracerTree) -> Result<Prepared> {
+    prepare_scoped(cli, tree, &[])
+}
+
+/// [`prepare`] with a scope for the kernel filter (the agent's pods): keys
+/// `netns << 32 | ifindex` (ifindex 0: the whole namespace). With a scope,
+/// a packet that matched in it is followed wherever it goes next.
+pub fn prepare_scoped(cli: &Cli, tree: &TracerTree, scope: &[u64]) -> Result<Prepared> {
     // Everything the user typed is checked before anything is loaded.
     let mut filter = resolve::filter_from_cli(cli)?;
+    if !scope.is_empty() {
+        filter.scope_map = true;
+        filter.follow = true;
+    }
     let names: Vec<&str> = if cli.tracer.is_empty() {
         vec!["all"]
     } else {
@@ -151,7 +161,7 @@ pub fn prepare(cli: &Cli, tree: &TracerTree) -> Result<Prepared> {
 
     let want_stack = |leaf: &Leaf| cli.stack || stack_only.contains(&leaf.name);
     let mut plan = Plan::build(&kernel, &leaves, cli.backend, cli.ret, want_stack);
-    let loaded = loader::load_and_attach(&mut plan, btf, filter.encode(), limits)?;
+    let loaded = loader::load_and_attach(&mut plan, btf, filter.encode(), limits, scope)?;
     report_plan(cli, &plan, &loaded);
     if cli.verbose {
         let phases: Vec<String> = std::iter::once(("kernel probe", probe_time))

@@ -40,6 +40,8 @@ pub fn filter_from_cli(cli: &Cli) -> Result<Filter> {
         ifindex: None,
         pid: cli.pid,
         skb_mode: cli.skb_mode,
+        scope_map: false,
+        follow: false,
     };
     filter.validate()?;
     if let Some(netns) = &cli.netns {

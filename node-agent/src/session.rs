@@ -80,9 +80,7 @@ pub async fn run(
     let input_closed = async move {
         match input_closed {
             // A dropped sender means the watcher is gone too.
-            Some(rx) => {
-                let _ = rx.await;
-            }
+            Some(rx) => rx.await.unwrap_or(Stop::InputClosed),
             None => std::future::pending().await,
         }
     };
@@ -115,7 +113,7 @@ pub async fn run(
             _ = sigint.recv() => { stop = Stop::Signal; break }
             _ = sigterm.recv() => { stop = Stop::Signal; break }
             _ = &mut deadline => { stop = Stop::Deadline; break }
-            _ = &mut input_closed => { stop = Stop::InputClosed; break }
+            why = &mut input_closed => { stop = why; break }
             _ = tick.tick() => {
                 done = printer.release_parked(RETURN_WAIT);
                 printer.write_out()?;
@@ -187,9 +185,6 @@ impl<'a> Printer<'a> {
 
     /// Prints or buffers one event; true once `count` is reached.
     fn handle(&mut self, ev: Event) -> bool {
-        if self.sink.as_ref().is_some_and(|s| !s.keep(&ev)) {
-            return false;
-        }
         let stack = ev
             .stack_id
             .and_then(|id| self.symbols.stack(self.stacks, id));
