@@ -118,7 +118,7 @@ fn run() -> Result<Stop> {
             .max(1),
     );
 
-    let resolved: Vec<ResolvedTarget> = spec.targets.iter().map(resolve_target).collect();
+    let resolved = resolve_targets(&spec.targets);
     emit(&Message::Resolved(Resolved {
         targets: resolved.clone(),
     }))?;
@@ -126,12 +126,8 @@ fn run() -> Result<Stop> {
         bail!("no target could be resolved on this node");
     }
     // Peers only annotate: one that cannot be resolved is left out.
-    let peers: Vec<ResolvedTarget> = spec
-        .peers
-        .iter()
-        .map(resolve_target)
-        .filter(|r| r.error.is_none())
-        .collect();
+    let mut peers = resolve_targets(&spec.peers);
+    peers.retain(|r| r.error.is_none());
     let sink = AgentSink::new(&spec, &resolved, &peers)?;
 
     let cli = cli_from_spec(&spec)?;
@@ -259,25 +255,34 @@ fn read_clocks() -> Clock {
     }
 }
 
-fn resolve_target(t: &Target) -> ResolvedTarget {
-    let mut r = ResolvedTarget {
-        target: t.clone(),
-        ..ResolvedTarget::default()
-    };
-    match containers::resolve(Path::new(PROC), &t.container_id, Path::new(HOST_NETNS)) {
-        Ok(c) => {
-            r.pid = Some(c.pid);
-            r.netns = Some(c.netns);
-            r.host_network = c.host_network;
-            if let Some((index, name)) = c.host_if {
-                r.host_ifindex = Some(index);
-                r.host_ifname = Some(name);
+/// Resolves targets (or peers) with one scan of `/proc`.
+fn resolve_targets(targets: &[Target]) -> Vec<ResolvedTarget> {
+    let ids: Vec<&str> = targets.iter().map(|t| t.container_id.as_str()).collect();
+    let found = containers::resolve_all(Path::new(PROC), &ids, Path::new(HOST_NETNS));
+    targets
+        .iter()
+        .zip(found)
+        .map(|(t, c)| {
+            let mut r = ResolvedTarget {
+                target: t.clone(),
+                ..ResolvedTarget::default()
+            };
+            match c {
+                Ok(c) => {
+                    r.pid = Some(c.pid);
+                    r.netns = Some(c.netns);
+                    r.host_network = c.host_network;
+                    if let Some((index, name)) = c.host_if {
+                        r.host_ifindex = Some(index);
+                        r.host_ifname = Some(name);
+                    }
+                    r.host_if_error = c.host_if_error;
+                }
+                Err(e) => r.error = Some(format!("{e:#}").replace('\n', " ")),
             }
-            r.host_if_error = c.host_if_error;
-        }
-        Err(e) => r.error = Some(format!("{e:#}").replace('\n', " ")),
-    }
-    r
+            r
+        })
+        .collect()
 }
 
 /// The command line equivalent to the spec's options (so that the agent

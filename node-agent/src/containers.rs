@@ -55,10 +55,11 @@ pub fn cgroup_matches(cgroup_text: &str, id: &str) -> bool {
     })
 }
 
-/// The lowest pid whose cgroup path holds the container id, scanning `proc`.
-pub fn find_pid(proc: &Path, id: &str) -> Result<u32> {
+/// For each container id, the lowest pid whose cgroup path holds it, in one
+/// scan of `proc` (a node may run thousands of processes).
+pub fn find_pids(proc: &Path, ids: &[&str]) -> Result<Vec<Option<u32>>> {
     let entries = fs::read_dir(proc).with_context(|| format!("cannot list {}", proc.display()))?;
-    let mut found: Option<u32> = None;
+    let mut found: Vec<Option<u32>> = vec![None; ids.len()];
     for entry in entries.flatten() {
         let Some(pid) = entry
             .file_name()
@@ -71,11 +72,13 @@ pub fn find_pid(proc: &Path, id: &str) -> Result<u32> {
         let Ok(text) = fs::read_to_string(entry.path().join("cgroup")) else {
             continue;
         };
-        if cgroup_matches(&text, id) && found.is_none_or(|f| pid < f) {
-            found = Some(pid);
+        for (id, slot) in ids.iter().zip(found.iter_mut()) {
+            if slot.is_none_or(|f| pid < f) && cgroup_matches(&text, id) {
+                *slot = Some(pid);
+            }
         }
     }
-    found.ok_or_else(|| anyhow!("no process of container {id} on this node"))
+    Ok(found)
 }
 
 /// Inode of a network namespace file.
@@ -174,12 +177,48 @@ fn container_interface() -> Result<(u32, u32)> {
         .ok_or_else(|| anyhow!("the container has no eth0 and no other interface with a peer"))
 }
 
-/// Resolves a container (id with or without runtime prefix) under `proc`,
-/// relative to the reference network namespace `host_ns` (the agent's own,
-/// `/proc/self/ns/net`, on a node).
-pub fn resolve(proc: &Path, container_id: &str, host_ns: &Path) -> Result<Container> {
-    let id = strip_runtime_prefix(container_id)?;
-    let pid = find_pid(proc, id)?;
+/// One container, for the tests.
+#[cfg(test)]
+fn resolve(proc: &Path, container_id: &str, host_ns: &Path) -> Result<Container> {
+    resolve_all(proc, &[container_id], host_ns).remove(0)
+}
+
+/// Resolves many containers (ids with or without runtime prefix) under
+/// `proc`, relative to the reference network namespace `host_ns` (the
+/// agent's own, `/proc/self/ns/net`, on a node), with one scan of `proc`.
+pub fn resolve_all(proc: &Path, container_ids: &[&str], host_ns: &Path) -> Vec<Result<Container>> {
+    let ids: Vec<Result<&str>> = container_ids
+        .iter()
+        .map(|c| strip_runtime_prefix(c))
+        .collect();
+    let valid: Vec<&str> = ids
+        .iter()
+        .filter_map(|r| r.as_ref().ok().copied())
+        .collect();
+    let mut pids = match find_pids(proc, &valid) {
+        Ok(p) => p.into_iter(),
+        Err(e) => {
+            let msg = format!("{e:#}");
+            return container_ids
+                .iter()
+                .map(|_| Err(anyhow!("{msg}")))
+                .collect();
+        }
+    };
+    ids.into_iter()
+        .map(|id| {
+            let id = id?;
+            let pid = pids
+                .next()
+                .flatten()
+                .ok_or_else(|| anyhow!("no process of container {id} on this node"))?;
+            resolve_pid(proc, pid, host_ns)
+        })
+        .collect()
+}
+
+/// The namespace and host-side interface of the container process `pid`.
+fn resolve_pid(proc: &Path, pid: u32, host_ns: &Path) -> Result<Container> {
     let ns_path = proc.join(pid.to_string()).join("ns/net");
     let netns = netns_inode(&ns_path)?;
     let host_netns = netns_inode(host_ns)?;
