@@ -19,6 +19,7 @@
 
 pub mod bpf;
 pub mod env;
+pub mod fakekube;
 pub mod netns;
 pub mod output;
 pub mod runner;

