@@ -1,0 +1,368 @@
+//! `kubectl nettrace`: trace the packets of Kubernetes pods with nettrace.
+//!
+//! For each node involved the plugin creates a privileged agent pod
+//! (`nettrace agent`, see `manifests/agent-pod.yaml`), attaches to it, sends
+//! the trace spec (protocol v1, `nettrace_common::protocol`), prints what the
+//! agents send, and deletes the pods when tracing stops. If the plugin is
+//! killed, each agent stops when its stdin closes or when no keep-alive
+//! arrives for 60 s, and the pod's `activeDeadlineSeconds` (`--timeout` +
+//! 60 s) bounds the rest.
+//!
+//! # Output
+//!
+//! Text (default): each event exactly as host `nettrace` prints it (default,
+//! `--detail`, `--timeline` blocks, `return value:` and `Call Stack:` lines),
+//! with `, pod: NAMESPACE/POD/CONTAINER` appended to events in a pod's network
+//! namespace, `, pod: NAMESPACE/POD/CONTAINER via HOST_IFNAME` to events on a
+//! pod's host-side veth, and `, node: NODE` when several nodes are traced.
+//!
+//! JSON (`-o json`), one object per line:
+//!
+//! - **event**: the object host `nettrace -o json` prints (see the README),
+//!   byte for byte, with two keys added at the end: `"pod"`:
+//!   `{"namespace","name","container","host_ifname"?}` when the event
+//!   belongs to a traced (or peer) pod, and `"node"`: the node's name.
+//!   ```json
+//!   {"type":"event","time":"5226.642937","ts_ns":5226642937795,"tracer":"net_dev_queue",...,"summary":"ICMP: 10.244.1.7 -> 10.244.2.9, ping request   , seq: 1","pod":{"namespace":"shop","name":"client","container":"app"},"node":"worker-1"}
+//!   ```
+//! - **timeline** (`--timeline`): `{"type":"timeline","node":"worker-1","skb":"ffff888139b46500","events":[<event objects, with "pod" when annotated>]}`
+//! - **lost**: `{"type":"lost","node":"worker-1","events":0,"skb_map_full":0,"stack_failed":0,"matched":8,"rate_limited":0}`
+//!   (one node's totals since its start, when they grow and at its end).
+//!
+//! Times stay each node's monotonic clock, as host `nettrace` prints them;
+//! with several nodes, events are printed in the order of their Unix time
+//! (each node's clock converted with the agent's `hello.clock`) through a
+//! 500 ms reorder buffer.
+
+mod agent_pod;
+mod cli;
+mod launch;
+mod merge;
+mod output;
+mod session;
+mod stream;
+mod target;
+
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use k8s_openapi::api::core::v1::{Event, Pod};
+use kube::api::Api;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+use nettrace_common::format::TextOptions;
+use nettrace_common::protocol::TraceOptions;
+use tokio::sync::{mpsc, watch};
+
+use crate::agent_pod::AgentPod;
+use crate::cli::Cli;
+use crate::session::{End, Session};
+use crate::target::{NodePlan, TargetArg};
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            // --help and --version
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => return fail(cli::one_line_error(&e)),
+    };
+    let options = match cli.trace_options() {
+        Ok(o) => o,
+        Err(e) => return fail(e.to_string()),
+    };
+    let targets = match cli
+        .targets
+        .iter()
+        .map(|t| target::parse_target(t))
+        .collect::<Result<Vec<_>, _>>()
+    {
+        Ok(t) => t,
+        Err(e) => return fail(e.to_string()),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => return fail(format!("cannot start the async runtime: {e}")),
+    };
+    match runtime.block_on(run(&cli, options, targets)) {
+        Ok(End::Ok) => ExitCode::SUCCESS,
+        Ok(End::Failed) => ExitCode::FAILURE,
+        Err(e) => fail(format!("{e:#}")),
+    }
+}
+
+fn fail(msg: String) -> ExitCode {
+    eprintln!("error: {msg}");
+    ExitCode::FAILURE
+}
+
+/// A kube client from `--kubeconfig` (else `KUBECONFIG`, else
+/// `~/.kube/config`) and `--context`, with the namespace to use.
+async fn client(cli: &Cli) -> Result<(Client, String)> {
+    let kubeconfig = match &cli.kubeconfig {
+        Some(path) => Kubeconfig::read_from(path)
+            .with_context(|| format!("cannot read kubeconfig {}", path.display()))?,
+        None => Kubeconfig::read().context(
+            "cannot read a kubeconfig ($KUBECONFIG or ~/.kube/config); pass --kubeconfig FILE",
+        )?,
+    };
+    let options = KubeConfigOptions {
+        context: cli.context.clone(),
+        ..KubeConfigOptions::default()
+    };
+    let config = Config::from_custom_kubeconfig(kubeconfig, &options)
+        .await
+        .context("cannot use the kubeconfig")?;
+    let namespace = cli
+        .namespace
+        .clone()
+        .unwrap_or_else(|| config.default_namespace.clone());
+    let client = Client::try_from(config).context("cannot build a Kubernetes client")?;
+    Ok((client, namespace))
+}
+
+/// Watches for SIGINT and SIGTERM.
+fn interrupt_watch() -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term => {}
+        }
+        let _ = tx.send(true);
+    });
+    rx
+}
+
+async fn interrupted(mut rx: watch::Receiver<bool>) {
+    while !*rx.borrow() {
+        if rx.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+fn manifests(cli: &Cli, session: &str, plans: &[(String, NodePlan)]) -> Vec<Pod> {
+    plans
+        .iter()
+        .map(|(node, plan)| {
+            AgentPod {
+                session,
+                node,
+                namespace: &cli.agent_namespace,
+                image: &cli.image,
+                timeout: cli.timeout,
+                targets: &plan.labels,
+            }
+            .manifest()
+        })
+        .collect()
+}
+
+fn print_manifests(pods: &[Pod]) -> Result<End> {
+    for p in pods {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(p).context("cannot print the manifest")?
+        );
+    }
+    Ok(End::Ok)
+}
+
+async fn run(cli: &Cli, options: TraceOptions, targets: Vec<TargetArg>) -> Result<End> {
+    let session = agent_pod::session_id();
+    let node_names: Vec<String> = targets
+        .iter()
+        .filter_map(|t| match t {
+            TargetArg::Node(n) => Some(n.clone()),
+            TargetArg::Pod(_) => None,
+        })
+        .collect();
+    let pod_names: Vec<&String> = targets
+        .iter()
+        .filter_map(|t| match t {
+            TargetArg::Pod(p) => Some(p),
+            TargetArg::Node(_) => None,
+        })
+        .collect();
+    if cli.print_manifest && pod_names.is_empty() {
+        // nothing to resolve: no cluster needed
+        let plans: Vec<(String, NodePlan)> =
+            target::plan_nodes(&[], &node_names).into_iter().collect();
+        return print_manifests(&manifests(cli, &session, &plans));
+    }
+    let interrupt = interrupt_watch();
+    let (client, namespace) = client(cli).await?;
+    let mut pods = Vec::new();
+    for name in pod_names {
+        let p = target::fetch_pod(&client, &namespace, name, cli.container.as_deref()).await?;
+        if !p.skipped.is_empty() {
+            eprintln!(
+                "warning: pod {}/{}: container(s) {} have no ID yet and are not traced",
+                p.namespace,
+                p.name,
+                p.skipped.join(", ")
+            );
+        }
+        if p.host_network {
+            eprintln!(
+                "warning: pod {}/{} uses the host network: events cannot be scoped to it, filter by address or port",
+                p.namespace, p.name
+            );
+        }
+        if cli.verbose {
+            eprintln!(
+                "pod {}/{} on node {}: IPs {}, containers {}",
+                p.namespace,
+                p.name,
+                p.node,
+                p.ips.join(", "),
+                p.targets
+                    .iter()
+                    .map(|t| t.container.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        pods.push(p);
+    }
+    if !cli.print_manifest {
+        for n in &node_names {
+            target::check_node(&client, n).await?;
+        }
+    }
+    let plans: Vec<(String, NodePlan)> =
+        target::plan_nodes(&pods, &node_names).into_iter().collect();
+    let manifests = manifests(cli, &session, &plans);
+    if cli.print_manifest {
+        return print_manifests(&manifests);
+    }
+
+    let api: Api<Pod> = Api::namespaced(client.clone(), &cli.agent_namespace);
+    let mut created: Vec<String> = Vec::new();
+    let result = trace(
+        cli,
+        &client,
+        &api,
+        &options,
+        &plans,
+        &manifests,
+        &mut created,
+        interrupt,
+    )
+    .await;
+    // Whatever happened above, the agent pods go.
+    launch::delete_all(&api, &created).await;
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn trace(
+    cli: &Cli,
+    client: &Client,
+    api: &Api<Pod>,
+    options: &TraceOptions,
+    plans: &[(String, NodePlan)],
+    manifests: &[Pod],
+    created: &mut Vec<String>,
+    interrupt: watch::Receiver<bool>,
+) -> Result<End> {
+    let (tx, rx) = mpsc::channel(4096);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    // Until the agents are attached, a signal just ends it (the pods are deleted).
+    let setup = start_agents(
+        cli, client, api, options, plans, manifests, created, stop_rx, tx,
+    );
+    let tasks = tokio::select! {
+        r = setup => r?,
+        _ = interrupted(interrupt.clone()) => {
+            eprintln!("interrupted");
+            return Ok(End::Ok);
+        }
+    };
+    let nodes: Vec<String> = plans.iter().map(|(n, _)| n.clone()).collect();
+    let output = output::Output::new(
+        cli.output,
+        TextOptions {
+            detail: cli.detail,
+            timeline: cli.timeline,
+        },
+        nodes.clone(),
+        cli.count,
+    );
+    let end = Session {
+        nodes,
+        output,
+        rx,
+        stop_tx,
+        interrupted: interrupt,
+        timeout: cli.timeout,
+        verbose: cli.verbose,
+    }
+    .run()
+    .await;
+    for t in tasks {
+        t.abort();
+    }
+    Ok(end)
+}
+
+/// Creates the agent pods (recording their names in `created` for the
+/// caller to delete), waits until they run, and attaches to each.
+#[allow(clippy::too_many_arguments)]
+async fn start_agents(
+    cli: &Cli,
+    client: &Client,
+    api: &Api<Pod>,
+    options: &TraceOptions,
+    plans: &[(String, NodePlan)],
+    manifests: &[Pod],
+    created: &mut Vec<String>,
+    stop_rx: watch::Receiver<bool>,
+    tx: mpsc::Sender<stream::NodeMsg>,
+) -> Result<Vec<tokio::task::JoinHandle<()>>> {
+    let events: Api<Event> = Api::namespaced(client.clone(), &cli.agent_namespace);
+    let mut specs = Vec::new();
+    for (node, plan) in plans {
+        let peers = target::fetch_peers(client, node).await?;
+        specs.push(stream::build_spec(plan, peers, options, cli.timeout));
+    }
+    for (pod, (node, _)) in manifests.iter().zip(plans) {
+        launch::create(api, pod, &cli.agent_namespace).await?;
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        if cli.verbose {
+            eprintln!(
+                "created agent pod {}/{name} on node {node}",
+                cli.agent_namespace
+            );
+        }
+        created.push(name);
+    }
+    let waits = created
+        .iter()
+        .zip(plans)
+        .map(|(name, (node, _))| launch::wait_running(api, &events, name, node, cli.start_timeout));
+    for r in futures::future::join_all(waits).await {
+        r?;
+    }
+    let mut tasks = Vec::new();
+    for (i, (name, spec)) in created.iter().zip(&specs).enumerate() {
+        tasks.push(stream::attach(api, name, i, spec, stop_rx.clone(), tx.clone()).await?);
+    }
+    Ok(tasks)
+}

@@ -1,0 +1,324 @@
+//! Printing what the agents traced: host nettrace's text lines with the pod
+//! and node appended, or its JSON objects with `"pod"` and `"node"` keys.
+
+use std::io::Write;
+
+use nettrace_common::format::{LossStats, TextOptions};
+use nettrace_common::protocol::{Annotation, Lost};
+use nettrace_common::remote::{write_remote_event, write_remote_timeline};
+
+use crate::cli::OutputFormat;
+use crate::stream::Item;
+
+/// Something to print, from one node.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Printable {
+    /// One event.
+    Event(usize, Box<Item>),
+    /// One timeline block.
+    Timeline(usize, String, Vec<Item>),
+    /// Loss counters (JSON output only).
+    Lost(usize, Lost),
+}
+
+/// Formats and counts output.
+pub struct Output {
+    format: OutputFormat,
+    text: TextOptions,
+    nodes: Vec<String>,
+    count: Option<u64>,
+    printed: u64,
+    buf: String,
+}
+
+/// Appends `s` as a JSON string.
+fn push_str(out: &mut String, s: &str) {
+    // Serializing a string cannot fail.
+    out.push_str(&serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into()));
+}
+
+/// The agent's event object with `"pod"` (when annotated) and `"node"` (when
+/// given) added before its closing brace.
+pub fn annotated_json(raw: &str, ann: Option<&Annotation>, node: Option<&str>) -> String {
+    let raw = raw.trim();
+    let body = raw.strip_suffix('}').unwrap_or(raw);
+    let mut out = String::with_capacity(raw.len() + 96);
+    out.push_str(body);
+    let empty = body.trim_end().ends_with('{');
+    let mut sep = if empty { "" } else { "," };
+    if let Some(a) = ann {
+        out.push_str(sep);
+        out.push_str("\"pod\":{\"namespace\":");
+        push_str(&mut out, &a.namespace);
+        out.push_str(",\"name\":");
+        push_str(&mut out, &a.pod);
+        out.push_str(",\"container\":");
+        push_str(&mut out, &a.container);
+        if let Some(ifname) = &a.host_ifname {
+            out.push_str(",\"host_ifname\":");
+            push_str(&mut out, ifname);
+        }
+        out.push('}');
+        sep = ",";
+    }
+    if let Some(n) = node {
+        out.push_str(sep);
+        out.push_str("\"node\":");
+        push_str(&mut out, n);
+    }
+    out.push('}');
+    out
+}
+
+impl Output {
+    /// `nodes` are the node names by index; the node is named in text lines
+    /// only when there are several.
+    pub fn new(
+        format: OutputFormat,
+        text: TextOptions,
+        nodes: Vec<String>,
+        count: Option<u64>,
+    ) -> Self {
+        Output {
+            format,
+            text,
+            nodes,
+            count,
+            printed: 0,
+            buf: String::new(),
+        }
+    }
+
+    /// True once `--count` events (or blocks) were printed.
+    pub fn done(&self) -> bool {
+        self.count.is_some_and(|c| self.printed >= c)
+    }
+
+    fn text_node(&self, node: usize) -> Option<&str> {
+        (self.nodes.len() > 1)
+            .then(|| self.nodes.get(node).map(String::as_str))
+            .flatten()
+    }
+
+    /// Appends the output of one item to the internal buffer (nothing once
+    /// `--count` is reached).
+    pub fn render(&mut self, p: &Printable) {
+        if self.done() && !matches!(p, Printable::Lost(..)) {
+            return;
+        }
+        let mut buf = std::mem::take(&mut self.buf);
+        match (p, self.format) {
+            (Printable::Event(n, item), OutputFormat::Text) => {
+                write_remote_event(
+                    &mut buf,
+                    &item.event,
+                    item.annotation.as_ref(),
+                    self.text_node(*n),
+                    self.text,
+                );
+                self.printed += 1;
+            }
+            (Printable::Event(n, item), OutputFormat::Json) => {
+                let node = self.nodes.get(*n).map(String::as_str);
+                buf.push_str(&annotated_json(&item.raw, item.annotation.as_ref(), node));
+                buf.push('\n');
+                self.printed += 1;
+            }
+            (Printable::Timeline(n, skb, items), OutputFormat::Text) => {
+                write_remote_timeline(
+                    &mut buf,
+                    skb,
+                    items.iter().map(|i| (&i.event, i.annotation.as_ref())),
+                    self.text_node(*n),
+                    self.text,
+                );
+                self.printed += 1;
+            }
+            (Printable::Timeline(n, skb, items), OutputFormat::Json) => {
+                buf.push_str("{\"type\":\"timeline\",\"node\":");
+                push_str(
+                    &mut buf,
+                    self.nodes.get(*n).map(String::as_str).unwrap_or(""),
+                );
+                buf.push_str(",\"skb\":");
+                push_str(&mut buf, skb);
+                buf.push_str(",\"events\":[");
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        buf.push(',');
+                    }
+                    buf.push_str(&annotated_json(&item.raw, item.annotation.as_ref(), None));
+                }
+                buf.push_str("]}\n");
+                self.printed += 1;
+            }
+            (Printable::Lost(n, l), OutputFormat::Json) => {
+                buf.push_str("{\"type\":\"lost\",\"node\":");
+                push_str(
+                    &mut buf,
+                    self.nodes.get(*n).map(String::as_str).unwrap_or(""),
+                );
+                buf.push_str(&format!(
+                    ",\"events\":{},\"skb_map_full\":{},\"stack_failed\":{},\"matched\":{},\"rate_limited\":{}}}\n",
+                    l.events, l.skb_map_full, l.stack_failed, l.matched, l.rate_limited
+                ));
+            }
+            (Printable::Lost(..), OutputFormat::Text) => {}
+        }
+        self.buf = buf;
+    }
+
+    /// Takes what was rendered so far.
+    #[cfg(test)]
+    pub fn take(&mut self) -> String {
+        std::mem::take(&mut self.buf)
+    }
+
+    /// Renders and writes to stdout at once.
+    pub fn print(&mut self, p: &Printable) -> std::io::Result<()> {
+        self.render(p);
+        self.flush()
+    }
+
+    /// Writes what was rendered to stdout.
+    pub fn flush(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let mut out = std::io::stdout().lock();
+        out.write_all(self.buf.as_bytes())?;
+        self.buf.clear();
+        out.flush()
+    }
+}
+
+/// The loss counters of the protocol as the host's [`LossStats`].
+pub fn loss_stats(l: &Lost) -> LossStats {
+    LossStats {
+        ringbuf_full: l.events,
+        skb_map_full: l.skb_map_full,
+        stack_failed: l.stack_failed,
+        matched: l.matched,
+        rate_limited: l.rate_limited,
+    }
+}
+
+/// Whether `now` shows losses `before` did not.
+pub fn loss_grew(before: &Lost, now: &Lost) -> bool {
+    now.events > before.events
+        || now.skb_map_full > before.skb_map_full
+        || now.stack_failed > before.stack_failed
+        || now.rate_limited > before.rate_limited
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nettrace_common::remote::RemoteEvent;
+
+    const RAW: &str = r#"{"type":"event","time":"1.000000","ts_ns":1000000000,"tracer":"ip_rcv","group":"ip-in","skb":"ffff888100000000","netns":1,"ifindex":2,"ifname":"eth0","pid":3,"comm":"ping","len":84,"summary":"ICMP: 10.0.0.1 -> 10.0.0.2, ping request   , seq: 1"}"#;
+
+    fn item(ann: Option<Annotation>) -> Item {
+        Item {
+            raw: RAW.into(),
+            event: RemoteEvent::parse(RAW).unwrap_or_default(),
+            annotation: ann,
+        }
+    }
+
+    fn ann(host: Option<&str>) -> Annotation {
+        Annotation {
+            namespace: "shop".into(),
+            pod: "client".into(),
+            container: "app".into(),
+            host_ifname: host.map(String::from),
+        }
+    }
+
+    #[test]
+    fn json_gets_pod_and_node_keys() {
+        let s = annotated_json(RAW, Some(&ann(Some("veth1"))), Some("w1"));
+        assert!(
+            s.starts_with(&RAW[..RAW.len() - 1]),
+            "the agent's bytes are kept: {s}"
+        );
+        assert!(s.ends_with(r#","pod":{"namespace":"shop","name":"client","container":"app","host_ifname":"veth1"},"node":"w1"}"#), "{s}");
+        let v: serde_json::Value = serde_json::from_str(&s).unwrap_or_default();
+        assert_eq!(v["pod"]["name"], "client");
+        assert_eq!(annotated_json(RAW, None, None), RAW);
+        assert_eq!(
+            annotated_json("{}", None, Some("w\"1")),
+            r#"{"node":"w\"1"}"#
+        );
+    }
+
+    #[test]
+    fn text_names_the_node_only_with_several_nodes_and_count_stops_output() {
+        let mut one = Output::new(
+            OutputFormat::Text,
+            TextOptions::default(),
+            vec!["w1".into()],
+            Some(2),
+        );
+        one.render(&Printable::Event(0, Box::new(item(Some(ann(None))))));
+        assert_eq!(
+            one.take(),
+            "1.000000: [ip_rcv                  ]: ICMP: 10.0.0.1 -> 10.0.0.2, ping request   , seq: 1, pod: shop/client/app\n"
+        );
+        one.render(&Printable::Event(0, Box::new(item(None))));
+        assert!(one.done());
+        one.render(&Printable::Event(0, Box::new(item(None))));
+        assert_eq!(one.take().lines().count(), 1, "nothing after --count");
+        let mut two = Output::new(
+            OutputFormat::Text,
+            TextOptions::default(),
+            vec!["w1".into(), "w2".into()],
+            None,
+        );
+        two.render(&Printable::Timeline(
+            1,
+            "ffff888100000000".into(),
+            vec![item(None)],
+        ));
+        assert_eq!(
+            two.take(),
+            "<------------------- skb: ffff888100000000 ---------------------->\n\
+             1.000000: [ip_rcv                  ]: ICMP: 10.0.0.1 -> 10.0.0.2, ping request   , seq: 1, node: w2\n\n"
+        );
+    }
+
+    #[test]
+    fn json_timelines_and_lost_records() {
+        let mut o = Output::new(
+            OutputFormat::Json,
+            TextOptions::default(),
+            vec!["w1".into()],
+            None,
+        );
+        o.render(&Printable::Timeline(
+            0,
+            "ffff888100000000".into(),
+            vec![item(Some(ann(None)))],
+        ));
+        o.render(&Printable::Lost(
+            0,
+            Lost {
+                events: 2,
+                matched: 9,
+                ..Lost::default()
+            },
+        ));
+        let s = o.take();
+        let lines: Vec<serde_json::Value> = s
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_default())
+            .collect();
+        assert_eq!(lines[0]["type"], "timeline");
+        assert_eq!(lines[0]["node"], "w1");
+        assert_eq!(lines[0]["events"][0]["pod"]["container"], "app");
+        assert_eq!(lines[1]["type"], "lost");
+        assert_eq!(lines[1]["node"], "w1");
+        assert_eq!(lines[1]["events"], 2);
+        assert_eq!(lines[1]["matched"], 9);
+    }
+}
