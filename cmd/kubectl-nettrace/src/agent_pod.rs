@@ -226,6 +226,40 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_template_says_the_same() {
+        let yaml = include_str!("../../../manifests/agent-pod.yaml");
+        for line in [
+            "nodeName: <node>",
+            "hostPID: true",
+            "hostNetwork: true",
+            "dnsPolicy: ClusterFirstWithHostNet",
+            "restartPolicy: Never",
+            "automountServiceAccountToken: false",
+            "enableServiceLinks: false",
+            "activeDeadlineSeconds: 3660",
+            "terminationGracePeriodSeconds: 5",
+            "- operator: Exists",
+            "- name: agent",
+            "command: [\"/usr/local/bin/nettrace\", \"agent\"]",
+            "stdin: true",
+            "stdinOnce: true",
+            "tty: false",
+            "privileged: true",
+            "cpu: 50m",
+            "memory: 64Mi",
+            "app.kubernetes.io/name: nettrace-agent",
+            "app.kubernetes.io/managed-by: kubectl-nettrace",
+            "nettrace.io/session: <session>",
+            "nettrace.io/targets: ",
+        ] {
+            assert!(
+                yaml.lines().any(|l| l.trim().starts_with(line)),
+                "agent-pod.yaml lacks {line:?}"
+            );
+        }
+    }
+
+    #[test]
     fn names_are_dns_labels() {
         assert_eq!(
             pod_name("abc", "Worker_1.example.com"),
