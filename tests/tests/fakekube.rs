@@ -3,7 +3,7 @@
 //! fetches both, `./dev test` runs it) and by raw HTTP.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -339,4 +339,314 @@ fn kubectl_finds_the_nettrace_plugin() {
             "kubectl {v} nettrace --help printed nothing"
         );
     }
+}
+
+fn images() -> HashMap<String, PathBuf> {
+    HashMap::from([("busybox:test".to_string(), PathBuf::from("/usr/bin"))])
+}
+
+/// An agent-like pod: hostPID, hostNetwork, privileged, run by node-a's kubelet.
+fn agent_pod(name: &str, command: &[&str]) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": {"app": "nettrace-agent"}},
+        "spec": {
+            "nodeName": "node-a",
+            "restartPolicy": "Never",
+            "hostPID": true,
+            "hostNetwork": true,
+            "terminationGracePeriodSeconds": 2,
+            "containers": [{
+                "name": "agent",
+                "image": "busybox:test",
+                "command": command,
+                "stdin": true,
+                "stdinOnce": true,
+                "securityContext": {"privileged": true},
+            }],
+        },
+    })
+}
+
+fn write_json(scratch: &Scratch, name: &str, v: &Value) -> PathBuf {
+    let p = scratch.path(name);
+    std::fs::write(&p, serde_json::to_vec_pretty(v).expect("JSON")).expect("writing a manifest");
+    p
+}
+
+fn phase(p: &Value) -> &str {
+    p["status"]["phase"].as_str().unwrap_or("")
+}
+
+#[test]
+fn kubelet_runs_attaches_execs_and_deletes_through_kubectl_1_33() {
+    let cluster = FakeCluster::start(&["node-a", "node-b"], images());
+    cluster.create_namespace("kt", &[]);
+    let k = kubectl("1.33");
+    let scratch = Scratch::new("kubelet");
+    let kc = scratch.path("kubeconfig");
+    cluster.write_kubeconfig(&kc, "fake", "kt");
+    let run =
+        |args: &[&str], stdin: Option<&[u8]>| run_kubectl(&k, &scratch, &kc, args, stdin, None);
+    let secs = Duration::from_secs(10);
+
+    let manifest = write_json(&scratch, "cat.json", &agent_pod("cat", &["/bin/cat"]));
+    let out = ok(
+        run(
+            &["create", "-f", manifest.to_str().unwrap_or_default()],
+            None,
+        ),
+        "create -f",
+    );
+    assert_eq!(out.trim(), "pod/cat created");
+    // kubectl wait lists then watches (fieldSelector metadata.name=cat).
+    let out = ok(
+        run(
+            &["wait", "--for=condition=Ready", "pod/cat", "--timeout=10s"],
+            None,
+        ),
+        "wait Ready",
+    );
+    assert_eq!(out.trim(), "pod/cat condition met");
+    let pod = cluster.pod("kt", "cat").expect("pod cat");
+    let cs = &pod["status"]["containerStatuses"][0];
+    assert_eq!(phase(&pod), "Running");
+    assert_eq!(cs["ready"], true);
+    let cid = cs["containerID"].as_str().unwrap_or("");
+    assert!(
+        cid.starts_with("containerd://") && cid.len() == 13 + 64,
+        "{cid}"
+    );
+    assert!(cs["state"]["running"]["startedAt"].is_string());
+    assert_eq!(cluster.processes().len(), 1, "the container's process");
+
+    // exec over WebSocket (v5): stdin, stdout, exit status.
+    let out = ok(
+        run(
+            &["exec", "-i", "cat", "--", "/bin/cat"],
+            Some(b"via exec\n"),
+        ),
+        "exec -i",
+    );
+    assert_eq!(out, "via exec\n");
+    let out = run(
+        &[
+            "exec",
+            "cat",
+            "--",
+            "/bin/sh",
+            "-c",
+            "echo out; echo err >&2; exit 3",
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", show(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with("err\n") && err.contains("command terminated with exit code 3"),
+        "{err}"
+    );
+
+    // attach: stdin reaches the main process, its output comes back; stdinOnce closes the
+    // process's stdin when the session ends, so cat exits.
+    let out = ok(
+        run(&["attach", "-i", "cat"], Some(b"hello through attach\n")),
+        "attach -i",
+    );
+    assert!(out.contains("hello through attach\n"), "{out}");
+    let pod = cluster.wait_pod("kt", "cat", secs, |p| phase(p) == "Succeeded");
+    let term = &pod["status"]["containerStatuses"][0]["state"]["terminated"];
+    assert_eq!(
+        (term["exitCode"].as_i64(), term["reason"].as_str()),
+        (Some(0), Some("Completed"))
+    );
+    let out = ok(run(&["logs", "cat"], None), "logs");
+    assert_eq!(out, "hello through attach\n");
+    let out = ok(run(&["get", "pods"], None), "get pods");
+    assert_eq!(
+        columns(&out, 3)[1],
+        row(&["cat", "0/1", "Completed"]),
+        "{out}"
+    );
+    let events = ok(
+        run(
+            &[
+                "get",
+                "events",
+                "--field-selector",
+                "involvedObject.name=cat",
+                "-o",
+                "json",
+            ],
+            None,
+        ),
+        "get events",
+    );
+    let events: Value = serde_json::from_str(&events).expect("events JSON");
+    let reasons: Vec<&str> = events["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["reason"].as_str())
+        .collect();
+    assert_eq!(reasons, ["Pulled", "Created", "Started"]);
+
+    // delete: SIGTERM, the pod goes away (kubectl waits for it through a watch).
+    let manifest = write_json(
+        &scratch,
+        "sleeper.json",
+        &agent_pod("sleeper", &["/bin/sleep", "1000"]),
+    );
+    ok(
+        run(
+            &["create", "-f", manifest.to_str().unwrap_or_default()],
+            None,
+        ),
+        "create sleeper",
+    );
+    cluster.wait_pod("kt", "sleeper", secs, |p| phase(p) == "Running");
+    assert_eq!(cluster.processes().len(), 1);
+    let out = ok(
+        run(&["delete", "pod", "sleeper", "cat"], None),
+        "delete pods",
+    );
+    assert_eq!(out.trim(), "pod \"sleeper\" deleted\npod \"cat\" deleted");
+    assert!(cluster.pods().is_empty(), "{:#?}", cluster.pods());
+    assert_eq!(
+        cluster.processes(),
+        Vec::<u32>::new(),
+        "a deleted pod leaves no process"
+    );
+}
+
+#[test]
+fn kubelet_failures_image_deadline_admission_scheduling_eviction() {
+    let cluster = FakeCluster::start(&["node-a", "node-b"], images());
+    cluster.create_namespace("kt", &[]);
+    cluster.create_namespace(
+        "locked",
+        &[("pod-security.kubernetes.io/enforce", "baseline")],
+    );
+    let k = kubectl("1.33");
+    let scratch = Scratch::new("failures");
+    let kc = scratch.path("kubeconfig");
+    cluster.write_kubeconfig(&kc, "fake", "kt");
+    let run = |args: &[&str]| run_kubectl(&k, &scratch, &kc, args, None, None);
+    let create = |name: &str, pod: &Value| {
+        let f = write_json(&scratch, &format!("{name}.json"), pod);
+        run(&["create", "-f", f.to_str().unwrap_or_default()])
+    };
+    let secs = Duration::from_secs(10);
+
+    // Pod Security Admission refuses an agent pod in a baseline namespace.
+    let mut locked = agent_pod("agent", &["/bin/sleep", "1"]);
+    locked["metadata"]["namespace"] = json!("locked");
+    let out = create("locked", &locked);
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("pods \"agent\" is forbidden: violates PodSecurity \"baseline:latest\": host namespaces (hostNetwork=true, hostPID=true), privileged (container \"agent\" must not set securityContext.privileged=true)"),
+        "{err}"
+    );
+    assert!(err.starts_with("Error from server (Forbidden): "), "{err}");
+
+    // An image the node does not have.
+    let mut pull = agent_pod("pull", &["/bin/cat"]);
+    pull["spec"]["containers"][0]["image"] = json!("registry.example/nettrace:missing");
+    ok(create("pull", &pull), "create pull");
+    cluster.wait_pod("kt", "pull", secs, |p| {
+        p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"] == "ImagePullBackOff"
+    });
+    let out = ok(run(&["get", "pod", "pull"]), "get pod pull");
+    assert_eq!(
+        columns(&out, 3)[1],
+        row(&["pull", "0/1", "ImagePullBackOff"]),
+        "{out}"
+    );
+    let out = ok(
+        run(&[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=pull,type=Warning",
+            "-o",
+            "json",
+        ]),
+        "events",
+    );
+    let events: Value = serde_json::from_str(&out).expect("events JSON");
+    let msgs: Vec<&str> = events["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["message"].as_str())
+        .collect();
+    assert!(msgs.contains(&"Failed to pull image \"registry.example/nettrace:missing\": rpc error: code = NotFound desc = failed to pull and unpack image \"registry.example/nettrace:missing\": not found"), "{msgs:?}");
+    assert_eq!(phase(&cluster.pod("kt", "pull").expect("pull")), "Pending");
+
+    // activeDeadlineSeconds.
+    let mut deadline = agent_pod("deadline", &["/bin/sleep", "1000"]);
+    deadline["spec"]["activeDeadlineSeconds"] = json!(1);
+    ok(create("deadline", &deadline), "create deadline");
+    let p = cluster.wait_pod("kt", "deadline", secs, |p| phase(p) == "Failed");
+    assert_eq!(p["status"]["reason"], "DeadlineExceeded");
+    assert!(cluster
+        .events()
+        .iter()
+        .any(|e| e["reason"] == "DeadlineExceeded"
+            && e["type"] == "Warning"
+            && e["involvedObject"]["name"] == "deadline"));
+
+    // No nodeName: no scheduler here, the pod stays Pending/Unschedulable.
+    let mut unsched = agent_pod("unsched", &["/bin/cat"]);
+    unsched["spec"]
+        .as_object_mut()
+        .map(|s| s.remove("nodeName"));
+    ok(create("unsched", &unsched), "create unsched");
+    let p = cluster.wait_pod("kt", "unsched", secs, |p| {
+        p["status"]["conditions"][0]["reason"] == "Unschedulable"
+    });
+    assert_eq!(phase(&p), "Pending");
+    assert!(cluster
+        .events()
+        .iter()
+        .any(|e| e["reason"] == "FailedScheduling"
+            && e["involvedObject"]["name"] == "unsched"
+            && e["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("0/2 nodes are available"))));
+
+    // A node whose kubelet never starts anything.
+    cluster.set_node_kubelet("node-b", false);
+    let mut stuck = agent_pod("stuck", &["/bin/cat"]);
+    stuck["spec"]["nodeName"] = json!("node-b");
+    ok(create("stuck", &stuck), "create stuck");
+    std::thread::sleep(Duration::from_millis(300));
+    let p = cluster.pod("kt", "stuck").expect("stuck");
+    assert_eq!(phase(&p), "Pending");
+    assert!(p["status"]["containerStatuses"].is_null(), "{p:#}");
+
+    // Eviction.
+    ok(
+        create("evictee", &agent_pod("evictee", &["/bin/sleep", "1000"])),
+        "create evictee",
+    );
+    cluster.wait_pod("kt", "evictee", secs, |p| phase(p) == "Running");
+    assert!(cluster.evict_pod("kt", "evictee", "The node was low on resource: memory."));
+    let p = cluster.wait_pod("kt", "evictee", secs, |p| phase(p) == "Failed");
+    assert_eq!(p["status"]["reason"], "Evicted");
+    assert_eq!(
+        p["status"]["message"],
+        "The node was low on resource: memory."
+    );
+
+    assert_eq!(cluster.processes(), Vec::<u32>::new());
+    let out = ok(
+        run(&["delete", "pods", "--all", "--wait=true"]),
+        "delete --all",
+    );
+    assert_eq!(out.lines().count(), 5, "{out}");
+    assert!(cluster.pods().is_empty(), "{:#?}", cluster.pods());
 }

@@ -199,6 +199,9 @@ async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>) -> Resp {
         .collect::<Vec<_>>()
         .join(",");
     let mut r = parse_head(req.method().clone(), req.uri(), &accept);
+    if std::env::var_os("FAKEKUBE_TRACE").is_some() {
+        eprintln!("fakekube: {} {} (accept {accept})", req.method(), req.uri());
+    }
     let segs: Vec<&str> = r.segs.iter().map(String::as_str).collect();
     if let ["api", "v1", "namespaces", _, "pods", _, sub @ ("attach" | "exec")] = segs.as_slice() {
         let kind = if *sub == "exec" {
@@ -264,6 +267,11 @@ async fn route(shared: &Arc<Shared>, r: &Req) -> Result<Resp, ApiError> {
             &json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": []}),
         )),
         ["api", "v1"] if get => Ok(json_resp(200, &resource_list())),
+        ["openapi", "v3"] if get => Ok(json_resp(
+            200,
+            &json!({"paths": {"api/v1": {"serverRelativeURL": "/openapi/v3/api/v1?hash=FAKEKUBE"}}}),
+        )),
+        ["openapi", "v3", "api", "v1"] if get => Ok(json_resp(200, &openapi_v3_core())),
         ["api", "v1", "namespaces"] if get => list(shared, r, Kind::Namespace, None),
         ["api", "v1", "namespaces"] if post => create_namespace(shared, r),
         ["api", "v1", "namespaces", ns] if get => get_one(shared, r, Kind::Namespace, "", ns),
@@ -307,6 +315,39 @@ fn version() -> Value {
         "goVersion": "go1.24.2",
         "compiler": "gc",
         "platform": "linux/amd64",
+    })
+}
+
+/// A minimal OpenAPI v3 document for core/v1: the create and patch operations of pods and
+/// namespaces, with their query parameters. kubectl looks for `fieldValidation` among the
+/// PATCH parameters to learn that the server validates fields itself, and then skips
+/// client-side schema validation (which would need the full schema).
+fn openapi_v3_core() -> Value {
+    let op = |verb: &str, kind: &str, op: &str| {
+        let params: Vec<Value> = ["dryRun", "fieldManager", "fieldValidation", "pretty"]
+            .iter()
+            .map(|p| json!({"name": p, "in": "query", "schema": {"type": "string", "uniqueItems": true}}))
+            .collect();
+        let action = if verb == "patch" { "patch" } else { "post" };
+        json!({verb: {
+            "operationId": op,
+            "tags": ["core_v1"],
+            "parameters": params,
+            "responses": {"201": {"description": "Created"}},
+            "x-kubernetes-action": action,
+            "x-kubernetes-group-version-kind": {"group": "", "version": "v1", "kind": kind},
+        }})
+    };
+    json!({
+        "openapi": "3.0.0",
+        "info": {"title": "Kubernetes", "version": "v1.33.0"},
+        "paths": {
+            "/api/v1/namespaces/{namespace}/pods": op("post", "Pod", "createCoreV1NamespacedPod"),
+            "/api/v1/namespaces/{namespace}/pods/{name}": op("patch", "Pod", "patchCoreV1NamespacedPod"),
+            "/api/v1/namespaces": op("post", "Namespace", "createCoreV1Namespace"),
+            "/api/v1/namespaces/{name}": op("patch", "Namespace", "patchCoreV1Namespace"),
+        },
+        "components": {"schemas": {}},
     })
 }
 

@@ -3,7 +3,7 @@
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -184,6 +184,23 @@ pub(crate) async fn kill_process(rt: &ContainerRt, grace: u64) {
     }
 }
 
+/// A strictly increasing nanosecond timestamp: event names are `<object>.<hex nanos>`, as
+/// client-go's recorder makes them, so listing (in name order) gives events in time order.
+fn event_stamp() -> u64 {
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let mut prev = LAST.load(Ordering::SeqCst);
+    loop {
+        let next = now.max(prev + 1);
+        match LAST.compare_exchange(prev, next, Ordering::SeqCst, Ordering::SeqCst) {
+            Ok(_) => return next,
+            Err(p) => prev = p,
+        }
+    }
+}
+
 /// Records a core/v1 Event about `pod` (aggregated by reason and message, like the
 /// apiserver's event correlator: a repeat bumps `count` and `lastTimestamp`).
 pub(crate) fn record_event(
@@ -234,7 +251,7 @@ pub(crate) fn record_event(
     }
     let ev = json!({
         "metadata": {
-            "name": format!("{}.{}", m["name"].as_str().unwrap_or("pod"), random_hex(8)),
+            "name": format!("{}.{:x}", m["name"].as_str().unwrap_or("pod"), event_stamp()),
             "namespace": ns,
         },
         "involvedObject": involved,

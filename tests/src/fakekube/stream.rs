@@ -12,7 +12,8 @@ use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::broadcast;
-use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
@@ -66,6 +67,13 @@ pub(crate) fn exit_status(code: i32) -> Value {
             "reason": "NonZeroExitCode",
             "details": {"causes": [{"reason": "ExitCode", "message": code.to_string()}]},
         })
+    }
+}
+
+fn normal_close() -> CloseFrame {
+    CloseFrame {
+        code: CloseCode::Normal,
+        reason: "".into(),
     }
 }
 
@@ -140,7 +148,8 @@ pub(crate) async fn session(
     if let Some(code) = exited {
         let status = serde_json::to_vec(&exit_status(code)).unwrap_or_default();
         let _ = tx.send(frame(STATUS, &status)).await;
-        let _ = tx.send(Message::Close(None)).await;
+        // A close code is required: client-go treats 1005 "no status" as an error.
+        let _ = tx.send(Message::Close(Some(normal_close()))).await;
         // Give the client a moment to answer the close handshake.
         let _ = tokio::time::timeout(Duration::from_secs(1), async {
             while let Some(Ok(_)) = wsrx.next().await {}
@@ -171,5 +180,5 @@ pub(crate) async fn fail(upgraded: Upgraded, message: &str) {
             &serde_json::to_vec(&status).unwrap_or_default(),
         ))
         .await;
-    let _ = ws.close(None).await;
+    let _ = ws.close(Some(normal_close())).await;
 }
