@@ -16,8 +16,10 @@
 //! - [`runner`]: `Nettrace` (spawn, wait for `begin tracing`, stop with a signal).
 //! - [`output`]: parsers for text lines, timeline blocks and JSON lines, and assertions.
 //! - [`bpf`]: program ids from `-v` output and `bpftool` checks.
+//! - [`containerd`]: pods backed by real containers (private containerd, runc, CNI bridge).
 
 pub mod bpf;
+pub mod containerd;
 pub mod env;
 pub mod fakekube;
 pub mod netns;
@@ -26,6 +28,7 @@ pub mod runner;
 pub mod traffic;
 
 pub use bpf::{assert_progs_gone, prog_exists, prog_ids_from_verbose};
+pub use containerd::{Container, ContainerBench};
 pub use env::{nettrace_bin, require_root, require_tools, workspace_dir, DEFAULT_TOOLS};
 pub use netns::{Netns, Topology};
 pub use output::{
