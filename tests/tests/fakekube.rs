@@ -650,3 +650,448 @@ fn kubelet_failures_image_deadline_admission_scheduling_eviction() {
     assert_eq!(out.lines().count(), 5, "{out}");
     assert!(cluster.pods().is_empty(), "{:#?}", cluster.pods());
 }
+
+/// One HTTP/1.0 exchange (the server closes the connection after the response, so streamed
+/// bodies end when the stream ends). Returns the status, the headers (lower-case names) and
+/// the body.
+fn http(
+    cluster: &FakeCluster,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, HashMap<String, String>, String) {
+    use std::io::Read;
+    let addr = cluster.server().trim_start_matches("http://").to_string();
+    let mut s = std::net::TcpStream::connect(&addr).expect("connecting to the fake API");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("read timeout");
+    let mut req = format!(
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req += &format!("{k}: {v}\r\n");
+    }
+    req += "\r\n";
+    s.write_all(req.as_bytes()).expect("sending the request");
+    s.write_all(body).expect("sending the body");
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).expect("reading the response");
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP response");
+    let mut lines = head.lines();
+    let code = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .expect("a status line");
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    (code, headers, body.to_string())
+}
+
+fn status_of(body: &str) -> (String, String, i64) {
+    let v: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"));
+    assert_eq!(
+        (
+            v["kind"].as_str(),
+            v["apiVersion"].as_str(),
+            v["status"].as_str()
+        ),
+        (Some("Status"), Some("v1"), Some("Failure")),
+        "{v}"
+    );
+    (
+        v["reason"].as_str().unwrap_or("").to_string(),
+        v["message"].as_str().unwrap_or("").to_string(),
+        v["code"].as_i64().unwrap_or(0),
+    )
+}
+
+fn watch_lines(body: &str) -> Vec<(String, String)> {
+    body.lines()
+        .map(|l| {
+            let v: Value =
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("watch line ({e}): {l}"));
+            (
+                v["type"].as_str().unwrap_or("").to_string(),
+                v["object"]["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn raw_http_statuses_discovery_and_watch() {
+    let cluster = FakeCluster::start(&["node-a"], HashMap::new());
+    cluster.create_namespace("raw", &[]);
+
+    let (code, _, body) = http(&cluster, "GET", "/apis/apps/v1/deployments", &[], b"");
+    assert_eq!(
+        (code, status_of(&body)),
+        (
+            404,
+            (
+                "NotFound".into(),
+                "the server could not find the requested resource".into(),
+                404
+            )
+        )
+    );
+    let (code, _, body) = http(
+        &cluster,
+        "GET",
+        "/api/v1/namespaces/raw/pods/ghost",
+        &[],
+        b"",
+    );
+    assert_eq!(
+        (code, status_of(&body)),
+        (
+            404,
+            ("NotFound".into(), "pods \"ghost\" not found".into(), 404)
+        )
+    );
+
+    // Aggregated discovery is not served: the legacy document comes back as plain JSON,
+    // which is what makes kubectl 1.33 fall back.
+    let aggregated =
+        "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json";
+    let (code, headers, body) = http(&cluster, "GET", "/api", &[("Accept", aggregated)], b"");
+    assert_eq!(
+        (code, headers.get("content-type").map(String::as_str)),
+        (200, Some("application/json"))
+    );
+    let v: Value = serde_json::from_str(&body).expect("APIVersions");
+    assert_eq!(
+        (v["kind"].as_str(), v["versions"][0].as_str()),
+        (Some("APIVersions"), Some("v1"))
+    );
+    let (_, _, body) = http(&cluster, "GET", "/api/v1", &[], b"");
+    let v: Value = serde_json::from_str(&body).expect("APIResourceList");
+    let find = |n: &str| {
+        v["resources"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|r| r["name"] == n)
+            .cloned()
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        (
+            find("pods")["namespaced"].as_bool(),
+            find("pods")["shortNames"][0].as_str()
+        ),
+        (Some(true), Some("po"))
+    );
+    assert_eq!(
+        (
+            find("nodes")["namespaced"].as_bool(),
+            find("nodes")["shortNames"][0].as_str()
+        ),
+        (Some(false), Some("no"))
+    );
+    assert_eq!(find("pods/exec")["kind"], "PodExecOptions");
+
+    // Creation errors.
+    let pod = |name: &str| {
+        serde_json::to_vec(&json!({"metadata": {"name": name}, "spec": {"containers": [{"name": "c", "image": "x:1"}]}})).expect("JSON")
+    };
+    let (code, _, body) = http(
+        &cluster,
+        "POST",
+        "/api/v1/namespaces/nowhere/pods",
+        &[],
+        &pod("a"),
+    );
+    assert_eq!(
+        (code, status_of(&body).1),
+        (404, "namespaces \"nowhere\" not found".into())
+    );
+    let (code, _, body) = http(
+        &cluster,
+        "POST",
+        "/api/v1/namespaces/raw/pods",
+        &[],
+        b"{not json",
+    );
+    assert_eq!((code, status_of(&body).0), (400, "BadRequest".into()));
+    let (code, _, body) = http(
+        &cluster,
+        "POST",
+        "/api/v1/namespaces/raw/pods",
+        &[],
+        &pod("dup"),
+    );
+    assert_eq!(code, 201, "{body}");
+    let (code, _, body) = http(
+        &cluster,
+        "POST",
+        "/api/v1/namespaces/raw/pods",
+        &[],
+        &pod("dup"),
+    );
+    assert_eq!(
+        (code, status_of(&body)),
+        (
+            409,
+            (
+                "AlreadyExists".into(),
+                "pods \"dup\" already exists".into(),
+                409
+            )
+        )
+    );
+    let gen = serde_json::to_vec(&json!({"metadata": {"generateName": "agent-"}, "spec": {"containers": [{"name": "c", "image": "x:1"}]}})).expect("JSON");
+    let (code, _, body) = http(&cluster, "POST", "/api/v1/namespaces/raw/pods", &[], &gen);
+    let created: Value = serde_json::from_str(&body).expect("pod");
+    let name = created["metadata"]["name"].as_str().unwrap_or("");
+    assert!(
+        code == 201 && name.starts_with("agent-") && name.len() == 11,
+        "{code} {body}"
+    );
+    let (code, _, body) = http(
+        &cluster,
+        "GET",
+        "/api/v1/pods?labelSelector=a%20in%20(b",
+        &[],
+        b"",
+    );
+    assert_eq!((code, status_of(&body).0), (400, "BadRequest".into()));
+    let (code, _, body) = http(
+        &cluster,
+        "GET",
+        "/api/v1/events?fieldSelector=involvedObject.color%3Dred",
+        &[],
+        b"",
+    );
+    assert_eq!(
+        (code, status_of(&body).1),
+        (
+            400,
+            "field label not supported: involvedObject.color".into()
+        )
+    );
+    let (code, _, body) = http(
+        &cluster,
+        "GET",
+        "/api/v1/events?fieldSelector=involvedObject.name%3Ddup,reason%3DFailedScheduling",
+        &[],
+        b"",
+    );
+    let events: Value = serde_json::from_str(&body).expect("EventList");
+    assert_eq!(
+        (code, events["items"].as_array().map(Vec::len)),
+        (200, Some(1)),
+        "{body}"
+    );
+
+    // Watch: from a resourceVersion (only later changes), and without one (current objects
+    // as ADDED), with selectors; timeoutSeconds ends the stream.
+    let (_, _, body) = http(&cluster, "GET", "/api/v1/namespaces/raw/pods", &[], b"");
+    let list: Value = serde_json::from_str(&body).expect("PodList");
+    assert_eq!(list["kind"], "PodList");
+    let rv = list["metadata"]["resourceVersion"]
+        .as_str()
+        .expect("list resourceVersion")
+        .to_string();
+    let mut w = running_pod("raw", "watched-1", &[("w", true)]);
+    w["metadata"]["labels"] = json!({"role": "watched"});
+    cluster.insert_pod(w);
+    let (code, _, body) = http(
+        &cluster,
+        "DELETE",
+        "/api/v1/namespaces/raw/pods/dup",
+        &[],
+        br#"{"gracePeriodSeconds":0}"#,
+    );
+    assert_eq!(code, 200, "{body}");
+    let path = format!("/api/v1/namespaces/raw/pods?watch=1&resourceVersion={rv}&timeoutSeconds=1");
+    let (code, _, body) = http(&cluster, "GET", &path, &[], b"");
+    assert_eq!(code, 200);
+    let events = watch_lines(&body);
+    assert_eq!(events[0], ("ADDED".into(), "watched-1".into()), "{body}");
+    assert_eq!(
+        events.last(),
+        Some(&("DELETED".into(), "dup".into())),
+        "{body}"
+    );
+    let (_, _, body) = http(
+        &cluster,
+        "GET",
+        "/api/v1/pods?watch=true&labelSelector=role%3Dwatched&timeoutSeconds=1",
+        &[],
+        b"",
+    );
+    assert_eq!(
+        watch_lines(&body),
+        vec![("ADDED".to_string(), "watched-1".to_string())]
+    );
+}
+
+#[test]
+fn kube_rs_client_lists_watches_attaches_and_execs() {
+    use futures_util::{StreamExt, TryStreamExt};
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::api::{
+        Api, AttachParams, DeleteParams, ListParams, PostParams, WatchEvent, WatchParams,
+    };
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let cluster = FakeCluster::start(&["node-a"], images());
+    cluster.create_namespace("kr", &[]);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let url = cluster.server().parse().expect("server URL");
+        let client = kube::Client::try_from(kube::Config::new(url)).expect("kube client");
+        let pods: Api<Pod> = Api::namespaced(client, "kr");
+
+        match pods.get("nope").await {
+            Err(kube::Error::Api(e)) => {
+                assert_eq!(
+                    (e.code, e.reason.as_str(), e.message.as_str()),
+                    (404, "NotFound", "pods \"nope\" not found")
+                )
+            }
+            other => panic!("expected a NotFound ErrorResponse, got {other:?}"),
+        }
+
+        let list = pods.list(&ListParams::default()).await.expect("list");
+        let rv = list
+            .metadata
+            .resource_version
+            .clone()
+            .expect("list resourceVersion");
+        let cat: Pod = serde_json::from_value(agent_pod("cat", &["/bin/cat"])).expect("typed pod");
+        pods.create(&PostParams::default(), &cat)
+            .await
+            .expect("create cat");
+        let sh: Pod =
+            serde_json::from_value(agent_pod("sh", &["/bin/sleep", "1000"])).expect("typed pod");
+        pods.create(&PostParams::default(), &sh)
+            .await
+            .expect("create sh");
+
+        // A watch from the list's resourceVersion sees cat become Running.
+        let wp = WatchParams::default()
+            .fields("metadata.name=cat")
+            .timeout(10);
+        let mut stream = pods.watch(&wp, &rv).await.expect("watch").boxed();
+        let mut seen = Vec::new();
+        while let Some(ev) = stream.try_next().await.expect("watch event") {
+            if let WatchEvent::Added(p) | WatchEvent::Modified(p) = ev {
+                let phase = p.status.and_then(|s| s.phase).unwrap_or_default();
+                seen.push(phase.clone());
+                if phase == "Running" {
+                    break;
+                }
+            }
+        }
+        assert_eq!(
+            seen.first().map(String::as_str),
+            Some("Pending"),
+            "{seen:?}"
+        );
+        assert_eq!(seen.last().map(String::as_str), Some("Running"), "{seen:?}");
+        let running = pods.get("cat").await.expect("get cat");
+        let cid = running
+            .status
+            .and_then(|s| s.container_statuses)
+            .and_then(|c| c[0].container_id.clone());
+        assert!(cid.is_some_and(|c| c.starts_with("containerd://")));
+
+        // attach: what we write comes back; dropping stdin sends the v5 close signal, and
+        // stdinOnce closes cat's stdin, so cat exits and the status arrives.
+        let ap = AttachParams::default()
+            .stdin(true)
+            .stdout(true)
+            .stderr(false);
+        let mut attached = pods.attach("cat", &ap).await.expect("attach");
+        let mut stdin = attached.stdin().expect("stdin");
+        let mut stdout = attached.stdout().expect("stdout");
+        let status = attached.take_status().expect("status");
+        stdin
+            .write_all(b"ping from kube-rs\n")
+            .await
+            .expect("write");
+        let mut buf = vec![0u8; 64];
+        let n = stdout.read(&mut buf).await.expect("read");
+        assert_eq!(&buf[..n], b"ping from kube-rs\n");
+        drop(stdin);
+        let status = status.await.expect("a Status on channel 3");
+        assert_eq!(status.status.as_deref(), Some("Success"));
+        attached.join().await.expect("attach session ends cleanly");
+        cluster.wait_pod("kr", "cat", Duration::from_secs(5), |p| {
+            phase(p) == "Succeeded"
+        });
+
+        // exec: output and a non-zero exit code.
+        let cmd = ["/bin/sh", "-c", "echo hi; exit 4"];
+        let mut exec = pods
+            .exec("sh", cmd, &AttachParams::default().stderr(false))
+            .await
+            .expect("exec");
+        let mut out = String::new();
+        exec.stdout()
+            .expect("stdout")
+            .read_to_string(&mut out)
+            .await
+            .expect("read");
+        let status = exec.take_status().expect("status").await.expect("a Status");
+        assert_eq!(out, "hi\n");
+        assert_eq!(
+            (status.status.as_deref(), status.reason.as_deref()),
+            (Some("Failure"), Some("NonZeroExitCode"))
+        );
+        let causes = status.details.and_then(|d| d.causes).unwrap_or_default();
+        assert_eq!(causes[0].message.as_deref(), Some("4"));
+        exec.join().await.expect("exec session ends cleanly");
+
+        let names: Vec<String> = pods
+            .list(&ListParams::default().labels("app=nettrace-agent"))
+            .await
+            .expect("list by label")
+            .items
+            .into_iter()
+            .filter_map(|p| p.metadata.name)
+            .collect();
+        assert_eq!(names, ["cat", "sh"]);
+        let rv = pods
+            .list(&ListParams::default())
+            .await
+            .expect("list")
+            .metadata
+            .resource_version;
+        pods.delete("sh", &DeleteParams::default().grace_period(1))
+            .await
+            .expect("delete sh");
+        let wp = WatchParams::default()
+            .fields("metadata.name=sh")
+            .timeout(10);
+        let mut events = pods
+            .watch(&wp, &rv.unwrap_or_default())
+            .await
+            .expect("watch sh")
+            .boxed();
+        let mut deleted = false;
+        while let Some(ev) = events.try_next().await.expect("watch event") {
+            if let WatchEvent::Deleted(_) = ev {
+                deleted = true;
+                break;
+            }
+        }
+        assert!(deleted, "no DELETED event for sh");
+    });
+    assert!(cluster.pod("kr", "sh").is_none());
+    assert_eq!(cluster.processes(), Vec::<u32>::new());
+}

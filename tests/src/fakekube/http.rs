@@ -882,8 +882,8 @@ fn pod_security(ns_obj: &Value, pod: &Value, name: &str) -> Result<(), ApiError>
         };
         let pod_seccomp = ok_seccomp(&spec["securityContext"]);
         let seccomp = names(&|c| {
-            !ok_seccomp(&c["securityContext"])
-                && !(pod_seccomp && c["securityContext"]["seccompProfile"].is_null())
+            let inherits = pod_seccomp && c["securityContext"]["seccompProfile"].is_null();
+            !(ok_seccomp(&c["securityContext"]) || inherits)
         });
         if !seccomp.is_empty() {
             v.push(format!(
@@ -957,7 +957,7 @@ fn create_pod(shared: &Arc<Shared>, r: &Req, ns: &str) -> Result<Resp, ApiError>
         return Err(invalid(&name, "spec.containers: Required value"));
     };
     for (i, c) in containers.iter_mut().enumerate() {
-        if !c["name"].as_str().is_some_and(|n| !n.is_empty()) {
+        if c["name"].as_str().is_none_or(str::is_empty) {
             return Err(invalid(
                 &name,
                 &format!("spec.containers[{i}].name: Required value"),

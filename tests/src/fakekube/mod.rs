@@ -33,6 +33,12 @@ use serde_json::{json, Value};
 use kubelet::{ContainerRt, Stop};
 use store::{Kind, Store};
 
+/// A pod's (namespace, name).
+pub(crate) type PodKey = (String, String);
+
+/// The processes of a pod's containers, by container name.
+pub(crate) type PodContainers = Vec<(String, Arc<ContainerRt>)>;
+
 /// State shared by the HTTP server and the kubelets.
 pub(crate) struct Shared {
     pub(crate) store: Store,
@@ -42,9 +48,9 @@ pub(crate) struct Shared {
     /// Nodes whose kubelet does not start pods.
     pub(crate) disabled_nodes: Mutex<HashSet<String>>,
     /// Pods whose kubelet task is still running, by (namespace, name): how to stop it.
-    pub(crate) stops: Mutex<HashMap<(String, String), tokio::sync::watch::Sender<Option<Stop>>>>,
+    pub(crate) stops: Mutex<HashMap<PodKey, tokio::sync::watch::Sender<Option<Stop>>>>,
     /// Containers of kubelet-run pods (kept until the pod is deleted, for logs).
-    pub(crate) containers: Mutex<HashMap<(String, String), Vec<(String, Arc<ContainerRt>)>>>,
+    pub(crate) containers: Mutex<HashMap<PodKey, PodContainers>>,
     /// Pids of live processes started by the kubelets (containers and execs).
     pub(crate) pids: Mutex<HashSet<u32>>,
 }

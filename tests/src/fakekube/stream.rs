@@ -110,11 +110,12 @@ pub(crate) async fn session(
                                 }
                             }
                         }
-                        Some(&CLOSE) if b.get(1) == Some(&STDIN) => {
-                            // v5: the client's stdin reached EOF.
-                            if kind == SessionKind::Exec || rt.stdin_once {
-                                rt.close_stdin().await;
-                            }
+                        // v5: the client's stdin reached EOF.
+                        Some(&CLOSE)
+                            if b.get(1) == Some(&STDIN)
+                                && (kind == SessionKind::Exec || rt.stdin_once) =>
+                        {
+                            rt.close_stdin().await;
                         }
                         _ => {} // resize, empty channel-open frames, unknown channels
                     },
