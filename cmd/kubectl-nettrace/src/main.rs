@@ -113,6 +113,19 @@ async fn client(cli: &Cli) -> Result<(Client, String)> {
             "cannot read a kubeconfig ($KUBECONFIG or ~/.kube/config); pass --kubeconfig FILE",
         )?,
     };
+    if let Some(ctx) = &cli.context {
+        if !kubeconfig.contexts.iter().any(|c| &c.name == ctx) {
+            let known: Vec<&str> = kubeconfig
+                .contexts
+                .iter()
+                .map(|c| c.name.as_str())
+                .collect();
+            anyhow::bail!(
+                "context \"{ctx}\" is not in the kubeconfig; its contexts: {}",
+                known.join(", ")
+            );
+        }
+    }
     let options = KubeConfigOptions {
         context: cli.context.clone(),
         ..KubeConfigOptions::default()

@@ -161,7 +161,8 @@ impl Session {
                             }
                         }
                         Incoming::Lost(l) => {
-                            if loss_grew(&st.lost, &l) {
+                            // once stopping, the summary at the end says it
+                            if loss_grew(&st.lost, &l) && stopping.is_none() {
                                 if let Some(m) = loss_stats(&l).message() {
                                     eprintln!("{}", tag(&m));
                                 }
