@@ -78,3 +78,21 @@ pub fn nettrace_bin() -> PathBuf {
     }
     bin
 }
+
+/// The kubectl plugin under test: `$KUBECTL_NETTRACE_BIN`, else
+/// `<workspace>/target/debug/kubectl-nettrace`. Panics with a clear message if it does not
+/// exist.
+pub fn plugin_bin() -> PathBuf {
+    let bin = match std::env::var_os("KUBECTL_NETTRACE_BIN") {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => workspace_dir().join("target/debug/kubectl-nettrace"),
+    };
+    if !bin.is_file() {
+        panic!(
+            "kubectl-nettrace not found at {}: build it first: cargo build -p kubectl-nettrace \
+             (or set KUBECTL_NETTRACE_BIN to the binary to test)",
+            bin.display()
+        );
+    }
+    bin
+}

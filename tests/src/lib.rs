@@ -29,7 +29,9 @@ pub mod traffic;
 
 pub use bpf::{assert_progs_gone, prog_exists, prog_ids_from_verbose};
 pub use containerd::{Container, ContainerBench};
-pub use env::{nettrace_bin, require_root, require_tools, workspace_dir, DEFAULT_TOOLS};
+pub use env::{
+    nettrace_bin, plugin_bin, require_root, require_tools, workspace_dir, DEFAULT_TOOLS,
+};
 pub use netns::{Netns, Topology};
 pub use output::{
     assert_no_line, assert_subsequence, assert_subsequence_steps, dump, find_events, icmp6_reply,

@@ -124,7 +124,8 @@ impl Nettrace {
         Nettrace::start_bin(&nettrace_bin(), args)
     }
 
-    fn start_bin(bin: &Path, args: &[&str]) -> Nettrace {
+    /// Starts `bin ARGS` without waiting for anything.
+    pub fn start_bin(bin: &Path, args: &[&str]) -> Nettrace {
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         let mut child = Command::new(bin)
             .args(&args)
