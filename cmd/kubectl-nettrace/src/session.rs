@@ -113,6 +113,11 @@ impl Session {
                             );
                         }
                         Incoming::Resolved(r) => {
+                            if !r.targets.is_empty() && r.targets.iter().all(|t| t.error.is_some()) {
+                                eprintln!("error: none of the targets on node {name} could be resolved");
+                                failed = true;
+                                stop_now = true;
+                            }
                             for t in &r.targets {
                                 let who = format!("{}/{}/{}", t.target.namespace, t.target.pod, t.target.container);
                                 if let Some(e) = &t.error {
@@ -258,5 +263,148 @@ fn bye_name(r: ByeReason) -> &'static str {
         ByeReason::Count => "count reached",
         ByeReason::Error => "error",
         ByeReason::Idle => "idle",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::OutputFormat;
+    use crate::stream::{parse_line, Incoming};
+    use nettrace_common::format::TextOptions;
+    use nettrace_common::protocol::{Hello, Ready, Resolved, ResolvedTarget};
+
+    const EVENT: &str = r#"{"v":1,"type":"event","event":{"type":"event","ts_ns":1000,"tracer":"ip_rcv","skb":"ffff888100000000","summary":"x"}}"#;
+
+    struct Harness {
+        tx: mpsc::Sender<NodeMsg>,
+        stop: watch::Receiver<bool>,
+        interrupt: watch::Sender<bool>,
+        run: tokio::task::JoinHandle<End>,
+    }
+
+    fn start(nodes: &[&str], count: Option<u64>) -> Harness {
+        let (tx, rx) = mpsc::channel(64);
+        let (stop_tx, stop) = watch::channel(false);
+        let (interrupt, interrupted) = watch::channel(false);
+        let names: Vec<String> = nodes.iter().map(|n| n.to_string()).collect();
+        let session = Session {
+            output: Output::new(
+                OutputFormat::Json,
+                TextOptions::default(),
+                names.clone(),
+                count,
+            ),
+            nodes: names,
+            rx,
+            stop_tx,
+            interrupted,
+            timeout: Duration::from_secs(3600),
+            verbose: true,
+        };
+        Harness {
+            tx,
+            stop,
+            interrupt,
+            run: tokio::spawn(session.run()),
+        }
+    }
+
+    impl Harness {
+        async fn send(&self, node: usize, msg: Incoming) {
+            self.tx
+                .send(NodeMsg { node, msg })
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+
+        async fn start_node(&self, node: usize) {
+            self.send(node, Incoming::Hello(Hello::default())).await;
+            self.send(node, Incoming::Ready(Ready::default())).await;
+        }
+
+        async fn stop_requested(&mut self) -> bool {
+            tokio::time::timeout(Duration::from_secs(2), self.stop.wait_for(|s| *s))
+                .await
+                .is_ok()
+        }
+
+        async fn end(self) -> End {
+            match tokio::time::timeout(Duration::from_secs(10), self.run).await {
+                Ok(Ok(end)) => end,
+                other => panic!("session did not end: {other:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn count_stops_every_agent_and_ends_well() {
+        let mut h = start(&["w1", "w2"], Some(2));
+        h.start_node(0).await;
+        h.start_node(1).await;
+        for node in [0, 1, 0] {
+            h.send(node, parse_line(EVENT)).await;
+        }
+        // the reorder buffer releases them after its hold, then the count is reached
+        assert!(
+            tokio::time::timeout(Duration::from_secs(3), h.stop.wait_for(|s| *s))
+                .await
+                .is_ok(),
+            "--count asks the agents to stop"
+        );
+        for node in [0, 1] {
+            h.send(node, Incoming::Bye(ByeReason::InputClosed)).await;
+            h.send(node, Incoming::Closed(None)).await;
+        }
+        assert_eq!(h.end().await, End::Ok);
+    }
+
+    #[tokio::test]
+    async fn an_agent_error_fails_the_session() {
+        let mut h = start(&["w1"], None);
+        h.start_node(0).await;
+        h.send(0, Incoming::Error("attach failed".into())).await;
+        h.send(0, Incoming::Bye(ByeReason::Error)).await;
+        assert!(h.stop_requested().await);
+        h.send(0, Incoming::Closed(None)).await;
+        assert_eq!(h.end().await, End::Failed);
+    }
+
+    #[tokio::test]
+    async fn a_lost_connection_fails_and_stops_the_others() {
+        let mut h = start(&["w1", "w2"], None);
+        h.start_node(0).await;
+        h.start_node(1).await;
+        h.send(1, Incoming::Closed(Some("connection reset".into())))
+            .await;
+        assert!(h.stop_requested().await);
+        h.send(0, Incoming::Bye(ByeReason::InputClosed)).await;
+        h.send(0, Incoming::Closed(None)).await;
+        assert_eq!(h.end().await, End::Failed);
+    }
+
+    #[tokio::test]
+    async fn unresolved_targets_fail_the_session() {
+        let mut h = start(&["w1"], None);
+        let bad = ResolvedTarget {
+            error: Some("no process of container abc".into()),
+            ..ResolvedTarget::default()
+        };
+        h.send(0, Incoming::Resolved(Resolved { targets: vec![bad] }))
+            .await;
+        assert!(h.stop_requested().await);
+        h.send(0, Incoming::Closed(None)).await;
+        assert_eq!(h.end().await, End::Failed);
+    }
+
+    #[tokio::test]
+    async fn a_signal_closes_stdin_and_waits_for_goodbye() {
+        let mut h = start(&["w1"], None);
+        h.start_node(0).await;
+        h.interrupt.send(true).unwrap_or_else(|e| panic!("{e}"));
+        assert!(h.stop_requested().await);
+        h.send(0, Incoming::Bye(ByeReason::InputClosed)).await;
+        h.send(0, Incoming::Closed(None)).await;
+        assert_eq!(h.end().await, End::Ok);
     }
 }
