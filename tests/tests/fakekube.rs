@@ -294,6 +294,21 @@ fn kubectl_reads_inserted_pods_nodes_and_errors() {
             "Error from server (NotFound): pods \"missing\" not found",
             "{v}"
         );
+        // --context picks the context's namespace.
+        let kc2 = scratch.path("kubeconfig2");
+        cluster.write_kubeconfig_contexts(&kc2, &[("first", "other"), ("second", "nt")]);
+        let ctx = |args: &[&str]| run_kubectl(&k, &scratch, &kc2, args, None, None);
+        let out = ok(
+            ctx(&["get", "pods", "-o", "name"]),
+            "get pods (current context)",
+        );
+        assert_eq!(out, "pod/elsewhere-1\n", "{v}");
+        let out = ok(
+            ctx(&["--context", "second", "get", "pods", "-o", "name"]),
+            "get pods --context",
+        );
+        assert_eq!(out, "pod/db-0\npod/pair-1\npod/web-1\n", "{v}");
+
         let out = ok(
             run(&["get", "pods", "-n", "empty"]),
             "get pods in an empty namespace",
@@ -493,6 +508,27 @@ fn kubelet_runs_attaches_execs_and_deletes_through_kubectl_1_33() {
         .collect();
     assert_eq!(reasons, ["Pulled", "Created", "Started"]);
 
+    // logs -f streams until the process exits.
+    let talk = agent_pod(
+        "talk",
+        &["/bin/sh", "-c", "echo one; sleep 0.3; echo two >&2"],
+    );
+    let manifest = write_json(&scratch, "talk.json", &talk);
+    ok(
+        run(
+            &["create", "-f", manifest.to_str().unwrap_or_default()],
+            None,
+        ),
+        "create talk",
+    );
+    cluster.wait_pod("kt", "talk", secs, |p| phase(p) != "Pending");
+    let out = ok(run(&["logs", "-f", "talk"], None), "logs -f");
+    assert_eq!(out, "one\ntwo\n");
+    assert_eq!(
+        phase(&cluster.pod("kt", "talk").expect("talk")),
+        "Succeeded"
+    );
+
     // delete: SIGTERM, the pod goes away (kubectl waits for it through a watch).
     let manifest = write_json(
         &scratch,
@@ -509,10 +545,13 @@ fn kubelet_runs_attaches_execs_and_deletes_through_kubectl_1_33() {
     cluster.wait_pod("kt", "sleeper", secs, |p| phase(p) == "Running");
     assert_eq!(cluster.processes().len(), 1);
     let out = ok(
-        run(&["delete", "pod", "sleeper", "cat"], None),
+        run(&["delete", "pod", "sleeper", "cat", "talk"], None),
         "delete pods",
     );
-    assert_eq!(out.trim(), "pod \"sleeper\" deleted\npod \"cat\" deleted");
+    assert_eq!(
+        out.trim(),
+        "pod \"sleeper\" deleted\npod \"cat\" deleted\npod \"talk\" deleted"
+    );
     assert!(cluster.pods().is_empty(), "{:#?}", cluster.pods());
     assert_eq!(
         cluster.processes(),
@@ -1093,5 +1132,60 @@ fn kube_rs_client_lists_watches_attaches_and_execs() {
         assert!(deleted, "no DELETED event for sh");
     });
     assert!(cluster.pod("kr", "sh").is_none());
+    assert_eq!(cluster.processes(), Vec::<u32>::new());
+}
+
+#[test]
+fn kubelet_through_kubectl_1_20_without_streaming() {
+    let cluster = FakeCluster::start(&["node-a"], images());
+    cluster.create_namespace("old", &[]);
+    let k = kubectl("1.20");
+    let scratch = Scratch::new("kubelet-1.20");
+    let kc = scratch.path("kubeconfig");
+    cluster.write_kubeconfig(&kc, "fake", "old");
+    let run = |args: &[&str]| run_kubectl(&k, &scratch, &kc, args, None, None);
+
+    // 1.20 validates manifests client-side with OpenAPI v2 (protobuf); the stub lets it by.
+    let pod = agent_pod("agent", &["/bin/sh", "-c", "echo ready; exec sleep 1000"]);
+    let manifest = write_json(&scratch, "agent.json", &pod);
+    let out = ok(
+        run(&["create", "-f", manifest.to_str().unwrap_or_default()]),
+        "create -f",
+    );
+    assert_eq!(out.trim(), "pod/agent created");
+    let out = ok(
+        run(&[
+            "wait",
+            "--for=condition=Ready",
+            "pod/agent",
+            "--timeout=10s",
+        ]),
+        "wait",
+    );
+    assert_eq!(out.trim(), "pod/agent condition met");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let logs = loop {
+        let out = ok(run(&["logs", "agent"]), "logs");
+        if !out.is_empty() || Instant::now() > deadline {
+            break out;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(logs, "ready\n");
+
+    // kubectl 1.20 streams over SPDY, which the fake does not speak: a clear refusal.
+    let out = run(&["exec", "agent", "--", "/bin/true"]);
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(
+            "Error from server (BadRequest): fakekube only streams over WebSocket (v4/v5.channel.k8s.io), not \"spdy/3.1\""
+        ),
+        "{}",
+        show(&out)
+    );
+
+    let out = ok(run(&["delete", "pod", "agent"]), "delete");
+    assert_eq!(out.trim(), "pod \"agent\" deleted");
+    assert!(cluster.pods().is_empty());
     assert_eq!(cluster.processes(), Vec::<u32>::new());
 }

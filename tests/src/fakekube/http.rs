@@ -267,6 +267,7 @@ async fn route(shared: &Arc<Shared>, r: &Req) -> Result<Resp, ApiError> {
             &json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": []}),
         )),
         ["api", "v1"] if get => Ok(json_resp(200, &resource_list())),
+        ["openapi", "v2"] if get => Ok(openapi_v2(r)),
         ["openapi", "v3"] if get => Ok(json_resp(
             200,
             &json!({"paths": {"api/v1": {"serverRelativeURL": "/openapi/v3/api/v1?hash=FAKEKUBE"}}}),
@@ -316,6 +317,31 @@ fn version() -> Value {
         "compiler": "gc",
         "platform": "linux/amd64",
     })
+}
+
+/// An OpenAPI v2 document without definitions. kubectl before 1.27 downloads it (as
+/// protobuf, gnostic's `openapi_v2.Document`) to validate manifests client-side, and lets
+/// through kinds it has no schema for; so `kubectl create -f` works without `--validate=false`.
+fn openapi_v2(r: &Req) -> Resp {
+    if r.accept.contains("protobuf") {
+        // Document { swagger (1) = "2.0", info (2) = Info { title (1), version (2) } }
+        let field = |tag: u8, bytes: &[u8]| {
+            let mut v = vec![tag, bytes.len() as u8];
+            v.extend_from_slice(bytes);
+            v
+        };
+        let info = [field(0x0a, b"Kubernetes"), field(0x12, b"v1.33.0")].concat();
+        let doc = [field(0x0a, b"2.0"), field(0x12, &info)].concat();
+        return full(
+            200,
+            "application/com.github.proto-openapi.spec.v2.v1.0+protobuf",
+            doc,
+        );
+    }
+    json_resp(
+        200,
+        &json!({"swagger": "2.0", "info": {"title": "Kubernetes", "version": "v1.33.0"}, "paths": {}}),
+    )
 }
 
 /// A minimal OpenAPI v3 document for core/v1: the create and patch operations of pods and

@@ -139,29 +139,24 @@ impl FakeCluster {
         self.write_kubeconfig_contexts(path, &[(context_name, namespace)]);
     }
 
-    /// Like [`write_kubeconfig`](Self::write_kubeconfig) with several contexts (for tests of
-    /// `--context`); the first is current. Contexts other than the first point at a server
-    /// that refuses connections (`cluster` named `unreachable`, port 1), so a test can tell
-    /// which one was used.
+    /// Like [`write_kubeconfig`](Self::write_kubeconfig) with several contexts, given as
+    /// (context name, default namespace), all on this cluster; the first is current. For
+    /// tests of `--context`: each context selects its namespace.
     pub fn write_kubeconfig_contexts(&self, path: &Path, contexts: &[(&str, &str)]) {
         let mut s = String::from("apiVersion: v1\nkind: Config\nclusters:\n");
         s += &format!(
             "- name: fakekube\n  cluster:\n    server: {}\n",
             self.server()
         );
-        s += "- name: unreachable\n  cluster:\n    server: http://127.0.0.1:1\n";
         s += "users:\n- name: fakekube-admin\n  user:\n    token: fake-token\n";
         s += "contexts:\n";
-        for (i, (name, ns)) in contexts.iter().enumerate() {
-            let cluster = if i == 0 { "fakekube" } else { "unreachable" };
+        for (name, ns) in contexts {
             s += &format!(
-                "- name: {name}\n  context:\n    cluster: {cluster}\n    user: fakekube-admin\n    namespace: {ns}\n"
+                "- name: {name}\n  context:\n    cluster: fakekube\n    user: fakekube-admin\n    namespace: {ns}\n"
             );
         }
-        s += &format!(
-            "current-context: {}\npreferences: {{}}\n",
-            contexts.first().map(|c| c.0).unwrap_or("")
-        );
+        let current = contexts.first().map_or("", |c| c.0);
+        s += &format!("current-context: {current}\npreferences: {{}}\n");
         std::fs::write(path, s).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
     }
 
