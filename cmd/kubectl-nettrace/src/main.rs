@@ -141,25 +141,39 @@ async fn client(cli: &Cli) -> Result<(Client, String)> {
     Ok((client, namespace))
 }
 
-/// Watches for SIGINT and SIGTERM.
-fn interrupt_watch() -> watch::Receiver<bool> {
+/// Watches for SIGINT and SIGTERM: the first one stops tracing (and the
+/// agent pods are deleted); a second one exits at once, saying how to delete
+/// what may be left.
+fn interrupt_watch(agent_namespace: String, session: String) -> watch::Receiver<bool> {
     let (tx, rx) = watch::channel(false);
     tokio::spawn(async move {
-        let term = async {
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(mut s) => {
-                    s.recv().await;
-                }
-                Err(_) => std::future::pending::<()>().await,
-            }
-        };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term => {}
-        }
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        next_signal(&mut term).await;
         let _ = tx.send(true);
+        next_signal(&mut term).await;
+        eprintln!(
+            "interrupted again: exiting without cleaning up; delete what is left with: kubectl delete pods -n {agent_namespace} -l {}={session}",
+            agent_pod::SESSION_LABEL
+        );
+        std::process::exit(130);
     });
     rx
+}
+
+/// The next SIGINT or SIGTERM.
+async fn next_signal(term: &mut Option<tokio::signal::unix::Signal>) {
+    match term {
+        Some(t) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = t.recv() => {}
+            }
+        }
+        None => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }
 
 async fn interrupted(mut rx: watch::Receiver<bool>) {
@@ -219,7 +233,7 @@ async fn run(cli: &Cli, options: TraceOptions, targets: Vec<TargetArg>) -> Resul
             target::plan_nodes(&[], &node_names).into_iter().collect();
         return print_manifests(&manifests(cli, &session, &plans));
     }
-    let interrupt = interrupt_watch();
+    let interrupt = interrupt_watch(cli.agent_namespace.clone(), session.clone());
     let (client, namespace) = client(cli).await?;
     let mut pods = Vec::new();
     for name in pod_names {
