@@ -1096,6 +1096,27 @@ fn kube_rs_client_lists_watches_attaches_and_execs() {
         assert_eq!(causes[0].message.as_deref(), Some("4"));
         exec.join().await.expect("exec session ends cleanly");
 
+        // A lot of output arrives complete and in order.
+        let cmd = ["/bin/sh", "-c", "seq 1 200000"];
+        let mut exec = pods
+            .exec("sh", cmd, &AttachParams::default().stderr(false))
+            .await
+            .expect("exec seq");
+        let mut out = String::new();
+        exec.stdout()
+            .expect("stdout")
+            .read_to_string(&mut out)
+            .await
+            .expect("read");
+        let status = exec.take_status().expect("status").await.expect("a Status");
+        assert_eq!(status.status.as_deref(), Some("Success"));
+        assert_eq!(out.len(), 1_288_895);
+        assert!(out
+            .lines()
+            .map(|l| l.parse::<u32>().ok())
+            .eq((1..=200_000).map(Some)));
+        exec.join().await.expect("exec session ends cleanly");
+
         let names: Vec<String> = pods
             .list(&ListParams::default().labels("app=nettrace-agent"))
             .await

@@ -1302,7 +1302,7 @@ fn upgrade(
     };
     let (rt, rx) = match kind {
         SessionKind::Attach => {
-            let rx = main.out.subscribe();
+            let rx = main.subscribe();
             (main, rx)
         }
         SessionKind::Exec => {

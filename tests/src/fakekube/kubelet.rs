@@ -11,7 +11,7 @@ use bytes::Bytes;
 use serde_json::{json, Value};
 use tokio::io::AsyncReadExt;
 use tokio::process::ChildStdin;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{mpsc, watch};
 
 use super::store::Kind;
 use super::{lock, now_rfc3339, random_hex, Shared, NODE_IP};
@@ -46,8 +46,9 @@ pub(crate) struct ContainerRt {
     pub(crate) stdin_once: bool,
     /// Set once an attach session with stdin has ended.
     pub(crate) first_attach_done: AtomicBool,
-    /// Live output, for attach sessions (nobody subscribed = nobody attached).
-    pub(crate) out: broadcast::Sender<Output>,
+    /// Live output, for attach sessions (nobody subscribed = nobody attached). Unbounded:
+    /// a slow client delays nothing and loses nothing.
+    out: Mutex<Vec<mpsc::UnboundedSender<Output>>>,
     /// Everything the process wrote (stdout and stderr interleaved), for `pods/log`.
     pub(crate) log: Mutex<Vec<u8>>,
     /// The exit code, once the process exited and its output was drained.
@@ -55,6 +56,37 @@ pub(crate) struct ContainerRt {
 }
 
 impl ContainerRt {
+    /// Starts receiving the live output (and then the exit). If the process already exited,
+    /// the receiver gets only the exit.
+    pub(crate) fn subscribe(&self) -> mpsc::UnboundedReceiver<Output> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut subs = lock(&self.out);
+        match self.exit_code() {
+            Some(code) => {
+                let _ = tx.send(Output::Exit(code));
+            }
+            None => subs.push(tx),
+        }
+        rx
+    }
+
+    /// Appends output to the log and hands it to the attached sessions.
+    fn publish(&self, channel: u8, data: &[u8]) {
+        let mut subs = lock(&self.out);
+        lock(&self.log).extend_from_slice(data);
+        let out = Output::Data(channel, Bytes::copy_from_slice(data));
+        subs.retain(|tx| tx.send(out.clone()).is_ok());
+    }
+
+    /// Records the exit and tells the attached sessions.
+    fn exited(&self, code: i32) {
+        let mut subs = lock(&self.out);
+        self.exit.send_replace(Some(code));
+        for tx in subs.drain(..) {
+            let _ = tx.send(Output::Exit(code));
+        }
+    }
+
     /// Closes the process's stdin (the process reads EOF).
     pub(crate) async fn close_stdin(&self) {
         self.stdin.lock().await.take();
@@ -102,7 +134,7 @@ pub(crate) fn signal_group(pid: u32, sig: nix::sys::signal::Signal) {
 pub(crate) fn spawn_process(
     shared: &Arc<Shared>,
     spec: ProcessSpec,
-) -> std::io::Result<(Arc<ContainerRt>, broadcast::Receiver<Output>)> {
+) -> std::io::Result<(Arc<ContainerRt>, mpsc::UnboundedReceiver<Output>)> {
     let mut cmd = tokio::process::Command::new(&spec.program);
     cmd.args(&spec.args)
         .env_clear()
@@ -119,16 +151,16 @@ pub(crate) fn spawn_process(
     let mut child = cmd.spawn()?;
     let pid = child.id().unwrap_or(0);
     lock(&shared.pids).insert(pid);
-    let (out, rx) = broadcast::channel(4096);
     let rt = Arc::new(ContainerRt {
         pid,
         stdin: tokio::sync::Mutex::new(child.stdin.take()),
         stdin_once: spec.stdin_once,
         first_attach_done: AtomicBool::new(false),
-        out,
+        out: Mutex::new(Vec::new()),
         log: Mutex::new(Vec::new()),
         exit: watch::channel(None).0,
     });
+    let rx = rt.subscribe();
     let r1 = tokio::spawn(pump(child.stdout.take(), 1, rt.clone()));
     let r2 = tokio::spawn(pump(child.stderr.take(), 2, rt.clone()));
     let (shared, rt2) = (shared.clone(), rt.clone());
@@ -147,8 +179,7 @@ pub(crate) fn spawn_process(
             Err(_) => 128,
         };
         rt2.stdin.lock().await.take();
-        rt2.exit.send_replace(Some(code));
-        let _ = rt2.out.send(Output::Exit(code));
+        rt2.exited(code);
     });
     Ok((rt, rx))
 }
@@ -159,12 +190,7 @@ async fn pump<R: tokio::io::AsyncRead + Unpin>(r: Option<R>, channel: u8, rt: Ar
     loop {
         match r.read(&mut buf).await {
             Ok(0) | Err(_) => return,
-            Ok(n) => {
-                lock(&rt.log).extend_from_slice(&buf[..n]);
-                let _ = rt
-                    .out
-                    .send(Output::Data(channel, Bytes::copy_from_slice(&buf[..n])));
-            }
+            Ok(n) => rt.publish(channel, &buf[..n]),
         }
     }
 }

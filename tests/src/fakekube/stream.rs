@@ -11,7 +11,7 @@ use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
-use tokio::sync::broadcast;
+use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 use tokio_tungstenite::tungstenite::Message;
@@ -89,7 +89,7 @@ fn frame(channel: u8, data: &[u8]) -> Message {
 pub(crate) async fn session(
     upgraded: Upgraded,
     rt: Arc<ContainerRt>,
-    mut rx: broadcast::Receiver<Output>,
+    mut rx: mpsc::UnboundedReceiver<Output>,
     opts: StreamOpts,
     kind: SessionKind,
 ) {
@@ -126,19 +126,18 @@ pub(crate) async fn session(
                     Some(Ok(_)) => {} // ping (answered by tungstenite), pong, text
                 },
                 out = rx.recv() => match out {
-                    Ok(Output::Data(ch, data)) => {
+                    Some(Output::Data(ch, data)) => {
                         let wanted = (ch == STDOUT && opts.stdout) || (ch == STDERR && opts.stderr);
                         if wanted && tx.send(frame(ch, &data)).await.is_err() {
                             gone = true;
                             break;
                         }
                     }
-                    Ok(Output::Exit(code)) => {
+                    Some(Output::Exit(code)) => {
                         exited = Some(code);
                         break;
                     }
-                    Err(broadcast::error::RecvError::Lagged(_)) => {}
-                    Err(broadcast::error::RecvError::Closed) => {
+                    None => {
                         exited = Some(rt.exit_code().unwrap_or(128));
                         break;
                     }
