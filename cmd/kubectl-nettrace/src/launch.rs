@@ -262,7 +262,9 @@ pub async fn delete_all(api: &Api<Pod>, names: &[String]) {
             ),
         }
     }
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(30);
+    let mut told = false;
     let mut left: Vec<String> = names.to_vec();
     while !left.is_empty() {
         let mut still = Vec::new();
@@ -285,6 +287,10 @@ pub async fn delete_all(api: &Api<Pod>, names: &[String]) {
                 crate::agent_pod::NAME_VALUE
             );
             return;
+        }
+        if !told && started.elapsed() >= Duration::from_secs(2) {
+            eprintln!("waiting for agent pod(s) to go: {}", left.join(", "));
+            told = true;
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }

@@ -202,11 +202,16 @@ fn manifests(cli: &Cli, session: &str, plans: &[(String, NodePlan)]) -> Vec<Pod>
 }
 
 fn print_manifests(pods: &[Pod]) -> Result<End> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
     for p in pods {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(p).context("cannot print the manifest")?
-        );
+        let text = serde_json::to_string_pretty(p).context("cannot print the manifest")?;
+        match writeln!(out, "{text}") {
+            Ok(()) => {}
+            // the reader is gone (`| head`): nothing more to say
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => break,
+            Err(e) => return Err(e).context("writing to stdout"),
+        }
     }
     Ok(End::Ok)
 }
