@@ -22,7 +22,8 @@ fn kubectl(version: &str) -> PathBuf {
         .join("kubectl");
     if !p.is_file() {
         panic!(
-            "kubectl {version} not found at {}: run scripts/fetch-kubectl.sh (`./dev test` does)",
+            "kubectl {version} not found at {}: run scripts/fetch-kubectl.sh (it puts kubectl \
+             1.20 and 1.33 under target/kubectl/)",
             p.display()
         );
     }
@@ -629,7 +630,10 @@ fn kubelet_failures_image_deadline_admission_scheduling_eviction() {
     let mut deadline = agent_pod("deadline", &["/bin/sleep", "1000"]);
     deadline["spec"]["activeDeadlineSeconds"] = json!(1);
     ok(create("deadline", &deadline), "create deadline");
-    let p = cluster.wait_pod("kt", "deadline", secs, |p| phase(p) == "Failed");
+    let p = cluster.wait_pod("kt", "deadline", secs, |p| {
+        phase(p) == "Failed"
+            && p["status"]["containerStatuses"][0]["state"]["terminated"].is_object()
+    });
     assert_eq!(p["status"]["reason"], "DeadlineExceeded");
     assert!(cluster
         .events()
@@ -674,7 +678,10 @@ fn kubelet_failures_image_deadline_admission_scheduling_eviction() {
     );
     cluster.wait_pod("kt", "evictee", secs, |p| phase(p) == "Running");
     assert!(cluster.evict_pod("kt", "evictee", "The node was low on resource: memory."));
-    let p = cluster.wait_pod("kt", "evictee", secs, |p| phase(p) == "Failed");
+    let p = cluster.wait_pod("kt", "evictee", secs, |p| {
+        phase(p) == "Failed"
+            && p["status"]["containerStatuses"][0]["state"]["terminated"].is_object()
+    });
     assert_eq!(p["status"]["reason"], "Evicted");
     assert_eq!(
         p["status"]["message"],
@@ -972,6 +979,45 @@ fn raw_http_statuses_discovery_and_watch() {
     assert_eq!(
         watch_lines(&body),
         vec![("ADDED".to_string(), "watched-1".to_string())]
+    );
+
+    // Streaming list (kube-runtime's InitialListStrategy::StreamingList): current objects,
+    // then a BOOKMARK marking the end of the initial events.
+    let path = "/api/v1/namespaces/raw/pods?watch=1&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true&labelSelector=role%3Dwatched&timeoutSeconds=1";
+    let (_, _, body) = http(&cluster, "GET", path, &[], b"");
+    let lines: Vec<Value> = body
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("watch line"))
+        .collect();
+    assert_eq!(lines.len(), 2, "{body}");
+    assert_eq!(lines[0]["type"], "ADDED");
+    assert_eq!(lines[1]["type"], "BOOKMARK");
+    assert_eq!(
+        lines[1]["object"]["metadata"]["annotations"]["k8s.io/initial-events-end"],
+        "true"
+    );
+
+    // Test-side changes reach watchers too.
+    let (_, _, body) = http(&cluster, "GET", "/api/v1/namespaces/raw/pods", &[], b"");
+    let rv: Value = serde_json::from_str(&body).expect("PodList");
+    let rv = rv["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    cluster
+        .update_pod("raw", "watched-1", |p| {
+            p["status"]["phase"] = json!("Failed")
+        })
+        .expect("update_pod");
+    cluster.remove_pod("raw", "watched-1").expect("remove_pod");
+    let path = format!("/api/v1/namespaces/raw/pods?watch=1&resourceVersion={rv}&timeoutSeconds=1");
+    let (_, _, body) = http(&cluster, "GET", &path, &[], b"");
+    assert_eq!(
+        watch_lines(&body),
+        vec![
+            ("MODIFIED".to_string(), "watched-1".to_string()),
+            ("DELETED".to_string(), "watched-1".to_string())
+        ]
     );
 }
 

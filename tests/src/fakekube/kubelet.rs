@@ -516,13 +516,14 @@ async fn apply_stop(
             record_event(
                 shared, &pod, "Warning", "Evicted", &message, "kubelet", None,
             );
-            kill_all(rts, grace_of(&pod)).await;
-            mark_terminated(shared, ns, name, rts);
+            // The reason first: containers dying must not make the phase look ordinary.
             update_pod(shared, ns, name, |p| {
                 p["status"]["phase"] = json!("Failed");
                 p["status"]["reason"] = json!("Evicted");
                 p["status"]["message"] = json!(message);
             });
+            kill_all(rts, grace_of(&pod)).await;
+            mark_terminated(shared, ns, name, rts);
         }
     }
 }
@@ -901,13 +902,13 @@ async fn lifecycle(
         _ = deadline => {
             let msg = "Pod was active on the node longer than the specified deadline";
             record_event(shared, &pod, "Warning", "DeadlineExceeded", msg, "kubelet", None);
-            kill_all(&rts, grace_of(&pod)).await;
-            mark_terminated(shared, ns, name, &rts);
             update_pod(shared, ns, name, |p| {
                 p["status"]["phase"] = json!("Failed");
                 p["status"]["reason"] = json!("DeadlineExceeded");
                 p["status"]["message"] = json!(msg);
             });
+            kill_all(&rts, grace_of(&pod)).await;
+            mark_terminated(shared, ns, name, &rts);
         }
     }
     rts

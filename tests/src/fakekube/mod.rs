@@ -16,6 +16,20 @@
 //! `continue` are ignored, no SPDY (kubectl before 1.30 cannot attach or exec).
 //! A container whose image is missing keeps the whole pod from starting.
 
+//! ```no_run
+//! use std::collections::HashMap;
+//! use std::path::PathBuf;
+//! use nettrace_tests::fakekube::FakeCluster;
+//!
+//! // Image "nettrace:dev" runs binaries from target/debug (command[0] resolved by file name).
+//! let images = HashMap::from([("nettrace:dev".to_string(), PathBuf::from("target/debug"))]);
+//! let cluster = FakeCluster::start(&["node-a", "node-b"], images);
+//! cluster.create_namespace("nettrace", &[("pod-security.kubernetes.io/enforce", "privileged")]);
+//! cluster.write_kubeconfig("/tmp/kubeconfig".as_ref(), "fake", "default");
+//! // ... run `kubectl nettrace` with KUBECONFIG=/tmp/kubeconfig, then look:
+//! assert!(cluster.processes().is_empty());
+//! ```
+
 mod http;
 mod kubelet;
 mod store;
@@ -203,6 +217,41 @@ impl FakeCluster {
     /// One pod, as stored.
     pub fn pod(&self, namespace: &str, name: &str) -> Option<Value> {
         self.shared.store.get(Kind::Pod, namespace, name)
+    }
+
+    /// Changes a stored pod in place (e.g. the status of an inserted pod) and notifies
+    /// watchers (MODIFIED). Returns the new object, or `None` if there is no such pod.
+    pub fn update_pod(
+        &self,
+        namespace: &str,
+        name: &str,
+        f: impl FnOnce(&mut Value),
+    ) -> Option<Value> {
+        self.shared.store.update(Kind::Pod, namespace, name, f)
+    }
+
+    /// Removes a pod at once, as if it vanished (no grace period, no kubelet involvement
+    /// beyond killing its processes), and notifies watchers (DELETED).
+    pub fn remove_pod(&self, namespace: &str, name: &str) -> Option<Value> {
+        let key = (namespace.to_string(), name.to_string());
+        if let Some(rts) = lock(&self.shared.containers).get(&key) {
+            for (_, rt) in rts {
+                kubelet::signal_group(rt.pid, nix::sys::signal::Signal::SIGKILL);
+            }
+        }
+        lock(&self.shared.stops).remove(&key);
+        lock(&self.shared.containers).remove(&key);
+        self.shared.store.delete(Kind::Pod, namespace, name)
+    }
+
+    /// What a kubelet-run container wrote so far (stdout and stderr interleaved), or `None`
+    /// if the kubelet has not run that container.
+    pub fn logs(&self, namespace: &str, pod: &str, container: &str) -> Option<Vec<u8>> {
+        let key = (namespace.to_string(), pod.to_string());
+        let containers = lock(&self.shared.containers);
+        let (_, rt) = containers.get(&key)?.iter().find(|(c, _)| c == container)?;
+        let log = lock(&rt.log).clone();
+        Some(log)
     }
 
     /// Every event, as stored.
