@@ -1256,3 +1256,15 @@ fn kubelet_through_kubectl_1_20_without_streaming() {
     assert!(cluster.pods().is_empty());
     assert_eq!(cluster.processes(), Vec::<u32>::new());
 }
+
+/// The blocking API also works from async tests (its own runtime, dropped without blocking).
+#[tokio::test]
+async fn usable_from_an_async_test() {
+    let cluster = FakeCluster::start(&["node-a"], images());
+    let url = cluster.server().parse().expect("server URL");
+    let client = kube::Client::try_from(kube::Config::new(url)).expect("kube client");
+    let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client);
+    let list = nodes.list(&Default::default()).await.expect("list nodes");
+    assert_eq!(list.items.len(), 1);
+    drop(cluster);
+}

@@ -319,7 +319,12 @@ impl Drop for FakeCluster {
             kubelet::signal_group(*pid, nix::sys::signal::Signal::SIGKILL);
         }
         if let Some(rt) = self.rt.take() {
-            rt.shutdown_timeout(std::time::Duration::from_secs(2));
+            if tokio::runtime::Handle::try_current().is_ok() {
+                // Dropped inside an async test: blocking here would panic.
+                rt.shutdown_background();
+            } else {
+                rt.shutdown_timeout(std::time::Duration::from_secs(2));
+            }
         }
     }
 }
