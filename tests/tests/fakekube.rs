@@ -1163,6 +1163,28 @@ fn kube_rs_client_lists_watches_attaches_and_execs() {
             .eq((1..=200_000).map(Some)));
         exec.join().await.expect("exec session ends cleanly");
 
+        // log_stream with follow: lines as they come, ends when the process exits.
+        let talk = agent_pod("talk", &["/bin/sh", "-c", "echo one; sleep 0.2; echo two"]);
+        let talk: Pod = serde_json::from_value(talk).expect("typed pod");
+        pods.create(&PostParams::default(), &talk)
+            .await
+            .expect("create talk");
+        cluster.wait_pod("kr", "talk", Duration::from_secs(5), |p| {
+            phase(p) != "Pending"
+        });
+        let lp = kube::api::LogParams {
+            follow: true,
+            ..Default::default()
+        };
+        let mut lines = Vec::new();
+        let mut reader = futures_util::AsyncBufReadExt::lines(
+            pods.log_stream("talk", &lp).await.expect("log_stream"),
+        );
+        while let Some(line) = reader.try_next().await.expect("log line") {
+            lines.push(line);
+        }
+        assert_eq!(lines, ["one", "two"]);
+
         let names: Vec<String> = pods
             .list(&ListParams::default().labels("app=nettrace-agent"))
             .await
@@ -1171,7 +1193,7 @@ fn kube_rs_client_lists_watches_attaches_and_execs() {
             .into_iter()
             .filter_map(|p| p.metadata.name)
             .collect();
-        assert_eq!(names, ["cat", "sh"]);
+        assert_eq!(names, ["cat", "sh", "talk"]);
         let rv = pods
             .list(&ListParams::default())
             .await

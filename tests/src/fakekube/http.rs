@@ -1184,7 +1184,7 @@ fn pod_log(shared: &Arc<Shared>, r: &Req, ns: &str, name: &str) -> Result<Resp, 
         None => None,
     };
     let Some(rt) = container_rt(shared, ns, name, &c) else {
-        if pod["metadata"]["annotations"]["fakekube/inserted"] == "true" {
+        if lock(&shared.inserted).contains(&(ns.to_string(), name.to_string())) {
             return Ok(full(200, "text/plain", Vec::new()));
         }
         return Err(waiting_error(&pod, &c, name));
@@ -1293,7 +1293,7 @@ fn upgrade(
         )));
     }
     let Some(main) = container_rt(shared, &ns, &name, &c) else {
-        if pod["metadata"]["annotations"]["fakekube/inserted"] == "true" {
+        if lock(&shared.inserted).contains(&(ns.to_string(), name.to_string())) {
             return Err(ApiError::bad_request(format!(
                 "fakekube: pod {name:?} was inserted by the test; its containers are not run by the fake kubelet"
             )));

@@ -462,7 +462,9 @@ pub(crate) fn start_pod(shared: &Arc<Shared>, pod: &Value) {
 
 /// Removes a pod whose processes are gone.
 pub(crate) fn finish_delete(shared: &Shared, ns: &str, name: &str) {
-    lock(&shared.containers).remove(&(ns.to_string(), name.to_string()));
+    let key = (ns.to_string(), name.to_string());
+    lock(&shared.containers).remove(&key);
+    lock(&shared.inserted).remove(&key);
     shared.store.delete(Kind::Pod, ns, name);
 }
 

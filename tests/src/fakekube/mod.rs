@@ -65,6 +65,8 @@ pub(crate) struct Shared {
     pub(crate) stops: Mutex<HashMap<PodKey, tokio::sync::watch::Sender<Option<Stop>>>>,
     /// Containers of kubelet-run pods (kept until the pod is deleted, for logs).
     pub(crate) containers: Mutex<HashMap<PodKey, PodContainers>>,
+    /// Pods inserted by the test (never run by a kubelet).
+    pub(crate) inserted: Mutex<HashSet<PodKey>>,
     /// Pids of live processes started by the kubelets (containers and execs).
     pub(crate) pids: Mutex<HashSet<u32>>,
 }
@@ -109,6 +111,7 @@ impl FakeCluster {
             stops: Mutex::new(HashMap::new()),
             containers: Mutex::new(HashMap::new()),
             pids: Mutex::new(HashSet::new()),
+            inserted: Mutex::new(HashSet::new()),
         });
         let kernel = nix::sys::utsname::uname()
             .map(|u| u.release().to_string_lossy().into_owned())
@@ -186,7 +189,8 @@ impl FakeCluster {
         }
         let mut pod = pod;
         pod["metadata"]["namespace"] = json!(ns);
-        pod["metadata"]["annotations"]["fakekube/inserted"] = json!("true");
+        let name = pod["metadata"]["name"].as_str().unwrap_or("").to_string();
+        lock(&self.shared.inserted).insert((ns.clone(), name));
         self.shared
             .store
             .create(Kind::Pod, pod)
@@ -241,6 +245,7 @@ impl FakeCluster {
         }
         lock(&self.shared.stops).remove(&key);
         lock(&self.shared.containers).remove(&key);
+        lock(&self.shared.inserted).remove(&key);
         self.shared.store.delete(Kind::Pod, namespace, name)
     }
 
