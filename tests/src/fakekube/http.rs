@@ -146,21 +146,24 @@ impl Req {
 
     /// `Some(api_version)` when the client asked for a Table.
     fn table(&self) -> Option<&'static str> {
-        if !self.accept.contains("as=Table") {
-            return None;
-        }
-        Some(
-            if self.accept.contains("as=Table;v=v1;")
-                || self.accept.contains("as=Table;g=meta.k8s.io;v=v1,")
-                || self.accept.ends_with("v=v1")
-            {
-                "meta.k8s.io/v1"
-            } else if self.accept.contains("v=v1beta1") {
-                "meta.k8s.io/v1beta1"
-            } else {
-                "meta.k8s.io/v1"
-            },
-        )
+        // The first media range `application/json;as=Table;v=<v1|v1beta1>;g=meta.k8s.io`.
+        self.accept.split(',').find_map(|range| {
+            let params: Vec<(&str, &str)> = range
+                .split(';')
+                .skip(1)
+                .filter_map(|p| p.split_once('='))
+                .map(|(k, v)| (k.trim(), v.trim()))
+                .collect();
+            let param = |k: &str| params.iter().find(|(n, _)| *n == k).map(|(_, v)| *v);
+            if param("as") != Some("Table") || param("g").is_some_and(|g| g != "meta.k8s.io") {
+                return None;
+            }
+            match param("v") {
+                Some("v1beta1") => Some("meta.k8s.io/v1beta1"),
+                Some("v1") | None => Some("meta.k8s.io/v1"),
+                Some(_) => None,
+            }
+        })
     }
 }
 
@@ -1386,4 +1389,46 @@ fn switching(key: &[u8], protocol: &str) -> Resp {
         h.insert(hyper::header::SEC_WEBSOCKET_PROTOCOL, v);
     }
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(uri: &str, accept: &str) -> Req {
+        let uri: hyper::Uri = uri.parse().expect("uri");
+        parse_head(Method::GET, &uri, accept)
+    }
+
+    #[test]
+    fn table_negotiation() {
+        let k133 = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json";
+        assert_eq!(req("/api/v1/pods", k133).table(), Some("meta.k8s.io/v1"));
+        let old = "application/json;as=Table;v=v1beta1;g=meta.k8s.io, application/json";
+        assert_eq!(
+            req("/api/v1/pods", old).table(),
+            Some("meta.k8s.io/v1beta1")
+        );
+        assert_eq!(req("/api/v1/pods", "application/json").table(), None);
+        let aggregated =
+            "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json";
+        assert_eq!(req("/api", aggregated).table(), None);
+    }
+
+    #[test]
+    fn query_and_selectors() {
+        let r = req("/api/v1/pods?labelSelector=app%3Dweb%2Ctier+in+(a%2Cb)&fieldSelector=spec.nodeName%3Dnode-a&x", "");
+        assert_eq!(r.q("labelSelector"), Some("app=web,tier in (a,b)"));
+        assert_eq!(r.q("x"), Some(""));
+        let sel = Selectors::parse(Kind::Pod, r.q("labelSelector"), r.q("fieldSelector"))
+            .expect("selectors");
+        let pod = |tier: &str, node: &str| json!({"metadata": {"labels": {"app": "web", "tier": tier}}, "spec": {"nodeName": node}});
+        assert!(sel.matches(&pod("a", "node-a")));
+        assert!(!sel.matches(&pod("c", "node-a")));
+        assert!(!sel.matches(&pod("b", "node-b")));
+        assert!(Selectors::parse(Kind::Pod, None, Some("spec.color=red")).is_err());
+        assert!(Selectors::parse(Kind::Pod, Some("a in (b"), None).is_err());
+        assert_eq!(percent_decode("%zz%4"), "%zz%4");
+        assert_eq!(percent_decode("%C3%A9"), "é");
+    }
 }
