@@ -358,7 +358,11 @@ fn kubectl_finds_the_nettrace_plugin() {
 }
 
 fn images() -> HashMap<String, PathBuf> {
-    HashMap::from([("busybox:test".to_string(), PathBuf::from("/usr/bin"))])
+    HashMap::from([
+        ("busybox:test".to_string(), PathBuf::from("/usr/bin")),
+        // An image with an entrypoint: containers without `command` run /usr/bin/echo.
+        ("echo:test".to_string(), PathBuf::from("/usr/bin/echo")),
+    ])
 }
 
 /// An agent-like pod: hostPID, hostNetwork, privileged, run by node-a's kubelet.
@@ -1184,6 +1188,26 @@ fn kube_rs_client_lists_watches_attaches_and_execs() {
             lines.push(line);
         }
         assert_eq!(lines, ["one", "two"]);
+
+        // No command: the image's entrypoint, with the container's args.
+        let mut echo = agent_pod("echo", &[]);
+        echo["spec"]["containers"][0]
+            .as_object_mut()
+            .map(|c| c.remove("command"));
+        echo["spec"]["containers"][0]["image"] = json!("echo:test");
+        echo["spec"]["containers"][0]["args"] = json!(["from", "entrypoint"]);
+        let echo: Pod = serde_json::from_value(echo).expect("typed pod");
+        pods.create(&PostParams::default(), &echo)
+            .await
+            .expect("create echo");
+        cluster.wait_pod("kr", "echo", Duration::from_secs(5), |p| {
+            phase(p) == "Succeeded"
+        });
+        let out = pods.logs("echo", &Default::default()).await.expect("logs");
+        assert_eq!(out, "from entrypoint\n");
+        pods.delete("echo", &DeleteParams::default())
+            .await
+            .expect("delete echo");
 
         let names: Vec<String> = pods
             .list(&ListParams::default().labels("app=nettrace-agent"))

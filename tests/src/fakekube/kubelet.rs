@@ -621,8 +621,14 @@ fn container_env(pod: &Value, c: &Value) -> Vec<(String, String)> {
     env
 }
 
-/// Resolves a command in an image directory by its file name.
-pub(crate) fn resolve_in_image(dir: &Path, cmd: &str) -> Option<PathBuf> {
+/// Resolves a command by its file name in an image: the directory the image maps to, or
+/// the directory of the file (the entrypoint) it maps to.
+pub(crate) fn resolve_in_image(image: &Path, cmd: &str) -> Option<PathBuf> {
+    let dir = if image.is_file() {
+        image.parent()?
+    } else {
+        image
+    };
     let file = Path::new(cmd).file_name()?;
     let p = dir.join(file);
     p.is_file().then_some(p)
@@ -783,15 +789,21 @@ async fn lifecycle(
         let dir = &shared.images[image];
         let msg = format!("Container image \"{image}\" already present on machine");
         record_event(shared, &pod, "Normal", "Pulled", &msg, "kubelet", Some(&fp));
-        let cmd: Vec<String> = c["command"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .chain(c["args"].as_array().into_iter().flatten())
-            .filter_map(|v| v.as_str().map(str::to_string))
-            .collect();
+        let strings = |k: &str| -> Vec<String> {
+            c[k].as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect()
+        };
+        let mut cmd = strings("command");
+        if cmd.is_empty() && dir.is_file() {
+            // No command: the image's entrypoint, when the image maps to a file.
+            cmd.push(dir.to_string_lossy().into_owned());
+        }
+        cmd.extend(strings("args"));
         let spawned = match cmd.first() {
-            None => Err("fakekube: the container has no command (image entrypoints are not modelled)".to_string()),
+            None => Err("fakekube: the container has no command and its image maps to a directory (no entrypoint)".to_string()),
             Some(c0) => match resolve_in_image(dir, c0) {
                 None => Err(format!(
                     "failed to create containerd task: failed to create shim task: OCI runtime create failed: runc create failed: unable to start container process: exec: \"{c0}\": stat {c0}: no such file or directory: unknown"

@@ -87,8 +87,11 @@ pub const NODE_IP: &str = "127.0.0.1";
 
 impl FakeCluster {
     /// Starts the API server on `127.0.0.1:<random port>` with the given nodes (each with a
-    /// kubelet) and image map (image reference → directory holding its binaries). Creates
-    /// the namespaces `default`, `kube-system`, `kube-public` and `kube-node-lease`.
+    /// kubelet) and image map. An image maps to a directory holding its binaries (a
+    /// container's `command[0]` is looked up there by file name), or to a file: its
+    /// entrypoint, run when the container has no `command` (other commands are looked up in
+    /// its directory). Creates the namespaces `default`, `kube-system`, `kube-public` and
+    /// `kube-node-lease`.
     pub fn start(nodes: &[&str], images: HashMap<String, PathBuf>) -> FakeCluster {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
