@@ -1243,6 +1243,29 @@ fn kube_rs_client_lists_watches_attaches_and_execs() {
             }
         }
         assert!(deleted, "no DELETED event for sh");
+
+        // The same name again at once: a new pod (new uid) that the old one's kubelet task
+        // must leave alone.
+        let again = pods
+            .create(&PostParams::default(), &sh)
+            .await
+            .expect("create sh again");
+        let uid = again.metadata.uid.clone().unwrap_or_default();
+        let p = cluster.wait_pod("kr", "sh", Duration::from_secs(5), |p| {
+            phase(p) == "Running"
+        });
+        assert_eq!(p["metadata"]["uid"], uid.as_str());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let p = cluster.pod("kr", "sh").expect("sh");
+        assert_eq!(
+            (phase(&p), p["metadata"]["deletionTimestamp"].is_null()),
+            ("Running", true),
+            "{p:#}"
+        );
+        pods.delete("sh", &DeleteParams::default().grace_period(0))
+            .await
+            .expect("delete sh again");
+        cluster.wait_pod_gone("kr", "sh", Duration::from_secs(5));
     });
     assert!(cluster.pod("kr", "sh").is_none());
     assert_eq!(cluster.processes(), Vec::<u32>::new());

@@ -1077,14 +1077,17 @@ fn delete_pod(shared: &Arc<Shared>, r: &Req, ns: &str, name: &str) -> Result<Res
         })
         .ok_or_else(|| ApiError::not_found(Kind::Pod, name))?;
     let key = (ns.to_string(), name.to_string());
-    let handed = lock(&shared.stops).get(&key).is_some_and(|tx| {
-        tx.send(Some(Stop::Delete(grace.min(MAX_GRACE_SECS))))
-            .is_ok()
+    let r = kubelet::PodRef::of(&updated);
+    let handed = lock(&shared.stops).get(&key).is_some_and(|(uid, tx)| {
+        *uid == r.uid
+            && tx
+                .send(Some(Stop::Delete(grace.min(MAX_GRACE_SECS))))
+                .is_ok()
     });
     if handed {
         return Ok(json_resp(200, &updated));
     }
-    kubelet::finish_delete(shared, ns, name);
+    kubelet::finish_delete(shared, &r);
     Ok(json_resp(200, &updated))
 }
 

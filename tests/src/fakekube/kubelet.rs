@@ -14,7 +14,7 @@ use tokio::process::ChildStdin;
 use tokio::sync::{mpsc, watch};
 
 use super::store::Kind;
-use super::{lock, now_rfc3339, random_hex, Shared, NODE_IP};
+use super::{lock, now_rfc3339, random_hex, PodKey, Shared, NODE_IP};
 
 /// Longest grace period the fake honours, in seconds.
 pub(crate) const MAX_GRACE_SECS: u64 = 5;
@@ -389,13 +389,51 @@ fn refresh_phase(pod: &mut Value) {
     ]);
 }
 
-fn update_pod(shared: &Shared, ns: &str, name: &str, f: impl FnOnce(&mut Value)) -> Option<Value> {
-    shared.store.update(Kind::Pod, ns, name, f)
+/// A pod as the kubelet knows it: by uid too, so a task of a deleted pod never touches a
+/// new pod of the same name.
+pub(crate) struct PodRef {
+    pub(crate) ns: String,
+    pub(crate) name: String,
+    pub(crate) uid: String,
+}
+
+impl PodRef {
+    pub(crate) fn of(pod: &Value) -> PodRef {
+        let m = &pod["metadata"];
+        let s = |v: &Value| v.as_str().unwrap_or("").to_string();
+        PodRef {
+            ns: s(&m["namespace"]),
+            name: s(&m["name"]),
+            uid: s(&m["uid"]),
+        }
+    }
+
+    fn key(&self) -> PodKey {
+        (self.ns.clone(), self.name.clone())
+    }
+}
+
+/// The pod, if it is still this one.
+fn get_pod(shared: &Shared, r: &PodRef) -> Option<Value> {
+    shared
+        .store
+        .get(Kind::Pod, &r.ns, &r.name)
+        .filter(|p| p["metadata"]["uid"] == r.uid.as_str())
+}
+
+fn update_pod(shared: &Shared, r: &PodRef, f: impl FnOnce(&mut Value)) -> Option<Value> {
+    shared.store.update_if(
+        Kind::Pod,
+        &r.ns,
+        &r.name,
+        |p| p["metadata"]["uid"] == r.uid.as_str(),
+        f,
+    )
 }
 
 /// Sets one container's status fields (`state`, `ready`, ...), then the pod's phase.
-fn set_container(shared: &Shared, ns: &str, name: &str, container: &str, fields: Value) {
-    update_pod(shared, ns, name, |p| {
+fn set_container(shared: &Shared, r: &PodRef, container: &str, fields: Value) {
+    update_pod(shared, r, |p| {
         if let Some(arr) = p["status"]["containerStatuses"].as_array_mut() {
             for s in arr.iter_mut().filter(|s| s["name"] == container) {
                 if let (Some(s), Some(f)) = (s.as_object_mut(), fields.as_object()) {
@@ -411,18 +449,14 @@ fn set_container(shared: &Shared, ns: &str, name: &str, container: &str, fields:
 
 /// Starts the lifecycle of a pod just created through the API.
 pub(crate) fn start_pod(shared: &Arc<Shared>, pod: &Value) {
-    let ns = pod["metadata"]["namespace"]
-        .as_str()
-        .unwrap_or("default")
-        .to_string();
-    let name = pod["metadata"]["name"].as_str().unwrap_or("").to_string();
-    let Some(node) = pod["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()) else {
+    let r = PodRef::of(pod);
+    if pod["spec"]["nodeName"].as_str().is_none_or(str::is_empty) {
         let n = shared.nodes.len();
         let msg = format!(
             "0/{n} nodes are available: {n} node(s) didn't match Pod's node affinity/selector. \
              preemption: 0/{n} nodes are available: {n} Preemption is not helpful for scheduling."
         );
-        if let Some(p) = update_pod(shared, &ns, &name, |p| {
+        if let Some(p) = update_pod(shared, &r, |p| {
             p["status"] = json!({
                 "phase": "Pending",
                 "qosClass": "BestEffort",
@@ -440,32 +474,37 @@ pub(crate) fn start_pod(shared: &Arc<Shared>, pod: &Value) {
             );
         }
         return;
-    };
-    let _ = node;
+    }
     let (tx, rx) = watch::channel(None);
-    lock(&shared.stops).insert((ns.clone(), name.clone()), tx);
+    lock(&shared.stops).insert(r.key(), (r.uid.clone(), tx));
     let shared = shared.clone();
     tokio::spawn(async move {
-        let rts = lifecycle(&shared, &ns, &name, rx).await;
-        let key = (ns.clone(), name.clone());
-        lock(&shared.stops).remove(&key);
-        let _ = rts;
-        let deleting = shared
-            .store
-            .get(Kind::Pod, &ns, &name)
-            .is_some_and(|p| p["metadata"]["deletionTimestamp"].is_string());
+        lifecycle(&shared, &r, rx).await;
+        {
+            let mut stops = lock(&shared.stops);
+            if stops.get(&r.key()).is_some_and(|(uid, _)| *uid == r.uid) {
+                stops.remove(&r.key());
+            }
+        }
+        let deleting =
+            get_pod(&shared, &r).is_some_and(|p| p["metadata"]["deletionTimestamp"].is_string());
         if deleting {
-            finish_delete(&shared, &ns, &name);
+            finish_delete(&shared, &r);
         }
     });
 }
 
 /// Removes a pod whose processes are gone.
-pub(crate) fn finish_delete(shared: &Shared, ns: &str, name: &str) {
-    let key = (ns.to_string(), name.to_string());
-    lock(&shared.containers).remove(&key);
-    lock(&shared.inserted).remove(&key);
-    shared.store.delete(Kind::Pod, ns, name);
+pub(crate) fn finish_delete(shared: &Shared, r: &PodRef) {
+    let mine = |p: &Value| p["metadata"]["uid"] == r.uid.as_str();
+    if shared
+        .store
+        .delete_if(Kind::Pod, &r.ns, &r.name, mine)
+        .is_some()
+    {
+        lock(&shared.containers).remove(&r.key());
+        lock(&shared.inserted).remove(&r.key());
+    }
 }
 
 async fn wait_stop(rx: &mut watch::Receiver<Option<Stop>>) -> Option<Stop> {
@@ -487,14 +526,8 @@ fn grace_of(pod: &Value) -> u64 {
 }
 
 /// Kills the containers and records the outcome of a stop request.
-async fn apply_stop(
-    shared: &Shared,
-    ns: &str,
-    name: &str,
-    stop: Stop,
-    rts: &[(String, Arc<ContainerRt>)],
-) {
-    let pod = shared.store.get(Kind::Pod, ns, name).unwrap_or(Value::Null);
+async fn apply_stop(shared: &Shared, r: &PodRef, stop: Stop, rts: &[(String, Arc<ContainerRt>)]) {
+    let pod = get_pod(shared, r).unwrap_or(Value::Null);
     match stop {
         Stop::Delete(grace) => {
             for (c, rt) in rts {
@@ -519,13 +552,13 @@ async fn apply_stop(
                 shared, &pod, "Warning", "Evicted", &message, "kubelet", None,
             );
             // The reason first: containers dying must not make the phase look ordinary.
-            update_pod(shared, ns, name, |p| {
+            update_pod(shared, r, |p| {
                 p["status"]["phase"] = json!("Failed");
                 p["status"]["reason"] = json!("Evicted");
                 p["status"]["message"] = json!(message);
             });
             kill_all(rts, grace_of(&pod)).await;
-            mark_terminated(shared, ns, name, rts);
+            mark_terminated(shared, r, rts);
         }
     }
 }
@@ -535,12 +568,10 @@ async fn kill_all(rts: &[(String, Arc<ContainerRt>)], grace: u64) {
     futures_util::future::join_all(kills).await;
 }
 
-fn mark_terminated(shared: &Shared, ns: &str, name: &str, rts: &[(String, Arc<ContainerRt>)]) {
+fn mark_terminated(shared: &Shared, r: &PodRef, rts: &[(String, Arc<ContainerRt>)]) {
     for (c, rt) in rts {
         let code = rt.exit_code().unwrap_or(137);
-        let started = shared
-            .store
-            .get(Kind::Pod, ns, name)
+        let started = get_pod(shared, r)
             .and_then(|p| {
                 p["status"]["containerStatuses"]
                     .as_array()?
@@ -556,8 +587,7 @@ fn mark_terminated(shared: &Shared, ns: &str, name: &str, rts: &[(String, Arc<Co
             .unwrap_or((Value::Null, Value::Null));
         set_container(
             shared,
-            ns,
-            name,
+            r,
             c,
             json!({
                 "ready": false,
@@ -637,11 +667,10 @@ pub(crate) fn resolve_in_image(image: &Path, cmd: &str) -> Option<PathBuf> {
 /// Runs a pod to completion (or until stopped). Returns its processes.
 async fn lifecycle(
     shared: &Arc<Shared>,
-    ns: &str,
-    name: &str,
+    r: &PodRef,
     mut stop_rx: watch::Receiver<Option<Stop>>,
 ) -> Vec<(String, Arc<ContainerRt>)> {
-    let Some(pod) = shared.store.get(Kind::Pod, ns, name) else {
+    let Some(pod) = get_pod(shared, r) else {
         return vec![];
     };
     let node = pod["spec"]["nodeName"].as_str().unwrap_or("").to_string();
@@ -674,7 +703,7 @@ async fn lifecycle(
     let kubelet_up = shared.nodes.contains(&node) && !lock(&shared.disabled_nodes).contains(&node);
     if !kubelet_up {
         // Bound to a node whose kubelet never acts: only the scheduler's condition.
-        update_pod(shared, ns, name, |p| {
+        update_pod(shared, r, |p| {
             p["status"] = json!({
                 "phase": "Pending",
                 "qosClass": "BestEffort",
@@ -682,11 +711,11 @@ async fn lifecycle(
             });
         });
         if let Some(s) = wait_stop(&mut stop_rx).await {
-            apply_stop(shared, ns, name, s, &[]).await;
+            apply_stop(shared, r, s, &[]).await;
         }
         return vec![];
     }
-    update_pod(shared, ns, name, pending(waiting("ContainerCreating")));
+    update_pod(shared, r, pending(waiting("ContainerCreating")));
 
     // Images.
     let missing: Vec<(String, String)> = containers
@@ -733,8 +762,7 @@ async fn lifecycle(
                 );
                 set_container(
                     shared,
-                    ns,
-                    name,
+                    r,
                     c,
                     json!({"state": {"waiting": {"reason": "ErrImagePull", "message": msg}}}),
                 );
@@ -763,8 +791,7 @@ async fn lifecycle(
                 );
                 set_container(
                     shared,
-                    ns,
-                    name,
+                    r,
                     c,
                     json!({"state": {"waiting": {"reason": "ImagePullBackOff", "message": msg}}}),
                 );
@@ -774,7 +801,7 @@ async fn lifecycle(
         tokio::select! {
             _ = stop => {}
             s = wait_stop(&mut stop_rx) => if let Some(s) = s {
-                apply_stop(shared, ns, name, s, &[]).await;
+                apply_stop(shared, r, s, &[]).await;
             }
         }
         return vec![];
@@ -857,8 +884,7 @@ async fn lifecycle(
                 );
                 set_container(
                     shared,
-                    ns,
-                    name,
+                    r,
                     &cn,
                     json!({"state": {"terminated": {
                         "exitCode": 128, "reason": "StartError", "message": msg,
@@ -868,9 +894,9 @@ async fn lifecycle(
             }
         }
     }
-    lock(&shared.containers).insert((ns.to_string(), name.to_string()), rts.clone());
+    lock(&shared.containers).insert(r.key(), rts.clone());
     let started = now_rfc3339();
-    update_pod(shared, ns, name, |p| {
+    update_pod(shared, r, |p| {
         p["status"]["podIP"] = json!(NODE_IP);
         p["status"]["podIPs"] = json!([{"ip": NODE_IP}]);
         if let Some(arr) = p["status"]["containerStatuses"].as_array_mut() {
@@ -889,16 +915,15 @@ async fn lifecycle(
 
     // Watch each container's exit.
     for (c, rt) in &rts {
-        let (shared, rt, c, ns, name) = (
-            shared.clone(),
-            rt.clone(),
-            c.clone(),
-            ns.to_string(),
-            name.to_string(),
-        );
+        let (shared, rt, c) = (shared.clone(), rt.clone(), c.clone());
+        let r = PodRef {
+            ns: r.ns.clone(),
+            name: r.name.clone(),
+            uid: r.uid.clone(),
+        };
         tokio::spawn(async move {
             rt.wait().await;
-            mark_terminated(&shared, &ns, &name, &[(c, rt)]);
+            mark_terminated(&shared, &r, &[(c, rt)]);
         });
     }
     let all_exited = futures_util::future::join_all(rts.iter().map(|(_, rt)| rt.wait()));
@@ -911,18 +936,18 @@ async fn lifecycle(
     tokio::select! {
         _ = all_exited => {}
         s = wait_stop(&mut stop_rx) => if let Some(s) = s {
-            apply_stop(shared, ns, name, s, &rts).await;
+            apply_stop(shared, r, s, &rts).await;
         },
         _ = deadline => {
             let msg = "Pod was active on the node longer than the specified deadline";
             record_event(shared, &pod, "Warning", "DeadlineExceeded", msg, "kubelet", None);
-            update_pod(shared, ns, name, |p| {
+            update_pod(shared, r, |p| {
                 p["status"]["phase"] = json!("Failed");
                 p["status"]["reason"] = json!("DeadlineExceeded");
                 p["status"]["message"] = json!(msg);
             });
             kill_all(&rts, grace_of(&pod)).await;
-            mark_terminated(shared, ns, name, &rts);
+            mark_terminated(shared, r, &rts);
         }
     }
     rts

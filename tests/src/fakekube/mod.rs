@@ -47,6 +47,9 @@ use serde_json::{json, Value};
 use kubelet::{ContainerRt, Stop};
 use store::{Kind, Store};
 
+/// How to stop a pod's kubelet task.
+pub(crate) type StopSender = tokio::sync::watch::Sender<Option<Stop>>;
+
 /// A pod's (namespace, name).
 pub(crate) type PodKey = (String, String);
 
@@ -62,7 +65,7 @@ pub(crate) struct Shared {
     /// Nodes whose kubelet does not start pods.
     pub(crate) disabled_nodes: Mutex<HashSet<String>>,
     /// Pods whose kubelet task is still running, by (namespace, name): how to stop it.
-    pub(crate) stops: Mutex<HashMap<PodKey, tokio::sync::watch::Sender<Option<Stop>>>>,
+    pub(crate) stops: Mutex<HashMap<PodKey, (String, StopSender)>>,
     /// Containers of kubelet-run pods (kept until the pod is deleted, for logs).
     pub(crate) containers: Mutex<HashMap<PodKey, PodContainers>>,
     /// Pods inserted by the test (never run by a kubelet).
@@ -292,7 +295,7 @@ impl FakeCluster {
     pub fn evict_pod(&self, namespace: &str, name: &str, message: &str) -> bool {
         let stops = lock(&self.shared.stops);
         match stops.get(&(namespace.to_string(), name.to_string())) {
-            Some(tx) => tx.send(Some(Stop::Evict(message.to_string()))).is_ok(),
+            Some((_, tx)) => tx.send(Some(Stop::Evict(message.to_string()))).is_ok(),
             None => false,
         }
     }
@@ -315,6 +318,19 @@ impl FakeCluster {
             }
             if std::time::Instant::now() > end {
                 panic!("timed out after {timeout:?} waiting for pod {namespace}/{name}: {pod:#?}");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// Polls until the pod is gone, or panics after `timeout`.
+    pub fn wait_pod_gone(&self, namespace: &str, name: &str, timeout: std::time::Duration) {
+        let end = std::time::Instant::now() + timeout;
+        while let Some(p) = self.pod(namespace, name) {
+            if std::time::Instant::now() > end {
+                panic!(
+                    "timed out after {timeout:?} waiting for pod {namespace}/{name} to go: {p:#}"
+                );
             }
             std::thread::sleep(std::time::Duration::from_millis(20));
         }

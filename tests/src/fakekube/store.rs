@@ -235,10 +235,22 @@ impl Store {
         name: &str,
         f: impl FnOnce(&mut Value),
     ) -> Option<Value> {
+        self.update_if(kind, ns, name, |_| true, f)
+    }
+
+    /// [`update`](Self::update) if the current object satisfies `cond` (e.g. its uid).
+    pub(crate) fn update_if(
+        &self,
+        kind: Kind,
+        ns: &str,
+        name: &str,
+        cond: impl FnOnce(&Value) -> bool,
+        f: impl FnOnce(&mut Value),
+    ) -> Option<Value> {
         let ns = if kind.namespaced() { ns } else { "" };
         let mut inner = self.lock();
         let key = (kind, ns.to_string(), name.to_string());
-        let mut obj = inner.objects.get(&key)?.clone();
+        let mut obj = inner.objects.get(&key).filter(|o| cond(o))?.clone();
         f(&mut obj);
         inner.rv += 1;
         obj["metadata"]["resourceVersion"] = json!(inner.rv.to_string());
@@ -249,11 +261,24 @@ impl Store {
 
     /// Removes an object; emits DELETED.
     pub(crate) fn delete(&self, kind: Kind, ns: &str, name: &str) -> Option<Value> {
+        self.delete_if(kind, ns, name, |_| true)
+    }
+
+    /// [`delete`](Self::delete) if the current object satisfies `cond` (e.g. its uid).
+    pub(crate) fn delete_if(
+        &self,
+        kind: Kind,
+        ns: &str,
+        name: &str,
+        cond: impl FnOnce(&Value) -> bool,
+    ) -> Option<Value> {
         let ns = if kind.namespaced() { ns } else { "" };
         let mut inner = self.lock();
-        let mut obj = inner
-            .objects
-            .remove(&(kind, ns.to_string(), name.to_string()))?;
+        let key = (kind, ns.to_string(), name.to_string());
+        if !inner.objects.get(&key).is_some_and(cond) {
+            return None;
+        }
+        let mut obj = inner.objects.remove(&key)?;
         inner.rv += 1;
         obj["metadata"]["resourceVersion"] = json!(inner.rv.to_string());
         self.emit(&mut inner, kind, "DELETED", obj.clone());
