@@ -1023,6 +1023,16 @@ fn raw_http_statuses_discovery_and_watch() {
             ("DELETED".to_string(), "watched-1".to_string())
         ]
     );
+    // With a selector, leaving the selection is a DELETED (the later real DELETED of an
+    // object that no longer matches is not sent).
+    let path = format!(
+        "/api/v1/namespaces/raw/pods?watch=1&resourceVersion={rv}&fieldSelector=status.phase%3DRunning&timeoutSeconds=1"
+    );
+    let (_, _, body) = http(&cluster, "GET", &path, &[], b"");
+    assert_eq!(
+        watch_lines(&body),
+        vec![("DELETED".to_string(), "watched-1".to_string())]
+    );
 }
 
 #[test]

@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 use super::kubelet::{self, ProcessSpec, Stop, MAX_GRACE_SECS};
-use super::store::{ns_name, ApiError, Kind};
+use super::store::{ns_name, ApiError, Kind, WatchEvent};
 use super::stream::{self, SessionKind, StreamOpts};
 use super::table;
 use super::{lock, name_suffix, now_rfc3339, Shared};
@@ -677,6 +677,20 @@ fn watch(
         let (ons, _) = ns_name(obj);
         ns.as_deref().is_none_or(|n| !kind.namespaced() || n == ons) && sel.matches(obj)
     };
+    // What a watcher with selectors sees of a change: an object that starts matching is
+    // ADDED, one that stops matching is DELETED, as the apiserver's watch cache does it.
+    let classify = move |ev: &WatchEvent| -> Option<&'static str> {
+        let now = wanted(&ev.object);
+        match (ev.etype, &ev.prev) {
+            ("MODIFIED", Some(prev)) => match (wanted(prev), now) {
+                (true, true) => Some("MODIFIED"),
+                (false, true) => Some("ADDED"),
+                (true, false) => Some("DELETED"),
+                (false, false) => None,
+            },
+            (etype, _) => now.then_some(etype),
+        }
+    };
     tokio::spawn(async move {
         let deadline = async {
             match timeout {
@@ -686,7 +700,8 @@ fn watch(
         };
         tokio::pin!(deadline);
         for ev in first {
-            if wanted(&ev.object) && tx.send(line(ev.etype, &ev.object)).await.is_err() {
+            let Some(etype) = classify(&ev) else { continue };
+            if tx.send(line(etype, &ev.object)).await.is_err() {
                 return;
             }
         }
@@ -712,9 +727,11 @@ fn watch(
                 _ = &mut deadline => return,
                 ev = brx.recv() => match ev {
                     Ok(ev) => {
-                        if ev.rv > rv_now && ev.kind == kind && wanted(&ev.object)
-                            && tx.send(line(ev.etype, &ev.object)).await.is_err()
-                        {
+                        if ev.rv <= rv_now || ev.kind != kind {
+                            continue;
+                        }
+                        let Some(etype) = classify(&ev) else { continue };
+                        if tx.send(line(etype, &ev.object)).await.is_err() {
                             return;
                         }
                     }

@@ -112,6 +112,9 @@ pub(crate) struct WatchEvent {
     pub kind: Kind,
     pub etype: &'static str,
     pub object: Value,
+    /// For MODIFIED: the object before the change (a watch with a selector turns a change
+    /// into ADDED or DELETED when the object starts or stops matching, as the apiserver does).
+    pub prev: Option<Value>,
 }
 
 type Key = (Kind, String, String);
@@ -154,12 +157,20 @@ impl Store {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn emit(&self, inner: &mut Inner, kind: Kind, etype: &'static str, object: Value) {
+    fn emit(
+        &self,
+        inner: &mut Inner,
+        kind: Kind,
+        etype: &'static str,
+        object: Value,
+        prev: Option<Value>,
+    ) {
         let ev = Arc::new(WatchEvent {
             rv: inner.rv,
             kind,
             etype,
             object,
+            prev,
         });
         inner.history.push(ev.clone());
         let _ = self.tx.send(ev);
@@ -202,7 +213,7 @@ impl Store {
         }
         m["resourceVersion"] = json!(inner.rv.to_string());
         inner.objects.insert(key, obj.clone());
-        self.emit(&mut inner, kind, "ADDED", obj.clone());
+        self.emit(&mut inner, kind, "ADDED", obj.clone(), None);
         Ok(obj)
     }
 
@@ -250,12 +261,13 @@ impl Store {
         let ns = if kind.namespaced() { ns } else { "" };
         let mut inner = self.lock();
         let key = (kind, ns.to_string(), name.to_string());
-        let mut obj = inner.objects.get(&key).filter(|o| cond(o))?.clone();
+        let prev = inner.objects.get(&key).filter(|o| cond(o))?.clone();
+        let mut obj = prev.clone();
         f(&mut obj);
         inner.rv += 1;
         obj["metadata"]["resourceVersion"] = json!(inner.rv.to_string());
         inner.objects.insert(key, obj.clone());
-        self.emit(&mut inner, kind, "MODIFIED", obj.clone());
+        self.emit(&mut inner, kind, "MODIFIED", obj.clone(), Some(prev));
         Some(obj)
     }
 
@@ -281,7 +293,7 @@ impl Store {
         let mut obj = inner.objects.remove(&key)?;
         inner.rv += 1;
         obj["metadata"]["resourceVersion"] = json!(inner.rv.to_string());
-        self.emit(&mut inner, kind, "DELETED", obj.clone());
+        self.emit(&mut inner, kind, "DELETED", obj.clone(), None);
         Some(obj)
     }
 
@@ -314,6 +326,7 @@ impl Store {
                         kind,
                         etype: "ADDED",
                         object: v.clone(),
+                        prev: None,
                     })
                 })
                 .collect(),
