@@ -8,14 +8,27 @@
 //!
 //! Pods created through the API with `spec.nodeName` set to a known node are run by that
 //! node's fake kubelet as local processes: each container's image is looked up in the
-//! `images` map (image reference → directory) and `command[0]` is resolved by its file name
-//! in that directory. Pods inserted with [`FakeCluster::insert_pod`] are never run.
+//! `images` map (image reference → directory, or → entrypoint file) and `command[0]` is
+//! resolved by its file name in that directory. Pods inserted with
+//! [`FakeCluster::insert_pod`] are never run: they stand for real containers.
 //!
-//! Simplifications: no scheduler (pods without `spec.nodeName` stay Pending/Unschedulable),
-//! no restarts (every pod behaves as `restartPolicy: Never`), no PATCH/PUT, `limit` and
-//! `continue` are ignored, no SPDY (kubectl before 1.30 cannot attach or exec).
-//! A container whose image is missing keeps the whole pod from starting.
-
+//! Fidelity notes:
+//! - Processes run on the host as the test's user, each in its own process group, with a
+//!   clean environment (`PATH`, `HOSTNAME`, `HOME`, then the container's `env`: `value` and
+//!   `valueFrom.fieldRef`). No namespaces, cgroups, volumes, probes, service-account token
+//!   or `KUBERNETES_SERVICE_*`; containers are Ready as soon as they start; `podIP` and
+//!   `hostIP` are [`NODE_IP`].
+//! - No scheduler (pods without `spec.nodeName` stay Pending/Unschedulable), no restarts
+//!   (every pod behaves as `restartPolicy: Never`), one image pull attempt; a container
+//!   whose image is missing keeps the whole pod from starting.
+//! - No PATCH/PUT, no namespace deletion; `limit`/`continue` are ignored (one page).
+//! - Streaming is WebSocket only (`v5.channel.k8s.io`, `v4.channel.k8s.io`): kubectl before
+//!   1.30 (SPDY) gets a clear 400 for attach/exec.
+//! - OpenAPI: stubs only, enough for kubectl's manifest validation (v3 for 1.27+, v2
+//!   protobuf for older); aggregated discovery is not served (clients fall back).
+//! - Pod Security Admission: `enforce` labels (baseline, restricted), not `warn`/`audit`.
+//! - Any `Authorization` is accepted; the server speaks plain HTTP/1.1.
+//!
 //! ```no_run
 //! use std::collections::HashMap;
 //! use std::path::PathBuf;
