@@ -1347,3 +1347,60 @@ async fn usable_from_an_async_test() {
     assert_eq!(list.items.len(), 1);
     drop(cluster);
 }
+
+/// Dropping the cluster kills every process its kubelets started.
+#[test]
+fn drop_kills_every_process() {
+    let cluster = FakeCluster::start(&["node-a"], images());
+    let mut pod = agent_pod(
+        "sleeper",
+        &["/bin/sh", "-c", "sleep 1000 & exec sleep 1001"],
+    );
+    pod["metadata"]["namespace"] = json!("default");
+    let body = serde_json::to_vec(&pod).expect("JSON");
+    let (code, _, out) = http(
+        &cluster,
+        "POST",
+        "/api/v1/namespaces/default/pods",
+        &[],
+        &body,
+    );
+    assert_eq!(code, 201, "{out}");
+    cluster.wait_pod("default", "sleeper", Duration::from_secs(5), |p| {
+        phase(p) == "Running"
+    });
+    let pids = cluster.processes();
+    assert_eq!(pids.len(), 1);
+    // The main process and its background child (same process group).
+    let group: Vec<i32> = std::fs::read_dir("/proc")
+        .expect("/proc")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| {
+                    s.rsplit_once(')')
+                        .map(|(_, rest)| rest.split_whitespace().nth(2).map(str::to_string))
+                })
+                .flatten()
+                .is_some_and(|pgrp| pgrp == pids[0].to_string())
+        })
+        .collect();
+    assert!(
+        group.len() >= 2,
+        "expected sh's group to hold two sleeps: {group:?}"
+    );
+    drop(cluster);
+    let alive = |pid: &i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+            s.rsplit_once(')')
+                .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while group.iter().any(alive) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let left: Vec<&i32> = group.iter().filter(|p| alive(p)).collect();
+    assert!(left.is_empty(), "processes left after drop: {left:?}");
+}
