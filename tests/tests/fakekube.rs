@@ -1404,3 +1404,116 @@ fn drop_kills_every_process() {
     let left: Vec<&i32> = group.iter().filter(|p| alive(p)).collect();
     assert!(left.is_empty(), "processes left after drop: {left:?}");
 }
+
+/// The v4 subprotocol (no close signal) with a bare WebSocket client, and the refusals.
+#[test]
+fn websocket_v4_exec_and_refusals() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let cluster = FakeCluster::start(&["node-a"], images());
+    cluster.create_namespace("ws", &[]);
+    let mut pod = agent_pod("box", &["/bin/sleep", "1000"]);
+    pod["metadata"]["namespace"] = json!("ws");
+    let body = serde_json::to_vec(&pod).expect("JSON");
+    let (code, _, out) = http(&cluster, "POST", "/api/v1/namespaces/ws/pods", &[], &body);
+    assert_eq!(code, 201, "{out}");
+    cluster.wait_pod("ws", "box", Duration::from_secs(5), |p| {
+        phase(p) == "Running"
+    });
+    let base = cluster.server().replace("http://", "ws://");
+    let url = format!("{base}/api/v1/namespaces/ws/pods/box/exec?command=/bin/sh&command=-c&command=echo%20v4%3B%20echo%20e%20%3E%262&stdout=true&stderr=true");
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let mut req = url.as_str().into_client_request().expect("request");
+        req.headers_mut().insert(
+            "Sec-WebSocket-Protocol",
+            "v4.channel.k8s.io".parse().expect("header"),
+        );
+        let (mut ws, resp) = tokio_tungstenite::connect_async(req)
+            .await
+            .expect("upgrade");
+        assert_eq!(
+            resp.headers()
+                .get("sec-websocket-protocol")
+                .map(|v| v.as_bytes()),
+            Some(&b"v4.channel.k8s.io"[..])
+        );
+        let mut frames: Vec<(u8, Vec<u8>)> = Vec::new();
+        while let Some(msg) = ws.next().await {
+            match msg.expect("a message") {
+                Message::Binary(b) if !b.is_empty() => frames.push((b[0], b[1..].to_vec())),
+                Message::Close(frame) => {
+                    assert_eq!(frame.map(|f| u16::from(f.code)), Some(1000));
+                    break;
+                }
+                _ => {}
+            }
+        }
+        let _ = ws.close(None).await;
+        let stream = |ch: u8| -> Vec<u8> {
+            frames
+                .iter()
+                .filter(|f| f.0 == ch)
+                .flat_map(|f| f.1.clone())
+                .collect()
+        };
+        assert_eq!(stream(1), b"v4\n");
+        assert_eq!(stream(2), b"e\n");
+        let status: Value = serde_json::from_slice(&stream(3)).expect("status JSON");
+        assert_eq!(status, json!({"metadata": {}, "status": "Success"}));
+        assert_eq!(frames.last().map(|f| f.0), Some(3), "the status comes last");
+
+        // Only unknown subprotocols: a 400 Status before any upgrade.
+        let mut req = url.as_str().into_client_request().expect("request");
+        req.headers_mut().insert(
+            "Sec-WebSocket-Protocol",
+            "base64.channel.k8s.io".parse().expect("header"),
+        );
+        match tokio_tungstenite::connect_async(req).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+                assert_eq!(resp.status(), 400);
+                let body = resp.body().clone().unwrap_or_default();
+                let v: Value = serde_json::from_slice(&body).expect("Status");
+                assert_eq!(
+                    (v["kind"].as_str(), v["reason"].as_str()),
+                    (Some("Status"), Some("BadRequest"))
+                );
+            }
+            other => panic!("expected HTTP 400, got {other:?}"),
+        }
+    });
+    // exec of a command the image does not have; attach without Upgrade.
+    let path = "/api/v1/namespaces/ws/pods/box/exec?command=/bin/nope&stdout=true";
+    let headers = [
+        ("Upgrade", "websocket"),
+        ("Connection", "Upgrade"),
+        ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ("Sec-WebSocket-Version", "13"),
+        ("Sec-WebSocket-Protocol", "v5.channel.k8s.io"),
+    ];
+    let (code, _, body) = http(&cluster, "GET", path, &headers, b"");
+    assert_eq!(code, 500, "{body}");
+    assert!(
+        status_of(&body)
+            .1
+            .contains("executable file not found in $PATH"),
+        "{body}"
+    );
+    let (code, _, body) = http(
+        &cluster,
+        "GET",
+        "/api/v1/namespaces/ws/pods/box/attach?stdout=true",
+        &[],
+        b"",
+    );
+    assert_eq!(
+        (code, status_of(&body).1),
+        (400, "Upgrade request required".to_string())
+    );
+}
