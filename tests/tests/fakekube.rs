@@ -1408,7 +1408,7 @@ fn drop_kills_every_process() {
 /// The v4 subprotocol (no close signal) with a bare WebSocket client, and the refusals.
 #[test]
 fn websocket_v4_exec_and_refusals() {
-    use futures_util::{SinkExt, StreamExt};
+    use futures_util::StreamExt;
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     use tokio_tungstenite::tungstenite::Message;
 
