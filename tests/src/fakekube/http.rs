@@ -1045,7 +1045,7 @@ fn create_pod(shared: &Arc<Shared>, r: &Req, ns: &str) -> Result<Resp, ApiError>
             spec[k] = v;
         }
     }
-    pod["status"] = json!({"phase": "Pending", "qosClass": "BestEffort"});
+    pod["status"] = json!({"phase": "Pending", "qosClass": kubelet::qos_class(&pod)});
     if let Some(m) = pod["metadata"].as_object_mut() {
         m.remove("resourceVersion");
         m.remove("uid");

@@ -447,6 +447,37 @@ fn set_container(shared: &Shared, r: &PodRef, container: &str, fields: Value) {
     });
 }
 
+/// The pod's QoS class, as the apiserver computes it from cpu/memory requests and limits.
+pub(crate) fn qos_class(pod: &Value) -> &'static str {
+    let containers = containers_of(pod);
+    let res = |c: &Value, kind: &str, r: &str| {
+        c["resources"][kind][r]
+            .as_str()
+            .map(str::to_string)
+            .or_else(|| c["resources"][kind][r].as_i64().map(|n| n.to_string()))
+    };
+    let any = containers.iter().any(|c| {
+        ["requests", "limits"]
+            .iter()
+            .any(|k| ["cpu", "memory"].iter().any(|r| res(c, k, r).is_some()))
+    });
+    if !any {
+        return "BestEffort";
+    }
+    let guaranteed = containers.iter().all(|c| {
+        ["cpu", "memory"].iter().all(|r| {
+            let limit = res(c, "limits", r);
+            // A missing request defaults to the limit.
+            limit.is_some() && res(c, "requests", r).is_none_or(|q| Some(q) == limit)
+        })
+    });
+    if guaranteed {
+        "Guaranteed"
+    } else {
+        "Burstable"
+    }
+}
+
 /// Starts the lifecycle of a pod just created through the API.
 pub(crate) fn start_pod(shared: &Arc<Shared>, pod: &Value) {
     let r = PodRef::of(pod);
@@ -459,7 +490,7 @@ pub(crate) fn start_pod(shared: &Arc<Shared>, pod: &Value) {
         if let Some(p) = update_pod(shared, &r, |p| {
             p["status"] = json!({
                 "phase": "Pending",
-                "qosClass": "BestEffort",
+                "qosClass": qos_class(pod),
                 "conditions": [condition("PodScheduled", false, Some("Unschedulable"), Some(&msg))],
             });
         }) {
@@ -675,6 +706,7 @@ async fn lifecycle(
     };
     let node = pod["spec"]["nodeName"].as_str().unwrap_or("").to_string();
     let containers = containers_of(&pod);
+    let qos = qos_class(&pod);
     let waiting = |reason: &str| {
         containers
             .iter()
@@ -694,7 +726,7 @@ async fn lifecycle(
                 "hostIP": NODE_IP,
                 "hostIPs": [{"ip": NODE_IP}],
                 "startTime": now_rfc3339(),
-                "qosClass": "BestEffort",
+                "qosClass": qos,
                 "containerStatuses": statuses,
             });
             refresh_phase(p);
@@ -706,7 +738,7 @@ async fn lifecycle(
         update_pod(shared, r, |p| {
             p["status"] = json!({
                 "phase": "Pending",
-                "qosClass": "BestEffort",
+                "qosClass": qos,
                 "conditions": [condition("PodScheduled", true, None, None)],
             });
         });
@@ -951,4 +983,29 @@ async fn lifecycle(
         }
     }
     rts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn qos_classes() {
+        let pod = |res: Value| json!({"spec": {"containers": [{"name": "a", "resources": res}]}});
+        assert_eq!(qos_class(&pod(json!({}))), "BestEffort");
+        assert_eq!(
+            qos_class(&pod(json!({"requests": {"cpu": "50m", "memory": "64Mi"}}))),
+            "Burstable"
+        );
+        let same = json!({"cpu": "1", "memory": "1Gi"});
+        assert_eq!(
+            qos_class(&pod(json!({"requests": same, "limits": same}))),
+            "Guaranteed"
+        );
+        assert_eq!(qos_class(&pod(json!({"limits": same}))), "Guaranteed");
+        assert_eq!(
+            qos_class(&pod(json!({"limits": {"cpu": "1"}}))),
+            "Burstable"
+        );
+    }
 }
