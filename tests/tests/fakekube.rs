@@ -1518,3 +1518,55 @@ fn websocket_v4_exec_and_refusals() {
         (400, "Upgrade request required".to_string())
     );
 }
+
+/// stdinOnce: when the attached client dies (no close signal, the connection just drops),
+/// the kubelet closes the process's stdin; that is how an agent learns its plugin is gone.
+#[test]
+fn killed_attach_client_closes_stdin_once() {
+    use std::io::{BufRead, BufReader};
+
+    let cluster = FakeCluster::start(&["node-a"], images());
+    cluster.create_namespace("kt", &[]);
+    let scratch = Scratch::new("killed");
+    let kc = scratch.path("kubeconfig");
+    cluster.write_kubeconfig(&kc, "fake", "kt");
+    let mut pod = agent_pod("cat", &["/bin/cat"]);
+    pod["metadata"]["namespace"] = json!("kt");
+    let body = serde_json::to_vec(&pod).expect("JSON");
+    let (code, _, out) = http(&cluster, "POST", "/api/v1/namespaces/kt/pods", &[], &body);
+    assert_eq!(code, 201, "{out}");
+    cluster.wait_pod("kt", "cat", Duration::from_secs(5), |p| {
+        phase(p) == "Running"
+    });
+
+    let mut child = Command::new(kubectl("1.33"))
+        .args(["attach", "-i", "cat"])
+        .env("KUBECONFIG", &kc)
+        .env("HOME", &scratch.0)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("kubectl attach");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    stdin.write_all(b"are you there\n").expect("write");
+    let mut line = String::new();
+    stdout.read_line(&mut line).expect("read the echo");
+    assert_eq!(line, "are you there\n");
+    // The session is up; the client dies without closing anything.
+    child.kill().expect("kill kubectl");
+    let _ = child.wait();
+    let p = cluster.wait_pod("kt", "cat", Duration::from_secs(5), |p| {
+        phase(p) == "Succeeded"
+    });
+    assert_eq!(
+        p["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"],
+        0
+    );
+    assert_eq!(
+        cluster.logs("kt", "cat", "agent").as_deref(),
+        Some(&b"are you there\n"[..])
+    );
+    drop(stdin);
+}
