@@ -31,10 +31,10 @@ else
     command -v dpkg-deb >/dev/null 2>&1 || die "dpkg-deb not found"
     say "1.20: apt-get download kubernetes-client"
     rm -rf "$WORK/deb" && mkdir -p "$WORK/deb"
-    if ! (cd "$WORK/deb" && apt-get download kubernetes-client >&2); then
+    if ! (cd "$WORK/deb" && apt-get -o APT::Sandbox::User=root download kubernetes-client >&2); then
         say "1.20: apt-get download failed, running apt-get update once"
         as_root apt-get update >&2 || die "apt-get update failed"
-        (cd "$WORK/deb" && apt-get download kubernetes-client >&2) \
+        (cd "$WORK/deb" && apt-get -o APT::Sandbox::User=root download kubernetes-client >&2) \
             || die "apt-get download kubernetes-client failed"
     fi
     deb="$(ls "$WORK"/deb/kubernetes-client_*.deb 2>/dev/null | head -n1)"
