@@ -29,6 +29,8 @@
 //! - Pod Security Admission: `enforce` labels (baseline, restricted), not `warn`/`audit`.
 //! - Any `Authorization` is accepted; the server speaks plain HTTP/1.1.
 //!
+//! Set `FAKEKUBE_TRACE=1` to log every request (method, URI, Accept) on stderr.
+//!
 //! ```no_run
 //! use std::collections::HashMap;
 //! use std::path::PathBuf;
@@ -347,6 +349,15 @@ impl FakeCluster {
             }
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
+    }
+}
+
+impl std::fmt::Debug for FakeCluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FakeCluster")
+            .field("server", &self.server())
+            .field("nodes", &self.shared.nodes)
+            .finish_non_exhaustive()
     }
 }
 
