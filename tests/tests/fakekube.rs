@@ -296,6 +296,64 @@ fn kubectl_reads_inserted_pods_nodes_and_errors() {
             "Error from server (NotFound): pods \"missing\" not found",
             "{v}"
         );
+        // PATCH (merge and strategic merge): label, annotate, apply twice.
+        let key = format!("checked-{}", v.replace('.', "-"));
+        let out = ok(
+            run(&["label", "pod", "web-1", "-n", "nt", &format!("{key}=yes")]),
+            "label",
+        );
+        assert_eq!(out.trim(), "pod/web-1 labeled", "{v}");
+        let out = ok(
+            run(&[
+                "annotate",
+                "pod",
+                "web-1",
+                "-n",
+                "nt",
+                &format!("{key}=yes"),
+            ]),
+            "annotate",
+        );
+        assert_eq!(out.trim(), "pod/web-1 annotated", "{v}");
+        let web = cluster.pod("nt", "web-1").expect("web-1");
+        assert_eq!(
+            (
+                &web["metadata"]["labels"][&key],
+                &web["metadata"]["annotations"][&key]
+            ),
+            (&json!("yes"), &json!("yes")),
+            "{v}"
+        );
+        assert_eq!(web["status"]["phase"], "Running", "{v}: status untouched");
+        let ns_file = scratch.path("ns.json");
+        let ns_name = format!("applied-{}", v.replace('.', "-"));
+        std::fs::write(
+            &ns_file,
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns_name}})
+                .to_string(),
+        )
+        .expect("ns.json");
+        let out = ok(
+            run(&["apply", "-f", ns_file.to_str().unwrap_or_default()]),
+            "apply (create)",
+        );
+        assert_eq!(out.trim(), format!("namespace/{ns_name} created"), "{v}");
+        std::fs::write(&ns_file, json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns_name, "labels": {"pod-security.kubernetes.io/enforce": "privileged"}}}).to_string()).expect("ns.json");
+        let out = ok(
+            run(&["apply", "-f", ns_file.to_str().unwrap_or_default()]),
+            "apply (patch)",
+        );
+        assert_eq!(out.trim(), format!("namespace/{ns_name} configured"), "{v}");
+        let out = ok(
+            run(&["get", "namespace", &ns_name, "-o", "json"]),
+            "get namespace",
+        );
+        let ns: Value = serde_json::from_str(&out).expect("namespace JSON");
+        assert_eq!(
+            ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"], "privileged",
+            "{v}"
+        );
+
         // --context picks the context's namespace.
         let kc2 = scratch.path("kubeconfig2");
         cluster.write_kubeconfig_contexts(&kc2, &[("first", "other"), ("second", "nt")]);
@@ -941,6 +999,48 @@ fn raw_http_statuses_discovery_and_watch() {
     assert_eq!(
         (code, events["items"].as_array().map(Vec::len)),
         (200, Some(1)),
+        "{body}"
+    );
+
+    // PATCH: a pod's spec is immutable; JSON patch is not served.
+    let merge = [("Content-Type", "application/merge-patch+json")];
+    let (code, _, body) = http(
+        &cluster,
+        "PATCH",
+        "/api/v1/namespaces/raw/pods/dup",
+        &merge,
+        br#"{"spec":{"nodeName":"node-a"}}"#,
+    );
+    assert_eq!(
+        (code, status_of(&body).0),
+        (422, "Invalid".into()),
+        "{body}"
+    );
+    let (code, _, body) = http(
+        &cluster,
+        "PATCH",
+        "/api/v1/namespaces/raw/pods/dup",
+        &merge,
+        br#"{"metadata":{"labels":{"a":"b"},"uid":"forged"}}"#,
+    );
+    let patched: Value = serde_json::from_str(&body).expect("pod");
+    assert_eq!(
+        (code, &patched["metadata"]["labels"]["a"]),
+        (200, &json!("b")),
+        "{body}"
+    );
+    assert_ne!(patched["metadata"]["uid"], "forged");
+    let json_patch = [("Content-Type", "application/json-patch+json")];
+    let (code, _, body) = http(
+        &cluster,
+        "PATCH",
+        "/api/v1/namespaces/raw/pods/dup",
+        &json_patch,
+        b"[]",
+    );
+    assert_eq!(
+        (code, status_of(&body).0),
+        (415, "UnsupportedMediaType".into()),
         "{body}"
     );
 

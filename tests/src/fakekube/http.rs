@@ -121,6 +121,7 @@ struct Req {
     segs: Vec<String>,
     query: Vec<(String, String)>,
     accept: String,
+    content_type: String,
     body: Bytes,
 }
 
@@ -189,6 +190,7 @@ fn parse_head(method: Method, uri: &hyper::Uri, accept: &str) -> Req {
         segs,
         query,
         accept: accept.to_string(),
+        content_type: String::new(),
         body: Bytes::new(),
     }
 }
@@ -202,6 +204,12 @@ async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>) -> Resp {
         .collect::<Vec<_>>()
         .join(",");
     let mut r = parse_head(req.method().clone(), req.uri(), &accept);
+    r.content_type = req
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
     if std::env::var_os("FAKEKUBE_TRACE").is_some() {
         eprintln!("fakekube: {} {} (accept {accept})", req.method(), req.uri());
     }
@@ -254,6 +262,7 @@ async fn route(shared: &Arc<Shared>, r: &Req) -> Result<Resp, ApiError> {
     let get = r.method == Method::GET;
     let post = r.method == Method::POST;
     let del = r.method == Method::DELETE;
+    let patch = r.method == Method::PATCH;
     match segs.as_slice() {
         ["version"] if get => Ok(json_resp(200, &version())),
         ["healthz" | "livez" | "readyz"] if get => Ok(full(200, "text/plain", b"ok".to_vec())),
@@ -279,6 +288,12 @@ async fn route(shared: &Arc<Shared>, r: &Req) -> Result<Resp, ApiError> {
         ["api", "v1", "namespaces"] if get => list(shared, r, Kind::Namespace, None),
         ["api", "v1", "namespaces"] if post => create_namespace(shared, r),
         ["api", "v1", "namespaces", ns] if get => get_one(shared, r, Kind::Namespace, "", ns),
+        ["api", "v1", "namespaces", ns] if patch => {
+            patch_object(shared, r, Kind::Namespace, "", ns)
+        }
+        ["api", "v1", "namespaces", ns, "pods", name] if patch => {
+            patch_object(shared, r, Kind::Pod, ns, name)
+        }
         ["api", "v1", "namespaces", ns, "pods"] if get => list(shared, r, Kind::Pod, Some(ns)),
         ["api", "v1", "namespaces", ns, "pods"] if post => create_pod(shared, r, ns),
         ["api", "v1", "namespaces", ns, "pods", name] if get => {
@@ -1105,6 +1120,103 @@ fn delete_pod(shared: &Arc<Shared>, r: &Req, ns: &str, name: &str) -> Result<Res
         return Ok(json_resp(200, &updated));
     }
     kubelet::finish_delete(shared, &r);
+    Ok(json_resp(200, &updated))
+}
+
+/// RFC 7386 JSON merge patch.
+fn merge_patch(target: &mut Value, patch: &Value) {
+    match (target.as_object_mut(), patch.as_object()) {
+        (Some(t), Some(p)) => {
+            for (k, v) in p {
+                if v.is_null() {
+                    t.remove(k);
+                } else {
+                    merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
+                }
+            }
+        }
+        (_, Some(p)) => {
+            *target = json!({});
+            merge_patch(target, &Value::Object(p.clone()));
+        }
+        _ => *target = patch.clone(),
+    }
+}
+
+/// PATCH with a merge patch (`application/merge-patch+json`) or a strategic merge patch
+/// (`application/strategic-merge-patch+json`, applied as a merge patch: lists are replaced,
+/// not merged by key). Identity fields cannot change; a pod's spec is immutable but for
+/// `activeDeadlineSeconds`, and its status is not changed through the main resource.
+fn patch_object(
+    shared: &Arc<Shared>,
+    r: &Req,
+    kind: Kind,
+    ns: &str,
+    name: &str,
+) -> Result<Resp, ApiError> {
+    let media = r.content_type.split(';').next().unwrap_or("").trim();
+    if media != "application/merge-patch+json" && media != "application/strategic-merge-patch+json"
+    {
+        return Err(ApiError::new(
+            415,
+            "UnsupportedMediaType",
+            format!("the body of the request was in an unknown format - accepted media types include: application/merge-patch+json, application/strategic-merge-patch+json (fakekube); got {media:?}"),
+        ));
+    }
+    let patch = parse_body(r)?;
+    let current = shared
+        .store
+        .get(kind, ns, name)
+        .ok_or_else(|| ApiError::not_found(kind, name))?;
+    let mut next = current.clone();
+    merge_patch(&mut next, &patch);
+    for k in [
+        "name",
+        "namespace",
+        "uid",
+        "creationTimestamp",
+        "resourceVersion",
+        "deletionTimestamp",
+    ] {
+        next["metadata"][k] = current["metadata"][k].clone();
+    }
+    if let Some(m) = next["metadata"].as_object_mut() {
+        m.retain(|_, v| !v.is_null());
+    }
+    next["kind"] = current["kind"].clone();
+    next["apiVersion"] = current["apiVersion"].clone();
+    next["status"] = current["status"].clone();
+    if kind == Kind::Pod {
+        let mut a = current["spec"].clone();
+        let mut b = next["spec"].clone();
+        for s in [&mut a, &mut b] {
+            if let Some(o) = s.as_object_mut() {
+                o.remove("activeDeadlineSeconds");
+            }
+        }
+        if a != b {
+            let mut e = ApiError::new(
+                422,
+                "Invalid",
+                format!("Pod {name:?} is invalid: spec: Forbidden: pod updates may not change fields other than `spec.containers[*].image`,`spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,`spec.tolerations` (only additions to existing tolerations),`spec.terminationGracePeriodSeconds` (allow it to be set to 1 if it was previously negative)"),
+            );
+            e.details = Some(json!({"name": name, "kind": "Pod"}));
+            return Err(e);
+        }
+    }
+    if dry_run(r) {
+        return Ok(json_resp(200, &next));
+    }
+    let updated = shared
+        .store
+        .update_if(
+            kind,
+            ns,
+            name,
+            |o| o["metadata"]["uid"] == current["metadata"]["uid"],
+            |o| *o = next,
+        )
+        .ok_or_else(|| ApiError::not_found(kind, name))?;
     Ok(json_resp(200, &updated))
 }
 

@@ -21,7 +21,9 @@
 //! - No scheduler (pods without `spec.nodeName` stay Pending/Unschedulable), no restarts
 //!   (every pod behaves as `restartPolicy: Never`), one image pull attempt; a container
 //!   whose image is missing keeps the whole pod from starting.
-//! - No PATCH/PUT, no namespace deletion; `limit`/`continue` are ignored (one page).
+//! - PATCH of pods and namespaces with merge patches (a strategic merge patch is applied as
+//!   a merge patch: lists are replaced); no PUT, JSON patch or server-side apply, no
+//!   namespace deletion; `limit`/`continue` are ignored (one page).
 //! - Streaming is WebSocket only (`v5.channel.k8s.io`, `v4.channel.k8s.io`): kubectl before
 //!   1.30 (SPDY) gets a clear 400 for attach/exec.
 //! - OpenAPI: stubs only, enough for kubectl's manifest validation (v3 for 1.27+, v2
