@@ -1548,6 +1548,25 @@ mod tests {
     }
 
     #[test]
+    fn merge_patch_rfc7386() {
+        let mut t = json!({"a": "b", "c": {"d": "e", "f": "g"}, "l": [1, 2]});
+        merge_patch(
+            &mut t,
+            &json!({"a": "z", "c": {"f": null}, "l": [3], "n": {"x": 1}}),
+        );
+        assert_eq!(
+            t,
+            json!({"a": "z", "c": {"d": "e"}, "l": [3], "n": {"x": 1}})
+        );
+        let mut t = json!({"a": "foo"});
+        merge_patch(&mut t, &json!("bar"));
+        assert_eq!(t, json!("bar"));
+        let mut t = json!({"e": null, "a": 1});
+        merge_patch(&mut t, &json!({"a": {"bb": {"ccc": null}}}));
+        assert_eq!(t, json!({"e": null, "a": {"bb": {}}}));
+    }
+
+    #[test]
     fn query_and_selectors() {
         let r = req("/api/v1/pods?labelSelector=app%3Dweb%2Ctier+in+(a%2Cb)&fieldSelector=spec.nodeName%3Dnode-a&x", "");
         assert_eq!(r.q("labelSelector"), Some("app=web,tier in (a,b)"));
