@@ -705,6 +705,24 @@ fn kubelet_failures_image_deadline_admission_scheduling_eviction() {
             && e["type"] == "Warning"
             && e["involvedObject"]["name"] == "deadline"));
 
+    // A deadline set later (PATCH) is honoured too.
+    ok(
+        create("late", &agent_pod("late", &["/bin/sleep", "1000"])),
+        "create late",
+    );
+    cluster.wait_pod("kt", "late", secs, |p| phase(p) == "Running");
+    let out = run(&[
+        "patch",
+        "pod",
+        "late",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"activeDeadlineSeconds":1}}"#,
+    ]);
+    assert_eq!(ok(out, "patch").trim(), "pod/late patched");
+    let p = cluster.wait_pod("kt", "late", secs, |p| phase(p) == "Failed");
+    assert_eq!(p["status"]["reason"], "DeadlineExceeded");
+
     // No nodeName: no scheduler here, the pod stays Pending/Unschedulable.
     let mut unsched = agent_pod("unsched", &["/bin/cat"]);
     unsched["spec"]
@@ -756,7 +774,7 @@ fn kubelet_failures_image_deadline_admission_scheduling_eviction() {
         run(&["delete", "pods", "--all", "--wait=true"]),
         "delete --all",
     );
-    assert_eq!(out.lines().count(), 5, "{out}");
+    assert_eq!(out.lines().count(), 6, "{out}");
     assert!(cluster.pods().is_empty(), "{:#?}", cluster.pods());
 }
 

@@ -959,10 +959,24 @@ async fn lifecycle(
         });
     }
     let all_exited = futures_util::future::join_all(rts.iter().map(|(_, rt)| rt.wait()));
+    // activeDeadlineSeconds counts from the pod's start and may be changed (PATCH) while
+    // the pod runs: re-read it.
+    let started_at = tokio::time::Instant::now();
     let deadline = async {
-        match pod["spec"]["activeDeadlineSeconds"].as_u64() {
-            Some(s) => tokio::time::sleep(Duration::from_secs(s)).await,
-            None => std::future::pending().await,
+        loop {
+            let limit =
+                get_pod(shared, r).and_then(|p| p["spec"]["activeDeadlineSeconds"].as_u64());
+            let wait = match limit {
+                Some(s) => {
+                    let end = started_at + Duration::from_secs(s);
+                    if tokio::time::Instant::now() >= end {
+                        return;
+                    }
+                    (end - tokio::time::Instant::now()).min(Duration::from_millis(250))
+                }
+                None => Duration::from_millis(250),
+            };
+            tokio::time::sleep(wait).await;
         }
     };
     tokio::select! {
