@@ -413,14 +413,21 @@ fn node_object(name: &str, kernel: &str) -> Value {
                 "containerRuntimeVersion": "containerd://1.6.20",
                 "kubeletVersion": "v1.33.0",
                 "kubeProxyVersion": "v1.33.0",
-                "machineID": "",
+                "machineID": read_trimmed("/etc/machine-id"),
                 "systemUUID": "",
-                "bootID": "",
+                "bootID": read_trimmed("/proc/sys/kernel/random/boot_id"),
             },
             "capacity": {"cpu": "2", "memory": "4Gi", "pods": "110"},
             "allocatable": {"cpu": "2", "memory": "4Gi", "pods": "110"},
         },
     })
+}
+
+/// A small file's content without surrounding whitespace ("" when unreadable).
+fn read_trimmed(path: &str) -> String {
+    std::fs::read_to_string(path)
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
 }
 
 /// Seconds since the epoch.
