@@ -84,51 +84,114 @@ fn write_event_inner(
     opts: TextOptions,
 ) -> fmt::Result {
     // The hot path of text output: plain appends rather than `write!`.
-    write_timestamp(out, ev.ts_ns)?;
+    let cols = Columns {
+        skb: Skb::Addr(ev.skb),
+        ifindex: ev.ifindex,
+        ifname: &ev.ifname,
+        pid: ev.pid,
+        comm: &ev.comm,
+        group: ann.group,
+    };
+    write_head(out, ev.ts_ns, opts.then_cols(&cols), ann.tracer)?;
+    write_summary(out, &ev.packet)?;
+    write_drop(out, ann.drop_reason, ann.location);
+    out.push('\n');
+    if let Some(ret) = ev.retval {
+        writeln!(out, "                return value:{ret:x}")?;
+    }
+    write_stack(out, ann.stack)
+}
+
+/// An skb address, as the kernel gave it or as text (16 hex digits).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Skb<'a> {
+    /// The address.
+    Addr(u64),
+    /// Already formatted.
+    Text(&'a str),
+}
+
+/// The columns `--detail` adds.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Columns<'a> {
+    pub(crate) skb: Skb<'a>,
+    pub(crate) ifindex: u32,
+    pub(crate) ifname: &'a str,
+    pub(crate) pid: u32,
+    pub(crate) comm: &'a str,
+    pub(crate) group: &'a str,
+}
+
+impl TextOptions {
+    /// The detail columns to write, with the timeline padding, when `detail` is on.
+    pub(crate) fn then_cols<'c, 'a>(
+        &self,
+        cols: &'c Columns<'a>,
+    ) -> Option<(&'c Columns<'a>, bool)> {
+        self.detail.then_some((cols, self.timeline))
+    }
+}
+
+/// Writes `{ts}: ` then, with `cols`, the detail columns (padded for timelines when the
+/// flag is set), then `[{tracer:<24}]: `.
+pub(crate) fn write_head(
+    out: &mut String,
+    ts_ns: u64,
+    cols: Option<(&Columns<'_>, bool)>,
+    tracer: &str,
+) -> fmt::Result {
+    write_timestamp(out, ts_ns)?;
     out.push_str(": ");
-    if opts.detail {
+    if let Some((c, timeline)) = cols {
         out.push('[');
-        write_hex16(out, ev.skb)?;
+        match c.skb {
+            Skb::Addr(a) => write_hex16(out, a)?,
+            Skb::Text(t) => out.push_str(t),
+        }
         out.push_str("][");
         let start = out.len();
-        if ev.ifindex == 0 {
+        if c.ifindex == 0 {
             out.push_str("    ");
         } else {
-            write_dec(out, u64::from(ev.ifindex))?;
+            write_dec(out, u64::from(c.ifindex))?;
             out.push(':');
-            out.push_str(&ev.ifname);
+            out.push_str(c.ifname);
         }
         out.push_str("][pid:");
-        write_dec(out, u64::from(ev.pid))?;
+        write_dec(out, u64::from(c.pid))?;
         out.push(',');
-        out.push_str(&ev.comm);
-        if opts.timeline {
+        out.push_str(c.comm);
+        if timeline {
             let used = out[start..].chars().count();
             for _ in used..TIMELINE_DEV_TASK_WIDTH {
                 out.push(' ');
             }
         }
         out.push_str("][");
-        write_padded(out, ann.group, 12)?;
+        write_padded(out, c.group, 12)?;
         out.push(']');
     }
     out.push('[');
-    write_padded(out, ann.tracer, 24)?;
+    write_padded(out, tracer, 24)?;
     out.push_str("]: ");
-    write_summary(out, &ev.packet)?;
-    if let Some(reason) = ann.drop_reason {
+    Ok(())
+}
+
+/// Appends `, reason: NAME` and `, location: SYM+0xOFF` when set.
+pub(crate) fn write_drop(out: &mut String, reason: Option<&str>, location: Option<&str>) {
+    if let Some(reason) = reason {
         out.push_str(", reason: ");
         out.push_str(reason);
     }
-    if let Some(loc) = ann.location {
+    if let Some(loc) = location {
         out.push_str(", location: ");
         out.push_str(loc);
     }
-    out.push('\n');
-    if let Some(ret) = ev.retval {
-        writeln!(out, "                return value:{ret:x}")?;
-    }
-    if let Some(stack) = ann.stack {
+}
+
+/// Appends the `Call Stack:` block when there is a stack.
+pub(crate) fn write_stack(out: &mut String, stack: Option<&[String]>) -> fmt::Result {
+    if let Some(stack) = stack {
         out.push_str("Call Stack:\n");
         for frame in stack {
             writeln!(out, "    -> {frame}")?;

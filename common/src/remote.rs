@@ -15,13 +15,8 @@ use std::fmt::{self, Write};
 
 use serde::{Deserialize, Serialize};
 
-use crate::format::{write_timestamp, TextOptions};
+use crate::format::{write_drop, write_head, write_stack, Columns, Skb, TextOptions};
 use crate::protocol::Annotation;
-use crate::summary::{write_dec, write_padded};
-
-/// Width of the `{iface}][{task}` part of a detail line in timeline mode
-/// (as in [`crate::format`]).
-const TIMELINE_DEV_TASK_WIDTH: usize = 30;
 
 /// One event object as `nettrace -o json` prints it (the keys text output
 /// needs; `pkt` and the others are skipped). Missing keys take defaults.
@@ -95,58 +90,23 @@ fn write_inner(
     node: Option<&str>,
     opts: TextOptions,
 ) -> fmt::Result {
-    write_timestamp(out, ev.ts_ns)?;
-    out.push_str(": ");
-    if opts.detail {
-        out.push('[');
-        out.push_str(&ev.skb);
-        out.push_str("][");
-        let start = out.len();
-        if ev.ifindex == 0 {
-            out.push_str("    ");
-        } else {
-            write_dec(out, u64::from(ev.ifindex))?;
-            out.push(':');
-            out.push_str(ev.ifname.as_deref().unwrap_or(""));
-        }
-        out.push_str("][pid:");
-        write_dec(out, u64::from(ev.pid))?;
-        out.push(',');
-        out.push_str(&ev.comm);
-        if opts.timeline {
-            let used = out[start..].chars().count();
-            for _ in used..TIMELINE_DEV_TASK_WIDTH {
-                out.push(' ');
-            }
-        }
-        out.push_str("][");
-        write_padded(out, &ev.group, 12)?;
-        out.push(']');
-    }
-    out.push('[');
-    write_padded(out, &ev.tracer, 24)?;
-    out.push_str("]: ");
+    let cols = Columns {
+        skb: Skb::Text(&ev.skb),
+        ifindex: ev.ifindex,
+        ifname: ev.ifname.as_deref().unwrap_or(""),
+        pid: ev.pid,
+        comm: &ev.comm,
+        group: &ev.group,
+    };
+    write_head(out, ev.ts_ns, opts.then_cols(&cols), &ev.tracer)?;
     out.push_str(&ev.summary);
-    if let Some(reason) = &ev.drop_reason {
-        out.push_str(", reason: ");
-        out.push_str(reason);
-    }
-    if let Some(loc) = &ev.location {
-        out.push_str(", location: ");
-        out.push_str(loc);
-    }
+    write_drop(out, ev.drop_reason.as_deref(), ev.location.as_deref());
     write_suffix(out, ann, node);
     out.push('\n');
     if let Some(ret) = &ev.ret {
         writeln!(out, "                return value:{ret}")?;
     }
-    if let Some(stack) = &ev.stack {
-        out.push_str("Call Stack:\n");
-        for frame in stack {
-            writeln!(out, "    -> {frame}")?;
-        }
-    }
-    Ok(())
+    write_stack(out, ev.stack.as_deref())
 }
 
 /// Appends `, pod: NS/POD/CONTAINER[ via IFNAME]` and `, node: NODE`.

@@ -10,7 +10,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use nettrace_tests::fakekube::FakeCluster;
-use nettrace_tests::workspace_dir;
+use nettrace_tests::{plugin_bin, workspace_dir};
 use serde_json::{json, Value};
 
 const VERSIONS: &[&str] = &["1.20", "1.33"];
@@ -29,23 +29,6 @@ fn kubectl(version: &str) -> PathBuf {
         );
     }
     p
-}
-
-/// The kubectl plugin under test: `$KUBECTL_NETTRACE_BIN`, else
-/// `<workspace>/target/debug/kubectl-nettrace`.
-fn plugin_bin() -> PathBuf {
-    let bin = match std::env::var_os("KUBECTL_NETTRACE_BIN") {
-        Some(p) if !p.is_empty() => PathBuf::from(p),
-        _ => workspace_dir().join("target/debug/kubectl-nettrace"),
-    };
-    if !bin.is_file() {
-        panic!(
-            "kubectl-nettrace not found at {}: build it first: cargo build -p kubectl-nettrace \
-             (or set KUBECTL_NETTRACE_BIN)",
-            bin.display()
-        );
-    }
-    bin
 }
 
 /// A scratch directory removed on drop; also kubectl's `$HOME` (its discovery cache).

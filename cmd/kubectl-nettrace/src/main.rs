@@ -287,39 +287,43 @@ async fn run(cli: &Cli, options: TraceOptions, targets: Vec<TargetArg>) -> Resul
 
     let api: Api<Pod> = Api::namespaced(client.clone(), &cli.agent_namespace);
     let mut created: Vec<String> = Vec::new();
-    let result = trace(
+    let run = Run {
         cli,
-        &client,
-        &api,
-        &options,
-        &plans,
-        &manifests,
-        &mut created,
-        interrupt,
-    )
-    .await;
+        client: &client,
+        api: &api,
+        options: &options,
+        plans: &plans,
+        manifests: &manifests,
+    };
+    let result = trace(&run, &mut created, interrupt).await;
     // Whatever happened above, the agent pods go.
     launch::delete_all(&api, &created).await;
     result
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What a trace run works from, once the targets are resolved.
+struct Run<'a> {
+    cli: &'a Cli,
+    client: &'a Client,
+    /// Pods of the agent namespace.
+    api: &'a Api<Pod>,
+    options: &'a TraceOptions,
+    /// Per node, what to trace there.
+    plans: &'a [(String, NodePlan)],
+    /// The agent pods, in the order of `plans`.
+    manifests: &'a [Pod],
+}
+
 async fn trace(
-    cli: &Cli,
-    client: &Client,
-    api: &Api<Pod>,
-    options: &TraceOptions,
-    plans: &[(String, NodePlan)],
-    manifests: &[Pod],
+    run: &Run<'_>,
     created: &mut Vec<String>,
     interrupt: watch::Receiver<bool>,
 ) -> Result<End> {
+    let (cli, plans) = (run.cli, run.plans);
     let (tx, rx) = mpsc::channel(4096);
     let (stop_tx, stop_rx) = watch::channel(false);
     // Until the agents are attached, a signal just ends it (the pods are deleted).
-    let setup = start_agents(
-        cli, client, api, options, plans, manifests, created, stop_rx, tx,
-    );
+    let setup = start_agents(run, created, stop_rx, tx);
     let tasks = tokio::select! {
         r = setup => r?,
         _ = interrupted(interrupt.clone()) => {
@@ -356,18 +360,14 @@ async fn trace(
 
 /// Creates the agent pods (recording their names in `created` for the
 /// caller to delete), waits until they run, and attaches to each.
-#[allow(clippy::too_many_arguments)]
 async fn start_agents(
-    cli: &Cli,
-    client: &Client,
-    api: &Api<Pod>,
-    options: &TraceOptions,
-    plans: &[(String, NodePlan)],
-    manifests: &[Pod],
+    run: &Run<'_>,
     created: &mut Vec<String>,
     stop_rx: watch::Receiver<bool>,
     tx: mpsc::Sender<stream::NodeMsg>,
 ) -> Result<Vec<tokio::task::JoinHandle<()>>> {
+    let (cli, client, api, plans) = (run.cli, run.client, run.api, run.plans);
+    let (options, manifests) = (run.options, run.manifests);
     let events: Api<Event> = Api::namespaced(client.clone(), &cli.agent_namespace);
     let mut specs = Vec::new();
     for (node, plan) in plans {
