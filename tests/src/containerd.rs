@@ -1036,6 +1036,16 @@ impl ContainerBench {
     /// 64-hex id like the ones Kubernetes shows, and measures its pid, address, netns and
     /// host veth. `name` is stored and put in a label.
     pub fn run_pod(&self, name: &str) -> Container {
+        self.run(name, false)
+    }
+
+    /// Starts a container in the host's network namespace (a hostNetwork pod's), running
+    /// `/bin/sleep 3600`: no veth, its address is the node's ([`GATEWAY`] stands for it).
+    pub fn run_host_pod(&self, name: &str) -> Container {
+        self.run(name, true)
+    }
+
+    fn run(&self, name: &str, host_network: bool) -> Container {
         let id = random_hex(32);
         let mut c = Container {
             name: name.to_string(),
@@ -1046,6 +1056,7 @@ impl ContainerBench {
             host_veth: String::new(),
             host_ifindex: 0,
             started_at: SystemTime::now(),
+            host_network: false,
             bench: self.inner.clone(),
         };
         let pid_file = self.inner.run_dir.join(format!("{id}.pid"));
@@ -1070,7 +1081,8 @@ impl ContainerBench {
         .arg("ctr")
         .arg("--address")
         .arg(&self.inner.socket)
-        .args(["--namespace", NAMESPACE, "run", "-d", "--rootfs", "--cni"])
+        .args(["--namespace", NAMESPACE, "run", "-d", "--rootfs"])
+        .arg(if host_network { "--net-host" } else { "--cni" })
         .arg("--fifo-dir")
         .arg(self.inner.fifo_dir())
         .arg("--runc-root")
@@ -1102,6 +1114,11 @@ impl ContainerBench {
         c.netns_inode = fs::metadata(format!("/proc/{}/ns/net", c.pid))
             .unwrap_or_else(|e| panic!("stat /proc/{}/ns/net: {e}", c.pid))
             .ino();
+        if host_network {
+            c.host_network = true;
+            c.ip = GATEWAY;
+            return c;
+        }
 
         let addrs = c.ip_json(&["-4", "addr", "show", "dev", POD_IFNAME]);
         let local = addrs[0]["addr_info"]
@@ -1160,6 +1177,8 @@ pub struct Container {
     pub host_ifindex: u32,
     /// When it was started.
     pub started_at: SystemTime,
+    /// Started by [`ContainerBench::run_host_pod`]: in the host's network namespace.
+    pub host_network: bool,
     bench: Arc<Inner>,
 }
 
@@ -1295,7 +1314,9 @@ impl Container {
 
 impl Drop for Container {
     fn drop(&mut self) {
-        self.cni_del();
+        if !self.host_network {
+            self.cni_del();
+        }
         let _ = self
             .bench
             .ctr_out(&["task", "kill", "-s", "SIGKILL", &self.id]);

@@ -550,3 +550,107 @@ fn an_agent_that_cannot_start_fails_fast_with_its_events() {
     );
     kube.assert_no_agents(Duration::from_secs(1), "after a failed start");
 }
+
+#[test]
+fn a_whole_node_is_traced_without_pod_scoping() {
+    let kube = Kube::start(&["node-1"]);
+    let bench = ContainerBench::start();
+    let (a, b) = (bench.run_pod("a"), bench.run_pod("b"));
+    kube.pod("a", "node-1", &a);
+    kube.pod("b", "node-1", &b);
+    let nt = kube.trace(&[
+        "node/node-1",
+        "-p",
+        "icmp",
+        "--addr",
+        &b.ip.to_string(),
+        "--count",
+        "4",
+    ]);
+    a.exec_ok(&["ping", "-c", "1", "-W", "2", &b.ip.to_string()]);
+    let fin = nt.wait_exit(Duration::from_secs(30));
+    assert_exit_ok(&fin);
+    assert_eq!(fin.stdout_lines.len(), 4, "--count 4\n{}", fin.describe());
+    // Not scoped to a pod, yet the pods of the node are still named.
+    assert!(
+        fin.stdout_lines
+            .iter()
+            .all(|l| l.contains(&format!("ICMP: {} -> {}", a.ip, b.ip))
+                && l.contains(", pod: default/")),
+        "{}",
+        fin.describe()
+    );
+    kube.assert_no_agents(Duration::from_secs(10), "after --count");
+}
+
+#[test]
+fn an_agent_pod_evicted_mid_trace_ends_the_trace_with_an_error() {
+    let kube = Kube::start(&["node-1"]);
+    let bench = ContainerBench::start();
+    let a = bench.run_pod("a");
+    kube.pod("a", "node-1", &a);
+    let nt = kube.trace(&["pod/a", "-p", "icmp"]);
+    let pods = kube.agent_pods();
+    let name = pods[0]["metadata"]["name"]
+        .as_str()
+        .expect("a name")
+        .to_string();
+    assert!(kube
+        .cluster
+        .evict_pod(AGENT_NS, &name, "The node was low on resource: memory."));
+    let fin = nt.wait_exit(Duration::from_secs(30));
+    assert_eq!(fin.status.code(), Some(1), "{}", fin.describe());
+    let errs = fin.nonempty_stderr();
+    assert!(
+        errs.iter()
+            .any(|l| l.starts_with("error: ") && l.contains("node-1")),
+        "an error line names the node\n{}",
+        fin.describe()
+    );
+    kube.assert_no_agents(Duration::from_secs(10), "after the eviction");
+}
+
+#[test]
+fn a_host_network_pod_is_resolved_but_cannot_be_scoped() {
+    let kube = Kube::start(&["node-1"]);
+    let bench = ContainerBench::start();
+    let (h, b) = (bench.run_host_pod("h"), bench.run_pod("b"));
+    assert!(h.host_network);
+    kube.cluster
+        .insert_pod(pod_json("default", "h", "node-1", &[("app", &h)], true));
+    kube.pod("b", "node-1", &b);
+    let nt = kube.trace(&["pod/h", "-p", "icmp", "--addr", &b.ip.to_string(), "-v"]);
+    let stderr = nt.stderr_lines();
+    assert!(
+        stderr
+            .iter()
+            .any(|l| l.starts_with("warning: pod default/h uses the host network")),
+        "{stderr:?}"
+    );
+    // The host pings b: only the address filter narrows the trace.
+    let out = std::process::Command::new("ping")
+        .args(["-c", "1", "-W", "2", &b.ip.to_string()])
+        .output()
+        .expect("ping");
+    assert!(out.status.success());
+    let fin = nt.stop_when(Duration::from_secs(20), |lines| {
+        lines
+            .iter()
+            .any(|l| l.contains("ping reply") && l.ends_with(", pod: default/b/app"))
+    });
+    assert_exit_ok(&fin);
+    let stderr = fin.stderr_lines.join("\n");
+    assert!(
+        stderr.contains("hostNetwork"),
+        "the resolution says so:\n{stderr}"
+    );
+    assert!(
+        fin.stdout_lines.iter().any(|l| l.contains(&format!(
+            "ICMP: {} -> {}, ping request",
+            containerd::GATEWAY,
+            b.ip
+        ))),
+        "{}",
+        fin.describe()
+    );
+}

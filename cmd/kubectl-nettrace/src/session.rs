@@ -180,6 +180,9 @@ impl Session {
                             st.bye = Some(reason);
                             if reason == ByeReason::Error {
                                 failed = true;
+                            } else if let (None, Some(why)) = (stopping, unasked_stop(reason)) {
+                                eprintln!("error: the agent on node {name} stopped: {why}");
+                                failed = true;
                             } else if self.verbose {
                                 eprintln!("node {name}: agent stopped ({})", bye_name(reason));
                             }
@@ -252,6 +255,19 @@ impl Session {
         } else {
             End::Ok
         }
+    }
+}
+
+/// Why an agent stopped when the plugin did not ask it to, for the reasons
+/// that mean something went wrong.
+fn unasked_stop(r: ByeReason) -> Option<&'static str> {
+    match r {
+        ByeReason::Signal => {
+            Some("it was terminated (its pod was deleted or evicted, or the node is shutting down)")
+        }
+        ByeReason::InputClosed => Some("its input closed (the attach connection broke)"),
+        ByeReason::Idle => Some("no keep-alive reached it within its idle timeout"),
+        ByeReason::Deadline | ByeReason::Count | ByeReason::Error => None,
     }
 }
 
@@ -357,6 +373,20 @@ mod tests {
             h.send(node, Incoming::Closed(None)).await;
         }
         assert_eq!(h.end().await, End::Ok);
+    }
+
+    #[tokio::test]
+    async fn an_agent_stopping_unasked_fails_the_session() {
+        let mut h = start(&["w1", "w2"], None);
+        h.start_node(0).await;
+        h.start_node(1).await;
+        // evicted: SIGTERM, the agent says goodbye by itself
+        h.send(1, Incoming::Bye(ByeReason::Signal)).await;
+        assert!(h.stop_requested().await);
+        h.send(1, Incoming::Closed(None)).await;
+        h.send(0, Incoming::Bye(ByeReason::InputClosed)).await;
+        h.send(0, Incoming::Closed(None)).await;
+        assert_eq!(h.end().await, End::Failed);
     }
 
     #[tokio::test]
