@@ -13,8 +13,12 @@ use crate::merge::{unix_ns, Reorder, HOLD};
 use crate::output::{loss_grew, loss_stats, Output, Printable};
 use crate::stream::{Incoming, NodeMsg};
 
-/// How long agents get to say `bye` once asked to stop.
+/// Once asked to stop, how long the agents may stay silent before the plugin
+/// gives up on their `bye` (while they still send, what is in flight is
+/// drained).
 pub const BYE_WAIT: Duration = Duration::from_secs(5);
+/// The longest drain after a stop, however busy the agents still are.
+pub const DRAIN_CAP: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Default)]
 struct NodeState {
@@ -88,17 +92,21 @@ impl Session {
         let far = Instant::now() + Duration::from_secs(365 * 86400);
         let mut interrupted = self.interrupted.clone();
         let mut stdout_ok = true;
+        let mut last_heard = Instant::now();
 
         loop {
             if nodes.iter().all(|n| n.done) {
                 break;
             }
             let due = reorder.next_due().map(Instant::from_std).unwrap_or(far);
-            let stop_wait = stopping.map(|t| t + BYE_WAIT).unwrap_or(far);
+            let stop_wait = stopping
+                .map(|t| (last_heard.max(t) + BYE_WAIT).min(t + DRAIN_CAP))
+                .unwrap_or(far);
             let mut stop_now = false;
             tokio::select! {
                 m = self.rx.recv() => {
                     let Some(NodeMsg { node, msg }) = m else { break };
+                    last_heard = Instant::now();
                     let Some(st) = nodes.get_mut(node) else { continue };
                     let name = st.name.clone();
                     let tag = |s: &str| if multi { format!("{s} (node {name})") } else { s.to_string() };
@@ -224,7 +232,8 @@ impl Session {
                 }
                 _ = tokio::time::sleep_until(stop_wait), if stopping.is_some() => {
                     let quiet: Vec<&str> = nodes.iter().filter(|n| !n.done).map(|n| n.name.as_str()).collect();
-                    eprintln!("warning: no goodbye from the agent on node(s) {} within {}s", quiet.join(", "), BYE_WAIT.as_secs());
+                    let waited = stopping.map(|t| t.elapsed().as_secs()).unwrap_or(0);
+                    eprintln!("warning: no goodbye from the agent on node(s) {} after {waited}s: events still in flight are not shown", quiet.join(", "));
                     break;
                 }
             }
@@ -425,6 +434,34 @@ mod tests {
         assert!(h.stop_requested().await);
         h.send(0, Incoming::Closed(None)).await;
         assert_eq!(h.end().await, End::Failed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_busy_agent_is_drained_past_the_quiet_time() {
+        let mut h = start(&["w1"], None);
+        h.start_node(0).await;
+        h.interrupt.send(true).unwrap_or_else(|e| panic!("{e}"));
+        assert!(h.stop_requested().await);
+        // Still sending what was in flight, longer than BYE_WAIT in all.
+        for _ in 0..(2 * BYE_WAIT.as_secs()) {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            h.send(0, parse_line(EVENT)).await;
+        }
+        assert!(!h.run.is_finished(), "gave up on an agent still sending");
+        h.send(0, Incoming::Bye(ByeReason::InputClosed)).await;
+        h.send(0, Incoming::Closed(None)).await;
+        assert_eq!(h.end().await, End::Ok);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_agent_is_given_up_after_the_quiet_time() {
+        let mut h = start(&["w1"], None);
+        h.start_node(0).await;
+        h.interrupt.send(true).unwrap_or_else(|e| panic!("{e}"));
+        assert!(h.stop_requested().await);
+        tokio::time::sleep(BYE_WAIT + Duration::from_secs(1)).await;
+        assert!(h.run.is_finished(), "still waiting for a silent agent");
+        assert_eq!(h.end().await, End::Ok);
     }
 
     #[tokio::test]
