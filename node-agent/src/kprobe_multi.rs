@@ -105,6 +105,9 @@ fn map_fd(map: &Map) -> Option<RawFd> {
     Some(data.fd().as_fd().as_raw_fd())
 }
 
+/// The names of the kprobe-multi programs start with this.
+const PROGRAM_PREFIX: &str = "nt_kpm_";
+
 impl MultiLoader {
     /// Relocates a copy of the object against `ebpf`'s maps and `btf`;
     /// `globals` must be the values the loader gave aya.
@@ -113,6 +116,17 @@ impl MultiLoader {
         obj.patch_map_data(globals.iter().map(|(k, v)| (*k, (*v, true))).collect())
             .context("setting the object's globals")?;
         obj.relocate_btf(btf).context("CO-RE relocation")?;
+        // Only the kprobe-multi programs are loaded from this copy. Drop the
+        // hundreds of others before linking, which copies the shared
+        // subprograms into every program (CO-RE relocation above needs them
+        // all: its records point into every function).
+        let programs: HashSet<(usize, u64)> =
+            obj.programs.values().map(|p| p.function_key()).collect();
+        obj.programs
+            .retain(|name, _| name.starts_with(PROGRAM_PREFIX));
+        let kept: HashSet<(usize, u64)> = obj.programs.values().map(|p| p.function_key()).collect();
+        obj.functions
+            .retain(|key, _| kept.contains(key) || !programs.contains(key));
         let fds: HashMap<String, RawFd> = ebpf
             .maps()
             .filter_map(|(name, map)| map_fd(map).map(|fd| (name.to_string(), fd)))
@@ -260,6 +274,7 @@ mod tests {
             "nt_kpm_ret",
         ] {
             assert!(obj.programs.contains_key(name), "{name}");
+            assert!(name.starts_with(PROGRAM_PREFIX), "{name}");
         }
     }
 }
