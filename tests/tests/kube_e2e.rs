@@ -654,3 +654,108 @@ fn a_host_network_pod_is_resolved_but_cannot_be_scoped() {
         fin.describe()
     );
 }
+
+/// Runs `cmd` with a deadline; kills it and fails past the deadline.
+fn output_within(mut cmd: std::process::Command, within: Duration) -> std::process::Output {
+    let child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(within) {
+        Ok(out) => out.expect("wait"),
+        Err(_) => {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGKILL);
+            panic!("{cmd:?} did not finish within {within:?}");
+        }
+    }
+}
+
+#[test]
+fn kubectl_runs_the_plugin_with_kubeconfig_and_context_conventions() {
+    let kube = Kube::start(&["node-1"]);
+    let kubectl = nettrace_tests::workspace_dir().join("target/kubectl/1.33/kubectl");
+    assert!(
+        kubectl.is_file(),
+        "{} is missing: run scripts/fetch-kubectl.sh (./dev test does)",
+        kubectl.display()
+    );
+    let bench = ContainerBench::start();
+    let (a, b) = (bench.run_pod("a"), bench.run_pod("b"));
+    kube.pod("a", "node-1", &a);
+    kube.pod("b", "node-1", &b);
+    // Two contexts: the current one defaults to kube-system, "e2e" to default.
+    let kubeconfig = kube.dir.join("two-contexts");
+    kube.cluster
+        .write_kubeconfig_contexts(&kubeconfig, &[("ops", "kube-system"), ("e2e", "default")]);
+    let plugin_dir = plugin_bin().parent().expect("a directory").to_path_buf();
+    let path = format!(
+        "{}:{}",
+        plugin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let run = |args: &[&str]| {
+        let mut cmd = std::process::Command::new(&kubectl);
+        cmd.arg("nettrace")
+            .args(["--image", AGENT_IMAGE])
+            .args(args)
+            .env("KUBECONFIG", &kubeconfig)
+            .env("PATH", &path);
+        cmd
+    };
+
+    // The current context's namespace is kube-system: no pod "a" there.
+    let out = output_within(run(&["pod/a", "-p", "icmp"]), Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim(),
+        "error: pod \"a\" not found in namespace \"kube-system\""
+    );
+
+    // --context picks the other context and its namespace; -n overrides it.
+    for args in [
+        vec!["--context", "e2e", "pod/a"],
+        vec!["-n", "default", "pod/a"],
+    ] {
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let pinger = {
+            let (pid, ip, done) = (a.pid, b.ip, done.clone());
+            std::thread::spawn(move || {
+                // Ping until the plugin, which stops at --count, has seen it.
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _ = std::process::Command::new("nsenter")
+                        .args(["-t", &pid.to_string(), "-n", "ping", "-c", "1", "-W", "1"])
+                        .arg(ip.to_string())
+                        .output();
+                    std::thread::sleep(Duration::from_millis(250));
+                }
+            })
+        };
+        let mut all = args.clone();
+        all.extend(["-p", "icmp", "--count", "2"]);
+        let out = output_within(run(&all), Duration::from_secs(60));
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}\n{stdout}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let lines: Vec<&str> = stdout.lines().collect();
+        assert_eq!(lines.len(), 2, "--count 2: {stdout}");
+        assert!(
+            lines
+                .iter()
+                .all(|l| l.contains(&format!("ICMP: {} -> {}", a.ip, b.ip))
+                    || l.contains(&format!("ICMP: {} -> {}", b.ip, a.ip))),
+            "{stdout}"
+        );
+        let _ = pinger.join();
+    }
+    kube.assert_no_agents(Duration::from_secs(10), "after kubectl nettrace");
+}
