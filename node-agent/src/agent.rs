@@ -23,7 +23,7 @@ use tokio::sync::oneshot;
 
 use crate::cli::Cli;
 use crate::containers;
-use crate::system::Kernel;
+use crate::system::Backends;
 
 /// Where the agent finds processes.
 const PROC: &str = "/proc";
@@ -83,10 +83,13 @@ fn run() -> Result<Stop> {
     // Every stdin line goes through one reader thread: the spec first, then
     // the plugin's pings, which keep the agent alive.
     let lines = spawn_stdin_reader();
-    let first = match lines.recv_timeout(Duration::from_secs(protocol::DEFAULT_IDLE_TIMEOUT_SECS)) {
+    let first = lines.recv_timeout(Duration::from_secs(protocol::DEFAULT_IDLE_TIMEOUT_SECS));
+    // Hello comes once the plugin is surely listening (it wrote the spec),
+    // or is surely gone.
+    emit(&Message::Hello(hello()))?;
+    let first = match first {
         Ok(line) => line,
         Err(mpsc::RecvTimeoutError::Timeout) => {
-            emit(&Message::Hello(hello()))?;
             emit(&Message::Error(ErrorMsg {
                 message: format!(
                     "no spec arrived on stdin within {} s",
@@ -95,13 +98,8 @@ fn run() -> Result<Stop> {
             }))?;
             return Ok(Stop::Idle);
         }
-        Err(mpsc::RecvTimeoutError::Disconnected) => {
-            emit(&Message::Hello(hello()))?;
-            return Ok(Stop::InputClosed);
-        }
+        Err(mpsc::RecvTimeoutError::Disconnected) => return Ok(Stop::InputClosed),
     };
-    // Hello comes once the plugin is surely listening (it wrote the spec).
-    emit(&Message::Hello(hello()))?;
     let spec = match Message::parse(&first).context("reading the spec")? {
         Message::Spec(spec) => spec,
         other => bail!(
@@ -203,7 +201,9 @@ fn hello() -> Hello {
     let kernel = nix::sys::utsname::uname()
         .map(|u| u.release().to_string_lossy().into_owned())
         .unwrap_or_default();
-    let k = Kernel::probe(&[]);
+    // Only what is cheap to learn: the BTF is parsed once, when tracing is
+    // prepared.
+    let k = Backends::probe();
     let mut backends = vec!["tracepoint".to_string()];
     if k.fentry {
         backends.push("fentry".into());

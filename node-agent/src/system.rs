@@ -81,6 +81,29 @@ pub struct Kernel {
     kallsyms: Option<Kallsyms>,
 }
 
+/// Which kernel-function attach types this kernel offers (cheap: no BTF
+/// parsing, no kallsyms).
+#[derive(Debug, Clone, Copy)]
+pub struct Backends {
+    /// kprobes and kretprobes.
+    pub kprobes: bool,
+    /// fentry and fexit.
+    pub fentry: bool,
+}
+
+impl Backends {
+    /// Asks the kernel.
+    pub fn probe() -> Backends {
+        let root = nix::unistd::geteuid().is_root();
+        Backends {
+            // The kprobe PMU exists exactly when the kernel can create kprobes.
+            kprobes: Path::new("/sys/bus/event_source/devices/kprobe/type").exists(),
+            // An error (EPERM on a kernel that refuses them) means no fentry.
+            fentry: root && aya::sys::is_program_supported(ProgramType::Tracing).unwrap_or(false),
+        }
+    }
+}
+
 impl Kernel {
     /// Probes the running kernel; `functions` are the kernel functions the
     /// caller may trace (their symbols are looked up once, in kallsyms).
@@ -95,10 +118,7 @@ impl Kernel {
                 .map(PathBuf::from)
                 .find(|d| d.join("events").is_dir())
         };
-        // The kprobe PMU exists exactly when the kernel can create kprobes.
-        let kprobes = Path::new("/sys/bus/event_source/devices/kprobe/type").exists();
-        // An error (EPERM on a kernel that refuses them) means no fentry.
-        let fentry = root && aya::sys::is_program_supported(ProgramType::Tracing).unwrap_or(false);
+        let Backends { kprobes, fentry } = Backends::probe();
         // Parsing the BTF and reading kallsyms are the slow parts (seconds
         // under emulation): do them side by side.
         let read_symbols = || -> (Option<Kallsyms>, HashMap<String, FunctionSymbol>) {
