@@ -9,7 +9,7 @@ use anyhow::{anyhow, Context, Result};
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf, StackTraceMap};
 use aya::programs::{FEntry, FExit, KProbe, ProgramError, RawTracePoint};
 use aya::{Btf, Ebpf, EbpfLoader, Pod};
-use nettrace_common::{filter, Role};
+use nettrace_common::{Filter, Role};
 
 use crate::kprobe_multi::{self, MultiLoader};
 use crate::plan::{Backend, FunctionTarget, Plan, PlannedTracer};
@@ -117,12 +117,12 @@ pub struct Limits {
 pub fn load_and_attach(
     plan: &mut Plan,
     btf: &Btf,
-    filter: [u8; 80],
+    filter: &Filter,
     limits: Limits,
     scope: &[u64],
 ) -> Result<Loaded> {
     let started = Instant::now();
-    let raw = RawFilter(filter);
+    let raw = RawFilter(filter.encode());
     let ringbuf_bytes = limits.ringbuf_bytes;
     let mut ebpf = EbpfLoader::new()
         .btf(Some(btf))
@@ -176,14 +176,13 @@ pub fn load_and_attach(
         }
     }
     let globals: [(&str, &[u8]); 2] = [
-        ("nt_cfg", &filter),
+        ("nt_cfg", &raw.0),
         ("nt_rate", &limits.rate_per_cpu.to_ne_bytes()),
     ];
     phases.push(("tracepoints and fentry", started.elapsed()));
     let links = functions.attach_kprobes(&mut ebpf, btf, &globals, plan, &mut attached);
     phases.push(("kprobes", started.elapsed()));
-    let flags = u32::from_le_bytes([filter[60], filter[61], filter[62], filter[63]]);
-    if flags & (filter::FL_SKB_MODE | filter::FL_FOLLOW) != 0 {
+    if filter.skb_mode || filter.follow {
         attach_forget(&mut ebpf)?;
     }
     Ok(Loaded {

@@ -161,7 +161,7 @@ pub fn prepare_scoped(cli: &Cli, tree: &TracerTree, scope: &[u64]) -> Result<Pre
 
     let want_stack = |leaf: &Leaf| cli.stack || stack_only.contains(&leaf.name);
     let mut plan = Plan::build(&kernel, &leaves, cli.backend, cli.ret, want_stack);
-    let loaded = loader::load_and_attach(&mut plan, btf, filter.encode(), limits, scope)?;
+    let loaded = loader::load_and_attach(&mut plan, btf, &filter, limits, scope)?;
     report_plan(cli, &plan, &loaded);
     if cli.verbose {
         let phases: Vec<String> = std::iter::once(("kernel probe", probe_time))
