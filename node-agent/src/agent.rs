@@ -139,7 +139,7 @@ fn run() -> Result<Stop> {
     let ctl = Control {
         sink,
         deadline,
-        input_closed: watch_input(lines, idle),
+        input_ended: watch_input(lines, idle),
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -194,7 +194,7 @@ pub struct Control {
     /// When to stop.
     pub deadline: Option<tokio::time::Instant>,
     /// Fires when stdin is closed or the plugin has gone quiet.
-    pub input_closed: oneshot::Receiver<Stop>,
+    pub input_ended: oneshot::Receiver<Stop>,
 }
 
 fn hello() -> Hello {

@@ -67,8 +67,8 @@ pub async fn run(
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let (sink, deadline, input_closed) = match control {
-        Some(c) => (Some(c.sink), c.deadline, Some(c.input_closed)),
+    let (sink, deadline, input_ended) = match control {
+        Some(c) => (Some(c.sink), c.deadline, Some(c.input_ended)),
         None => (None, None, None),
     };
     let deadline = async move {
@@ -77,14 +77,14 @@ pub async fn run(
             None => std::future::pending().await,
         }
     };
-    let input_closed = async move {
-        match input_closed {
+    let input_ended = async move {
+        match input_ended {
             // A dropped sender means the watcher is gone too.
             Some(rx) => rx.await.unwrap_or(Stop::InputClosed),
             None => std::future::pending().await,
         }
     };
-    tokio::pin!(deadline, input_closed);
+    tokio::pin!(deadline, input_ended);
 
     let mut printer = Printer {
         plan: &plan,
@@ -113,7 +113,7 @@ pub async fn run(
             _ = sigint.recv() => { stop = Stop::Signal; break }
             _ = sigterm.recv() => { stop = Stop::Signal; break }
             _ = &mut deadline => { stop = Stop::Deadline; break }
-            why = &mut input_closed => { stop = why; break }
+            why = &mut input_ended => { stop = why; break }
             _ = tick.tick() => {
                 done = printer.release_parked(RETURN_WAIT);
                 printer.write_out()?;
