@@ -35,7 +35,7 @@
 //! drop is bypassed.
 
 use std::fs::{self, File};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
@@ -49,6 +49,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde_json::{json, Value};
 
 use crate::env::find_tool;
+use crate::fakekube::{format_rfc3339, random_hex};
 
 /// CNI network name (also the prefix of the IPAM directory and of the result cache files).
 pub const NETWORK: &str = "nettrace-test";
@@ -143,15 +144,6 @@ fn iptables_quiet(args: &[&str]) -> bool {
     run("iptables", &full).status.success()
 }
 
-/// `n` random bytes as lowercase hex.
-fn random_hex(n: usize) -> String {
-    let mut buf = vec![0u8; n];
-    File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut buf))
-        .expect("reading /dev/urandom");
-    buf.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// A random RFC 4122 version-4 UUID (pod uids look like this).
 pub fn random_uuid() -> String {
     let h = random_hex(16);
@@ -170,23 +162,7 @@ pub fn random_uuid() -> String {
 /// `t` as RFC 3339 UTC with second precision (`2026-11-25T16:11:11Z`), as the apiserver writes.
 pub fn rfc3339(t: SystemTime) -> String {
     let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // days since 1970-01-01 to a civil date (proleptic Gregorian)
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3_600,
-        rem % 3_600 / 60,
-        rem % 60
-    )
+    format_rfc3339(i64::try_from(secs).unwrap_or(i64::MAX))
 }
 
 /// Whether an ELF file is statically linked (has no `PT_INTERP` program header).

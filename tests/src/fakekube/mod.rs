@@ -487,9 +487,9 @@ pub(crate) fn parse_rfc3339(s: &str) -> Option<i64> {
 /// `n` random bytes from the kernel.
 pub(crate) fn random_bytes(n: usize) -> Vec<u8> {
     let mut buf = vec![0u8; n];
-    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-        let _ = f.read_exact(&mut buf);
-    }
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut buf))
+        .expect("reading /dev/urandom");
     buf
 }
 
