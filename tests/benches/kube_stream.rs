@@ -7,7 +7,6 @@
 //! KUBECTL_NETTRACE_BIN=target/release/kubectl-nettrace cargo bench -p nettrace-tests --bench
 //! kube_stream`. Prints one row per rate.
 
-use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -15,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use nettrace_tests::containerd::{pod_json, ContainerBench};
 use nettrace_tests::fakekube::FakeCluster;
-use nettrace_tests::{nettrace_bin, plugin_bin, preflight, workspace_dir};
+use nettrace_tests::{plugin_bin, preflight, workspace_dir};
 use serde_json::Value;
 
 const SECONDS: u64 = 3;
@@ -43,15 +42,7 @@ fn main() {
         .expect("run cc");
     assert!(cc.success(), "cc scripts/bench-load.c failed");
 
-    let bin_dir = nettrace_bin().parent().expect("a directory").to_path_buf();
-    let cluster = FakeCluster::start(
-        &["node-1"],
-        HashMap::from([("nettrace-agent:bench".to_string(), bin_dir)]),
-    );
-    cluster.create_namespace(
-        "nettrace",
-        &[("pod-security.kubernetes.io/enforce", "privileged")],
-    );
+    let cluster = FakeCluster::with_agent(&["node-1"], "nettrace-agent:bench");
     let kubeconfig = std::env::temp_dir().join(format!("nettrace-bench-kc-{}", std::process::id()));
     cluster.write_kubeconfig(&kubeconfig, "bench", "default");
     let bench = ContainerBench::start();

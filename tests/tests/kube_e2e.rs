@@ -5,20 +5,19 @@
 //! Needs root, containerd, runc, the CNI plugins and the built binaries (`./dev test` has
 //! them all); a missing piece fails the test.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use nettrace_tests::containerd::{self, pod_json, Container, ContainerBench};
-use nettrace_tests::fakekube::FakeCluster;
-use nettrace_tests::{nettrace_bin, plugin_bin, preflight, Finished, Nettrace};
+use nettrace_tests::fakekube::{self, FakeCluster};
+use nettrace_tests::{plugin_bin, preflight, Finished, Nettrace};
 use nix::sys::signal::Signal;
 use serde_json::{json, Value};
 
 /// The agent image the plugin is told to use; the fake kubelet maps it to `target/debug`.
 const AGENT_IMAGE: &str = "nettrace-agent:e2e";
 /// Where the plugin creates its agent pods.
-const AGENT_NS: &str = "nettrace";
+const AGENT_NS: &str = fakekube::AGENT_NAMESPACE;
 
 /// A fake cluster with a privileged agent namespace and a kubeconfig for it.
 struct Kube {
@@ -32,16 +31,7 @@ impl Kube {
         preflight();
         containerd::require_container_tools();
         plugin_bin();
-        let bin_dir = nettrace_bin()
-            .parent()
-            .expect("the nettrace binary has a directory")
-            .to_path_buf();
-        let images = HashMap::from([(AGENT_IMAGE.to_string(), bin_dir)]);
-        let cluster = FakeCluster::start(nodes, images);
-        cluster.create_namespace(
-            AGENT_NS,
-            &[("pod-security.kubernetes.io/enforce", "privileged")],
-        );
+        let cluster = FakeCluster::with_agent(nodes, AGENT_IMAGE);
         let dir = std::env::temp_dir().join(format!(
             "nettrace-e2e-{}-{}",
             std::process::id(),

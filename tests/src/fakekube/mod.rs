@@ -102,6 +102,9 @@ pub struct FakeCluster {
     shared: Arc<Shared>,
 }
 
+/// The namespace `kubectl nettrace` creates its agent pods in by default.
+pub const AGENT_NAMESPACE: &str = "nettrace";
+
 /// The node address every fake node reports (`InternalIP`), and pods' `hostIP`/`podIP`.
 pub const NODE_IP: &str = "127.0.0.1";
 
@@ -168,6 +171,23 @@ impl FakeCluster {
     }
 
     /// The API server URL, `http://127.0.0.1:PORT`.
+    /// A cluster whose kubelets run `image` from the directory of the `nettrace` binary
+    /// under test (so the plugin's agent pods run the real agent), with the agent namespace
+    /// `nettrace` labelled for privileged pods, as `manifests/namespace.yaml` makes it.
+    pub fn with_agent(nodes: &[&str], image: &str) -> FakeCluster {
+        let bin = crate::env::nettrace_bin();
+        let dir = bin.parent().expect("the nettrace binary has a directory");
+        let cluster = FakeCluster::start(
+            nodes,
+            HashMap::from([(image.to_string(), dir.to_path_buf())]),
+        );
+        cluster.create_namespace(
+            AGENT_NAMESPACE,
+            &[("pod-security.kubernetes.io/enforce", "privileged")],
+        );
+        cluster
+    }
+
     pub fn server(&self) -> String {
         format!("http://127.0.0.1:{}", self.shared.port)
     }
