@@ -62,7 +62,8 @@ pub struct Event {
     pub ifindex: u32,
     /// Thread group id of the current task.
     pub pid: u32,
-    /// Kernel stack id, `None` when no stack was collected.
+    /// Number of kernel stack frames that follow the record (see
+    /// [`stack_ips`]), `None` when no stack was collected.
     pub stack_id: Option<u32>,
     /// Drop reason code, 0 when none.
     pub drop_reason: u32,
@@ -207,6 +208,17 @@ fn c_name(s: &str) -> &[u8] {
 
 fn v4(a: [u8; 16]) -> Ipv4Addr {
     Ipv4Addr::new(a[0], a[1], a[2], a[3])
+}
+
+/// The kernel stack carried after the event record `buf`, innermost frame
+/// first: at most `frames` 8-byte addresses, as many as the record holds.
+pub fn stack_ips(buf: &[u8], frames: u32) -> Vec<u64> {
+    buf.get(EVENT_SIZE..)
+        .unwrap_or_default()
+        .chunks_exact(8)
+        .take(frames as usize)
+        .map(|c| u64::from_ne_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+        .collect()
 }
 
 impl Event {

@@ -22,6 +22,26 @@
 #define NT_F_SKB_MODE 0x4  /* emitted because skb-mode remembered the skb */
 #define NT_F_L4_BAD 0x8    /* L3 parsed, L4 header not readable */
 
+/* What the kernel read of a packet's headers (the tail of nt_event). */
+struct nt_pkt {
+	__u8 saddr[16];     /*  0 (96 in nt_event): IPv4 in the first 4 bytes, network order */
+	__u8 daddr[16];     /* 16 (112) */
+	__u32 seq;          /* 32 (128): TCP seq (host order) */
+	__u32 ack;          /* 36 (132): TCP ack (host order) */
+	__u16 l3_proto;     /* 40 (136): ethertype, host order; 0 = not parsed */
+	__u16 sport;        /* 42 (138): host order */
+	__u16 dport;        /* 44 (140): host order */
+	__u16 icmp_id;      /* 46 (142): host order */
+	__u16 icmp_seq;     /* 48 (144): host order */
+	__u16 arp_op;       /* 50 (146): host order */
+	__u8 l4_proto;      /* 52 (148): IPPROTO_* */
+	__u8 tcp_flags;     /* 53 (149): FIN=1 SYN=2 RST=4 PSH=8 ACK=16 URG=32 ECE=64 CWR=128 */
+	__u8 icmp_type;     /* 54 (150) */
+	__u8 icmp_code;     /* 55 (151) */
+};
+
+_Static_assert(sizeof(struct nt_pkt) == 56, "nt_pkt layout");
+
 struct nt_event {
 	__u64 ts_ns;        /*   0: bpf_ktime_get_ns() */
 	__u64 skb;          /*   8: address of the sk_buff */
@@ -31,26 +51,13 @@ struct nt_event {
 	__u32 netns;        /*  36: netns inode of skb->dev (or the socket) */
 	__u32 ifindex;      /*  40: skb->dev->ifindex, 0 without a device */
 	__u32 pid;          /*  44: tgid of the current task */
-	__s32 stack_id;     /*  48: kernel stack id, -1 when none */
+	__s32 stack_id;     /*  48: frames of the kernel stack that follow the record, -1 when none */
 	__u32 drop_reason;  /*  52: kfree_skb drop reason, 0 when none */
 	__u32 flags;        /*  56: NT_F_* */
 	__u32 pkt_len;      /*  60: skb->len */
 	char ifname[NT_IFNAMSIZ]; /* 64 */
 	char comm[NT_COMM_LEN];   /* 80 */
-	__u8 saddr[16];     /*  96: IPv4 in the first 4 bytes, network order */
-	__u8 daddr[16];     /* 112 */
-	__u32 seq;          /* 128: TCP seq (host order) */
-	__u32 ack;          /* 132: TCP ack (host order) */
-	__u16 l3_proto;     /* 136: ethertype, host order; 0 = not parsed */
-	__u16 sport;        /* 138: host order */
-	__u16 dport;        /* 140: host order */
-	__u16 icmp_id;      /* 142: host order */
-	__u16 icmp_seq;     /* 144: host order */
-	__u16 arp_op;       /* 146: host order */
-	__u8 l4_proto;      /* 148: IPPROTO_* */
-	__u8 tcp_flags;     /* 149: FIN=1 SYN=2 RST=4 PSH=8 ACK=16 URG=32 ECE=64 CWR=128 */
-	__u8 icmp_type;     /* 150 */
-	__u8 icmp_code;     /* 151 */
+	struct nt_pkt pkt;  /*  96: the packet's headers */
 };                          /* 152 */
 
 _Static_assert(sizeof(struct nt_event) == 152, "nt_event layout");
@@ -108,7 +115,7 @@ struct nt_slot {
 struct nt_stash_key {
 	__u64 pid_tgid;
 	__u32 tracer_id;
-	__u32 pad;
+	__u32 cpu;          /* softirqs run as pid 0 on every CPU at once */
 };
 
 _Static_assert(sizeof(struct nt_slot) == 12, "nt_slot layout");

@@ -73,13 +73,6 @@ struct {
 	__type(value, __u64);
 } nt_stats SEC(".maps");
 
-/* Per-CPU scratch space for the event being built (too big for the stack). */
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct nt_event);
-} nt_scratch SEC(".maps");
 
 /* skb-mode: skbs that matched once and are followed until freed. */
 struct {
@@ -103,15 +96,6 @@ struct {
 /* Filter flags under which matched skbs are remembered in nt_skbs. */
 #define NT_FL_REMEMBER (NT_FL_SKB_MODE | NT_FL_FOLLOW)
 
-static __always_inline int in_scope(const struct nt_event *e)
-{
-	__u64 key = (__u64)e->netns << 32;
-
-	if (bpf_map_lookup_elem(&nt_scope, &key))
-		return 1;
-	key |= e->ifindex;
-	return e->ifindex && bpf_map_lookup_elem(&nt_scope, &key) != 0;
-}
 
 /* kprobe entry programs find their tracer by function address. */
 struct {
@@ -129,12 +113,6 @@ struct {
 	__type(value, struct nt_event);
 } nt_stash SEC(".maps");
 
-struct {
-	__uint(type, BPF_MAP_TYPE_STACK_TRACE);
-	__uint(max_entries, 4096);
-	__uint(key_size, sizeof(__u32));
-	__uint(value_size, NT_MAX_STACK_DEPTH * sizeof(__u64));
-} nt_stacks SEC(".maps");
 
 static __always_inline void stat_inc(__u32 idx)
 {
@@ -187,139 +165,101 @@ struct nt_args {
 	__u64 reason;
 };
 
-static __always_inline int parse_l4(struct nt_event *e, unsigned char *l4)
+/*
+ * Reads field f of pointer p. Typed bodies (tp_btf, fentry: the kernel hands
+ * over a BTF-typed pointer) load it directly; the others copy it with
+ * bpf_probe_read_kernel. `typed` is a compile-time constant.
+ */
+#define NT_RD(typed, p, f) ((typed) ? (p)->f : BPF_CORE_READ((p), f))
+
+/* The skb fields that locate its headers. */
+struct nt_meta {
+	unsigned char *head;
+	unsigned char *data;
+	__u16 proto; /* host order */
+	__u16 nh;
+	__u16 mac;
+};
+
+/*
+ * Reads the header-locating fields of an untyped skb. They sit together in
+ * every kernel since 4.x (protocol, the header offsets, tail, end, head,
+ * data), so one 48-byte copy from an 8-aligned offset usually gets them all;
+ * otherwise they are copied one by one. The offsets are CO-RE relocated
+ * constants, so the verifier keeps only one of the two paths.
+ */
+static __always_inline int read_meta_raw(struct sk_buff *skb, struct nt_meta *m)
 {
-	switch (e->l4_proto) {
-	case IPPROTO_TCP: {
-		__u8 th[14];
+	__u64 buf[6];
+	__u32 o_p = bpf_core_field_offset(skb->protocol);
+	__u32 o_nh = bpf_core_field_offset(skb->network_header);
+	__u32 o_mac = bpf_core_field_offset(skb->mac_header);
+	__u32 o_head = bpf_core_field_offset(skb->head);
+	__u32 o_data = bpf_core_field_offset(skb->data);
+	__u32 base = o_p & ~7U;
 
-		if (bpf_probe_read_kernel(th, sizeof(th), l4))
+	if (o_nh > base && o_mac > base && o_head > base && o_data > base &&
+	    o_data + 8 - base <= sizeof(buf) && !(o_head & 7) && !(o_data & 7) &&
+	    (o_p & 7) <= 6 && (o_nh & 7) <= 6 && (o_mac & 7) <= 6) {
+		if (bpf_probe_read_kernel(buf, sizeof(buf), (char *)skb + base))
 			return -1;
-		e->sport = ((__u16)th[0] << 8) | th[1];
-		e->dport = ((__u16)th[2] << 8) | th[3];
-		e->seq = ((__u32)th[4] << 24) | ((__u32)th[5] << 16) | ((__u32)th[6] << 8) | th[7];
-		e->ack = ((__u32)th[8] << 24) | ((__u32)th[9] << 16) | ((__u32)th[10] << 8) | th[11];
-		e->tcp_flags = th[13];
+		/* Fields are taken out of whole words: the verifier refuses
+		 * byte arithmetic that clang may turn into a pointer OR. */
+		m->proto = bpf_ntohs((__u16)(buf[(o_p - base) / 8] >> ((o_p & 7) * 8)));
+		m->nh = (__u16)(buf[(o_nh - base) / 8] >> ((o_nh & 7) * 8));
+		m->mac = (__u16)(buf[(o_mac - base) / 8] >> ((o_mac & 7) * 8));
+		m->head = (unsigned char *)buf[(o_head - base) / 8];
+		m->data = (unsigned char *)buf[(o_data - base) / 8];
 		return 0;
 	}
-	case IPPROTO_UDP: {
-		__u8 uh[4];
-
-		if (bpf_probe_read_kernel(uh, sizeof(uh), l4))
-			return -1;
-		e->sport = ((__u16)uh[0] << 8) | uh[1];
-		e->dport = ((__u16)uh[2] << 8) | uh[3];
-		return 0;
-	}
-	case IPPROTO_ICMP:
-	case IPPROTO_ICMPV6: {
-		__u8 ih[8];
-
-		if (bpf_probe_read_kernel(ih, sizeof(ih), l4))
-			return -1;
-		e->icmp_type = ih[0];
-		e->icmp_code = ih[1];
-		e->icmp_id = ((__u16)ih[4] << 8) | ih[5];
-		e->icmp_seq = ((__u16)ih[6] << 8) | ih[7];
-		return 0;
-	}
-	}
+	m->proto = bpf_ntohs(BPF_CORE_READ(skb, protocol));
+	m->nh = BPF_CORE_READ(skb, network_header);
+	m->mac = BPF_CORE_READ(skb, mac_header);
+	m->head = BPF_CORE_READ(skb, head);
+	m->data = BPF_CORE_READ(skb, data);
 	return 0;
 }
 
-/* Reads the L3/L4 headers of the skb into e; returns -1 when there are none. */
-static __always_inline int parse_skb(struct nt_event *e, struct sk_buff *skb)
+static __always_inline int read_meta(struct sk_buff *skb, struct nt_meta *m, const int typed)
 {
-	unsigned char *head = BPF_CORE_READ(skb, head);
-	__u16 mac = BPF_CORE_READ(skb, mac_header);
-	__u16 nh = BPF_CORE_READ(skb, network_header);
-	__u16 proto = bpf_ntohs(BPF_CORE_READ(skb, protocol));
-	unsigned char *l3;
-	__u8 first;
-
-	/*
-	 * The network header offset is only trustworthy once set past the MAC
-	 * header; on early receive paths it is still 0 and the IP header sits
-	 * right after the Ethernet header.
-	 */
-	if (nh != NO_OFFSET && nh != 0 && (mac == NO_OFFSET || nh > mac))
-		l3 = head + nh;
-	else if (mac != NO_OFFSET)
-		l3 = head + mac + ETH_HLEN;
-	else
-		l3 = BPF_CORE_READ(skb, data);
-
-	if (bpf_probe_read_kernel(&first, 1, l3))
-		return -1;
-	if (proto == 0) {
-		/* Local output before skb->protocol is set: trust the version. */
-		if ((first >> 4) == 4)
-			proto = ETH_P_IP;
-		else if ((first >> 4) == 6)
-			proto = ETH_P_IPV6;
-		else
-			return -1;
-	}
-	e->l3_proto = proto;
-
-	if (proto == ETH_P_IP) {
-		__u8 iph[20];
-		__u16 frag;
-
-		if (bpf_probe_read_kernel(iph, sizeof(iph), l3) || (iph[0] >> 4) != 4)
-			return -1;
-		e->l4_proto = iph[9];
-		__builtin_memcpy(e->saddr, &iph[12], 4);
-		__builtin_memcpy(e->daddr, &iph[16], 4);
-		frag = ((__u16)(iph[6] & 0x1f) << 8) | iph[7];
-		if (frag || parse_l4(e, l3 + (iph[0] & 0xf) * 4))
-			e->flags |= NT_F_L4_BAD;
-	} else if (proto == ETH_P_IPV6) {
-		__u8 ip6h[40];
-
-		if (bpf_probe_read_kernel(ip6h, sizeof(ip6h), l3) || (ip6h[0] >> 4) != 6)
-			return -1;
-		e->l4_proto = ip6h[6];
-		__builtin_memcpy(e->saddr, &ip6h[8], 16);
-		__builtin_memcpy(e->daddr, &ip6h[24], 16);
-		if (parse_l4(e, l3 + 40))
-			e->flags |= NT_F_L4_BAD;
-	} else if (proto == ETH_P_ARP) {
-		__u8 arp[28];
-
-		/* Ethernet/IPv4 ARP: op at 6, sender IP at 14, target IP at 24. */
-		if (bpf_probe_read_kernel(arp, sizeof(arp), l3))
-			return 0;
-		e->arp_op = ((__u16)arp[6] << 8) | arp[7];
-		__builtin_memcpy(e->saddr, &arp[14], 4);
-		__builtin_memcpy(e->daddr, &arp[24], 4);
-	}
+	if (!typed)
+		return read_meta_raw(skb, m);
+	m->proto = bpf_ntohs(skb->protocol);
+	m->nh = skb->network_header;
+	m->mac = skb->mac_header;
+	m->head = skb->head;
+	m->data = skb->data;
 	return 0;
 }
 
-/* Fills addresses from the socket, for skbs whose headers are not built yet. */
-static __always_inline void parse_sock(struct nt_event *e, struct sock *sk)
+/* Verdicts of the packet parser. */
+#define NT_REJECT 0 /* the filter can't match: stop here */
+#define NT_PARSED 1 /* headers read into the packet */
+#define NT_NOHDR 2  /* no readable headers (try the socket) */
+
+static __always_inline int has_port_filter(void)
 {
-	unsigned short family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	return nt_cfg.sport || nt_cfg.dport || nt_cfg.port;
+}
 
-	if (family == AF_INET) {
-		__be32 s = BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr);
-		__be32 d = BPF_CORE_READ(sk, __sk_common.skc_daddr);
+/*
+ * Whether a packet of ethertype proto can pass the packet filter at all,
+ * decided before its L3 header is read (mirrors packet_matches).
+ */
+static __always_inline int l3_may_match(__u16 proto)
+{
+	__u32 fl = nt_cfg.flags;
 
-		e->l3_proto = ETH_P_IP;
-		__builtin_memcpy(e->saddr, &s, 4);
-		__builtin_memcpy(e->daddr, &d, 4);
-	} else if (family == AF_INET6) {
-		e->l3_proto = ETH_P_IPV6;
-		BPF_CORE_READ_INTO(&e->saddr, sk, __sk_common.skc_v6_rcv_saddr);
-		BPF_CORE_READ_INTO(&e->daddr, sk, __sk_common.skc_v6_daddr);
-	} else {
-		return;
+	if (nt_cfg.l3_proto && nt_cfg.l3_proto != proto)
+		return 0;
+	if ((nt_cfg.l4_proto || has_port_filter()) && proto != ETH_P_IP && proto != ETH_P_IPV6)
+		return 0;
+	if (fl & (NT_FL_SADDR | NT_FL_DADDR | NT_FL_ADDR)) {
+		if (fl & NT_FL_V6)
+			return proto == ETH_P_IPV6;
+		return proto == ETH_P_IP || proto == ETH_P_ARP;
 	}
-	e->l4_proto = IPPROTO_TCP;
-	e->sport = BPF_CORE_READ(sk, __sk_common.skc_num);
-	e->dport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
-	e->flags |= NT_F_FROM_SK;
+	return 1;
 }
 
 static __always_inline int addr_eq(const volatile __u8 *want, const __u8 *have, int v6)
@@ -330,141 +270,421 @@ static __always_inline int addr_eq(const volatile __u8 *want, const __u8 *have, 
 	       *(const volatile __u64 *)(want + 8) == *(const __u64 *)(have + 8);
 }
 
-/* The packet part of the filter (device and task parts are checked earlier). */
-static __always_inline int packet_matches(const struct nt_event *e)
+/* The address part of the filter, on parsed addresses. */
+static __always_inline int addrs_match(const struct nt_pkt *p)
 {
 	__u32 fl = nt_cfg.flags;
 	int v6 = fl & NT_FL_V6;
 
-	if (nt_cfg.l3_proto && nt_cfg.l3_proto != e->l3_proto)
+	if ((fl & NT_FL_SADDR) && !addr_eq(nt_cfg.saddr, p->saddr, v6))
 		return 0;
-	if (nt_cfg.l4_proto && (e->l3_proto == ETH_P_ARP || nt_cfg.l4_proto != e->l4_proto))
+	if ((fl & NT_FL_DADDR) && !addr_eq(nt_cfg.daddr, p->daddr, v6))
 		return 0;
-	if (fl & (NT_FL_SADDR | NT_FL_DADDR | NT_FL_ADDR)) {
-		__u16 want = v6 ? ETH_P_IPV6 : ETH_P_IP;
-
-		if (e->l3_proto != want && !(e->l3_proto == ETH_P_ARP && !v6))
-			return 0;
-		if ((fl & NT_FL_SADDR) && !addr_eq(nt_cfg.saddr, e->saddr, v6))
-			return 0;
-		if ((fl & NT_FL_DADDR) && !addr_eq(nt_cfg.daddr, e->daddr, v6))
-			return 0;
-		if ((fl & NT_FL_ADDR) && !addr_eq(nt_cfg.addr, e->saddr, v6) &&
-		    !addr_eq(nt_cfg.addr, e->daddr, v6))
-			return 0;
-	}
-	if (nt_cfg.sport || nt_cfg.dport || nt_cfg.port) {
-		if ((e->l4_proto != IPPROTO_TCP && e->l4_proto != IPPROTO_UDP) ||
-		    (e->flags & NT_F_L4_BAD) || e->l3_proto == ETH_P_ARP)
-			return 0;
-		if (nt_cfg.sport && nt_cfg.sport != e->sport)
-			return 0;
-		if (nt_cfg.dport && nt_cfg.dport != e->dport)
-			return 0;
-		if (nt_cfg.port && nt_cfg.port != e->sport && nt_cfg.port != e->dport)
-			return 0;
-	}
+	if ((fl & NT_FL_ADDR) && !addr_eq(nt_cfg.addr, p->saddr, v6) &&
+	    !addr_eq(nt_cfg.addr, p->daddr, v6))
+		return 0;
 	return 1;
 }
 
-static __noinline int nt_handle(void *ctx, struct nt_args *a, struct nt_slot *slot)
+/* The L4 protocol part of the filter, once the L3 header names it. */
+static __always_inline int l4_may_match(__u8 l4)
+{
+	if (nt_cfg.l4_proto && nt_cfg.l4_proto != l4)
+		return 0;
+	if (has_port_filter() && l4 != IPPROTO_TCP && l4 != IPPROTO_UDP)
+		return 0;
+	return 1;
+}
+
+/* The port part of the filter. */
+static __always_inline int ports_match(const struct nt_pkt *p)
+{
+	if (nt_cfg.sport && nt_cfg.sport != p->sport)
+		return 0;
+	if (nt_cfg.dport && nt_cfg.dport != p->dport)
+		return 0;
+	if (nt_cfg.port && nt_cfg.port != p->sport && nt_cfg.port != p->dport)
+		return 0;
+	return 1;
+}
+
+/* The whole packet filter, on a parsed packet. */
+static __always_inline int packet_matches(const struct nt_pkt *p, __u32 flags)
+{
+	if (!l3_may_match(p->l3_proto))
+		return 0;
+	if (p->l3_proto == ETH_P_ARP)
+		return addrs_match(p);
+	if ((nt_cfg.l4_proto || has_port_filter()) && !l4_may_match(p->l4_proto))
+		return 0;
+	if (!addrs_match(p))
+		return 0;
+	if (has_port_filter() && ((flags & NT_F_L4_BAD) || !ports_match(p)))
+		return 0;
+	return 1;
+}
+
+/*
+ * Reads the L4 header at l4 into p. With check, stops (NT_REJECT) as soon as
+ * the ports show that the filter can't match.
+ */
+static __always_inline int parse_l4(struct nt_pkt *p, __u32 *flags, unsigned char *l4, int check)
+{
+	__u8 h[14];
+
+	switch (p->l4_proto) {
+	case IPPROTO_TCP:
+		if (bpf_probe_read_kernel(h, 14, l4))
+			goto bad;
+		p->tcp_flags = h[13];
+		p->seq = ((__u32)h[4] << 24) | ((__u32)h[5] << 16) | ((__u32)h[6] << 8) | h[7];
+		p->ack = ((__u32)h[8] << 24) | ((__u32)h[9] << 16) | ((__u32)h[10] << 8) | h[11];
+		break;
+	case IPPROTO_UDP:
+		if (bpf_probe_read_kernel(h, 4, l4))
+			goto bad;
+		break;
+	case IPPROTO_ICMP:
+	case IPPROTO_ICMPV6:
+		if (bpf_probe_read_kernel(h, 8, l4))
+			goto bad;
+		p->icmp_type = h[0];
+		p->icmp_code = h[1];
+		p->icmp_id = ((__u16)h[4] << 8) | h[5];
+		p->icmp_seq = ((__u16)h[6] << 8) | h[7];
+		return NT_PARSED;
+	default:
+		return NT_PARSED;
+	}
+	p->sport = ((__u16)h[0] << 8) | h[1];
+	p->dport = ((__u16)h[2] << 8) | h[3];
+	if (check && has_port_filter() && !ports_match(p))
+		return NT_REJECT;
+	return NT_PARSED;
+bad:
+	*flags |= NT_F_L4_BAD;
+	return (check && has_port_filter()) ? NT_REJECT : NT_PARSED;
+}
+
+/*
+ * Reads the packet's L3 and L4 headers into p, layer by layer; with check,
+ * each layer is filtered as soon as it is read and NT_REJECT returned at the
+ * first that can't match, before the next is read.
+ */
+static __always_inline int parse_pkt(struct nt_pkt *p, __u32 *flags, const struct nt_meta *m,
+				     int check)
+{
+	__u16 proto = m->proto;
+	unsigned char *l3;
+	__u8 h[40];
+
+	/*
+	 * The network header offset is only trustworthy once set past the MAC
+	 * header; on early receive paths it is still 0 and the IP header sits
+	 * right after the Ethernet header.
+	 */
+	if (m->nh != NO_OFFSET && m->nh != 0 && (m->mac == NO_OFFSET || m->nh > m->mac))
+		l3 = m->head + m->nh;
+	else if (m->mac != NO_OFFSET)
+		l3 = m->head + m->mac + ETH_HLEN;
+	else
+		l3 = m->data;
+
+	if (proto == ETH_P_IP) {
+		if (check && !l3_may_match(proto))
+			return NT_REJECT;
+		if (bpf_probe_read_kernel(h, 20, l3))
+			return NT_NOHDR;
+	} else if (proto == ETH_P_IPV6 || proto == 0) {
+		if (check && proto && !l3_may_match(proto))
+			return NT_REJECT;
+		if (bpf_probe_read_kernel(h, 40, l3))
+			return NT_NOHDR;
+		/* Local output before skb->protocol is set: trust the version. */
+		if (!proto) {
+			if ((h[0] >> 4) == 4)
+				proto = ETH_P_IP;
+			else if ((h[0] >> 4) == 6)
+				proto = ETH_P_IPV6;
+			else
+				return NT_NOHDR;
+			if (check && !l3_may_match(proto))
+				return NT_REJECT;
+		}
+	} else {
+		p->l3_proto = proto;
+		if (check && !l3_may_match(proto))
+			return NT_REJECT;
+		if (proto == ETH_P_ARP) {
+			/* Ethernet/IPv4 ARP: op at 6, sender IP at 14, target IP at 24. */
+			if (bpf_probe_read_kernel(h, 28, l3))
+				return NT_PARSED;
+			p->arp_op = ((__u16)h[6] << 8) | h[7];
+			__builtin_memcpy(p->saddr, &h[14], 4);
+			__builtin_memcpy(p->daddr, &h[24], 4);
+			if (check && !addrs_match(p))
+				return NT_REJECT;
+		}
+		return NT_PARSED;
+	}
+
+	if (proto == ETH_P_IP) {
+		__u16 frag;
+
+		if ((h[0] >> 4) != 4)
+			return NT_NOHDR;
+		p->l3_proto = proto;
+		p->l4_proto = h[9];
+		__builtin_memcpy(p->saddr, &h[12], 4);
+		__builtin_memcpy(p->daddr, &h[16], 4);
+		if (check && (!addrs_match(p) || !l4_may_match(p->l4_proto)))
+			return NT_REJECT;
+		frag = ((__u16)(h[6] & 0x1f) << 8) | h[7];
+		if (frag) {
+			*flags |= NT_F_L4_BAD;
+			return (check && has_port_filter()) ? NT_REJECT : NT_PARSED;
+		}
+		return parse_l4(p, flags, l3 + (h[0] & 0xf) * 4, check);
+	}
+	if ((h[0] >> 4) != 6)
+		return NT_NOHDR;
+	p->l3_proto = proto;
+	p->l4_proto = h[6];
+	__builtin_memcpy(p->saddr, &h[8], 16);
+	__builtin_memcpy(p->daddr, &h[24], 16);
+	if (check && (!addrs_match(p) || !l4_may_match(p->l4_proto)))
+		return NT_REJECT;
+	return parse_l4(p, flags, l3 + 40, check);
+}
+
+/* Fills the packet from the socket, for skbs whose headers are not built yet. */
+static __always_inline void parse_sock(struct nt_pkt *p, __u32 *flags, struct sock *sk)
+{
+	unsigned short family = BPF_CORE_READ(sk, __sk_common.skc_family);
+
+	if (family == AF_INET) {
+		__be32 s = BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr);
+		__be32 d = BPF_CORE_READ(sk, __sk_common.skc_daddr);
+
+		p->l3_proto = ETH_P_IP;
+		__builtin_memcpy(p->saddr, &s, 4);
+		__builtin_memcpy(p->daddr, &d, 4);
+	} else if (family == AF_INET6) {
+		p->l3_proto = ETH_P_IPV6;
+		BPF_CORE_READ_INTO(&p->saddr, sk, __sk_common.skc_v6_rcv_saddr);
+		BPF_CORE_READ_INTO(&p->daddr, sk, __sk_common.skc_v6_daddr);
+	} else {
+		return;
+	}
+	p->l4_proto = IPPROTO_TCP;
+	p->sport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	p->dport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	*flags |= NT_F_FROM_SK;
+}
+
+/* Where a packet is: the hook's device (or skb->dev), its namespace. */
+struct nt_where {
+	struct net_device *dev;
+	__u32 ifindex;
+	__u32 netns;
+};
+
+/*
+ * The hook's own device argument, when it has one, names where the packet is
+ * (after a veth transmit, skb->dev is already the peer). Only the skb is
+ * typed: the hook's other arguments are read with bpf_probe_read_kernel.
+ */
+static __always_inline void read_where(struct nt_where *w, struct sk_buff *skb, __u64 dev_arg,
+				       const int typed)
+{
+	struct net_device *dev;
+	struct sock *sk;
+
+	if (dev_arg) {
+		dev = (struct net_device *)dev_arg;
+		w->dev = dev;
+		w->ifindex = BPF_CORE_READ(dev, ifindex);
+		w->netns = BPF_CORE_READ(dev, nd_net.net, ns.inum);
+		return;
+	}
+	dev = NT_RD(typed, skb, dev);
+	w->dev = dev;
+	if (dev) {
+		w->ifindex = NT_RD(typed, dev, ifindex);
+		w->netns = typed ? dev->nd_net.net->ns.inum : BPF_CORE_READ(dev, nd_net.net, ns.inum);
+		return;
+	}
+	sk = NT_RD(typed, skb, sk);
+	if (sk)
+		w->netns = typed ? sk->__sk_common.skc_net.net->ns.inum
+				 : BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+}
+
+static __always_inline int in_scope(const struct nt_where *w)
+{
+	__u64 key = (__u64)w->netns << 32;
+
+	if (bpf_map_lookup_elem(&nt_scope, &key))
+		return 1;
+	key |= w->ifindex;
+	return w->ifindex && bpf_map_lookup_elem(&nt_scope, &key) != 0;
+}
+
+/* Scratch space of a matched event with its stack (too big for the stack). */
+struct nt_scratch_rec {
+	struct nt_event e;
+	__u64 ips[NT_MAX_STACK_DEPTH];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct nt_scratch_rec);
+} nt_scratch SEC(".maps");
+
+/*
+ * The shared body: filters cheaply first (configuration decides what is
+ * read; nothing is copied or looked up for a packet the filter rejects),
+ * then builds and emits the event. `typed` (a constant) says whether the
+ * skb is a BTF-typed pointer that can be read directly.
+ */
+static __always_inline int nt_body(void *ctx, struct nt_args *a, struct nt_slot *slot,
+				   const int typed)
 {
 	struct sk_buff *skb = (struct sk_buff *)a->skb;
-	struct net_device *dev;
+	__u64 skb_key = a->skb;
+	struct nt_where w = {};
+	struct nt_pkt p = {};
+	struct nt_meta m;
+	struct nt_scratch_rec *r;
 	struct nt_event *e;
-	__u32 zero = 0;
-	__u64 pid_tgid;
-	int remembered = 0;
+	__u32 zero = 0, flags = 0;
+	__u64 pid_tgid = 0;
+	int remembered = 0, where_read = 0, follow_any = 0, v;
+	long n;
 
 	if (!skb || !slot || !slot->enabled)
 		return 0;
 
 	if (nt_cfg.flags & NT_FL_REMEMBER)
-		remembered = bpf_map_lookup_elem(&nt_skbs, &a->skb) != 0;
+		remembered = bpf_map_lookup_elem(&nt_skbs, &skb_key) != 0;
+	follow_any = remembered && (nt_cfg.flags & NT_FL_SKB_MODE);
 
-	pid_tgid = bpf_get_current_pid_tgid();
-	if (!remembered && nt_cfg.pid && nt_cfg.pid != (__u32)(pid_tgid >> 32))
-		return 0;
-
-	e = bpf_map_lookup_elem(&nt_scratch, &zero);
-	if (!e)
-		return 0;
-	__builtin_memset(e, 0, sizeof(*e));
-
-	/* The hook's own device argument, when it has one, names where the
-	 * packet is (after a veth transmit, skb->dev is already the peer). */
-	dev = a->dev ? (struct net_device *)a->dev : BPF_CORE_READ(skb, dev);
-	if (dev) {
-		e->ifindex = BPF_CORE_READ(dev, ifindex);
-		e->netns = BPF_CORE_READ(dev, nd_net.net, ns.inum);
-	} else {
-		struct sock *sk = BPF_CORE_READ(skb, sk);
-
-		if (sk)
-			e->netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
-	}
-	if (!remembered) {
-		if (nt_cfg.netns && nt_cfg.netns != e->netns)
-			return 0;
-		if (nt_cfg.ifindex && nt_cfg.ifindex != e->ifindex)
-			return 0;
-		if ((nt_cfg.flags & NT_FL_SCOPE) && !in_scope(e))
+	if (nt_cfg.pid && !remembered) {
+		pid_tgid = bpf_get_current_pid_tgid();
+		if (nt_cfg.pid != (__u32)(pid_tgid >> 32))
 			return 0;
 	}
 
-	if (parse_skb(e, skb) && a->sk)
-		parse_sock(e, (struct sock *)a->sk);
+	if (!remembered && (nt_cfg.netns || nt_cfg.ifindex || (nt_cfg.flags & NT_FL_SCOPE))) {
+		read_where(&w, skb, a->dev, typed);
+		where_read = 1;
+		if (nt_cfg.netns && nt_cfg.netns != w.netns)
+			return 0;
+		if (nt_cfg.ifindex && nt_cfg.ifindex != w.ifindex)
+			return 0;
+		if ((nt_cfg.flags & NT_FL_SCOPE) && !in_scope(&w))
+			return 0;
+	}
 
+	if (read_meta(skb, &m, typed))
+		return 0;
 	/* skb-mode follows a remembered skb whatever its headers became;
 	 * following alone only lifts the scope, the packet filter still holds. */
-	if (remembered && (nt_cfg.flags & NT_FL_SKB_MODE)) {
-		e->flags |= NT_F_SKB_MODE;
+	v = parse_pkt(&p, &flags, &m, !follow_any);
+	if (v == NT_REJECT)
+		return 0;
+	if (v == NT_NOHDR && a->sk)
+		parse_sock(&p, &flags, (struct sock *)a->sk);
+
+	if (follow_any) {
+		flags |= NT_F_SKB_MODE;
 	} else {
-		if (!packet_matches(e))
+		if (!packet_matches(&p, flags))
 			return 0;
-		if (!remembered && (nt_cfg.flags & NT_FL_REMEMBER)) {
+		if (!remembered && (nt_cfg.flags & NT_FL_REMEMBER) &&
+		    slot->role != NT_ROLE_CONSUME && slot->role != NT_ROLE_DROP) {
 			__u8 one = 1;
 
-			if (bpf_map_update_elem(&nt_skbs, &a->skb, &one, BPF_ANY))
+			if (bpf_map_update_elem(&nt_skbs, &skb_key, &one, BPF_ANY))
 				stat_inc(NT_STAT_SKB_MAP_FULL);
 		}
 	}
+	if (remembered && (slot->role == NT_ROLE_CONSUME || slot->role == NT_ROLE_DROP))
+		bpf_map_delete_elem(&nt_skbs, &skb_key);
 
-	if ((slot->role == NT_ROLE_CONSUME || slot->role == NT_ROLE_DROP) &&
-	    (nt_cfg.flags & NT_FL_REMEMBER))
-		bpf_map_delete_elem(&nt_skbs, &a->skb);
-
-	e->ts_ns = bpf_ktime_get_ns();
-	e->skb = a->skb;
-	e->tracer_id = slot->tracer_id;
-	e->pid = pid_tgid >> 32;
-	e->pkt_len = BPF_CORE_READ(skb, len);
-	e->location = a->location;
-	e->drop_reason = a->reason;
-	e->stack_id = -1;
-	if (dev)
-		bpf_probe_read_kernel_str(e->ifname, sizeof(e->ifname), dev->name);
-	bpf_get_current_comm(e->comm, sizeof(e->comm));
-	if (slot->stack) {
-		long id = bpf_get_stackid(ctx, &nt_stacks, 0);
-
-		if (id < 0)
-			stat_inc(NT_STAT_STACK_FAIL);
-		else
-			e->stack_id = id;
-	}
-
+	/* A match: from here on the event is built. */
 	stat_inc(NT_STAT_MATCHED);
 	if (!rate_ok())
 		return 0;
+	r = bpf_map_lookup_elem(&nt_scratch, &zero);
+	if (!r)
+		return 0;
+	e = &r->e;
+	if (!where_read)
+		read_where(&w, skb, a->dev, typed);
+	if (!pid_tgid)
+		pid_tgid = bpf_get_current_pid_tgid();
+
+	e->ts_ns = bpf_ktime_get_ns();
+	e->skb = skb_key;
+	e->location = a->location;
+	e->retval = 0;
+	e->tracer_id = slot->tracer_id;
+	e->netns = w.netns;
+	e->ifindex = w.ifindex;
+	e->pid = pid_tgid >> 32;
+	e->stack_id = -1;
+	e->drop_reason = a->reason;
+	e->flags = flags;
+	e->pkt_len = NT_RD(typed, skb, len);
+	e->pkt = p;
+	if (w.dev) {
+		if (bpf_probe_read_kernel_str(e->ifname, sizeof(e->ifname), w.dev->name) < 0)
+			e->ifname[0] = 0;
+	} else {
+		e->ifname[0] = 0;
+	}
+	bpf_get_current_comm(e->comm, sizeof(e->comm));
+
 	if (slot->ret) {
-		struct nt_stash_key key = { .pid_tgid = pid_tgid, .tracer_id = slot->tracer_id };
+		struct nt_stash_key key = {
+			.pid_tgid = pid_tgid,
+			.tracer_id = slot->tracer_id,
+			.cpu = bpf_get_smp_processor_id(),
+		};
 
 		bpf_map_update_elem(&nt_stash, &key, e, BPF_ANY);
+	}
+	if (slot->stack) {
+		n = bpf_get_stack(ctx, r->ips, sizeof(r->ips), 0);
+		if (n <= 0) {
+			stat_inc(NT_STAT_STACK_FAIL);
+		} else {
+			e->stack_id = n / 8;
+			if (n > sizeof(r->ips))
+				n = sizeof(r->ips);
+			if (bpf_ringbuf_output(&nt_events, r, sizeof(r->e) + n, 0))
+				stat_inc(NT_STAT_RB_FULL);
+			return 0;
+		}
 	}
 	if (bpf_ringbuf_output(&nt_events, e, sizeof(*e), 0))
 		stat_inc(NT_STAT_RB_FULL);
 	return 0;
+}
+
+/* The body for untyped skb values (raw tracepoints, kprobes). */
+static __noinline int nt_handle(void *ctx, struct nt_args *a, struct nt_slot *slot)
+{
+	return nt_body(ctx, a, slot, 0);
+}
+
+/* The body for BTF-typed skb pointers (tp_btf, fentry). */
+static __noinline int nt_handle_typed(void *ctx, struct nt_args *a, struct nt_slot *slot)
+{
+	return nt_body(ctx, a, slot, 1);
 }
 
 /*
@@ -480,6 +700,7 @@ static __noinline int nt_handle_ret(struct nt_slot *slot, __u64 retval)
 		return 0;
 	key.pid_tgid = bpf_get_current_pid_tgid();
 	key.tracer_id = slot->tracer_id;
+	key.cpu = bpf_get_smp_processor_id();
 	e = bpf_map_lookup_elem(&nt_stash, &key);
 	if (!e)
 		return 0;
@@ -567,7 +788,10 @@ int nt_forget(struct bpf_raw_tracepoint_args *ctx)
 {
 	__u64 skb = ctx->args[0];
 
-	bpf_map_delete_elem(&nt_skbs, &skb);
+	/* Most freed skbs were never remembered: a lookup is lock-free, a
+	 * delete takes the LRU's lock. */
+	if (bpf_map_lookup_elem(&nt_skbs, &skb))
+		bpf_map_delete_elem(&nt_skbs, &skb);
 	return 0;
 }
 
@@ -625,6 +849,97 @@ RTP_SLOT(2, 2, 4) RTP_SLOT(2, 2, 5) RTP_SLOT(2, 2, 6) RTP_SLOT(2, 2, 7)
 RTP_SLOT(3, 3, 0) RTP_SLOT(3, 3, 1) RTP_SLOT(3, 3, 2) RTP_SLOT(3, 3, 3)
 RTP_DROP_SLOT(0) RTP_DROP_SLOT(1)
 
+/*
+ * tp_btf entries: the same slots as the raw tracepoint programs above (a
+ * tracer uses one or the other), bound to their tracepoint when loaded; the
+ * kernel hands them BTF-typed arguments, so the body reads the skb with
+ * direct loads instead of bpf_probe_read_kernel.
+ */
+static __always_inline __u64 btf_arg(unsigned long long *ctx, __u8 i, const int max)
+{
+	__u64 a0 = ctx[0];
+	__u64 a1 = max >= 1 ? ctx[1] : 0;
+	__u64 a2 = max >= 2 ? ctx[2] : 0;
+	__u64 a3 = max >= 3 ? ctx[3] : 0;
+
+	asm volatile("" : "+r"(a0), "+r"(a1), "+r"(a2), "+r"(a3));
+	if (i == 0)
+		return a0;
+	if (i == 1)
+		return a1;
+	if (i == 2)
+		return a2;
+	if (i == 3)
+		return a3;
+	return 0;
+}
+
+static __always_inline int btf_entry(unsigned long long *ctx, __u32 slot_idx, const int max,
+				     const int skb)
+{
+	struct nt_args a = {};
+	struct nt_slot *slot = bpf_map_lookup_elem(&nt_slots, &slot_idx);
+
+	if (!slot)
+		return 0;
+	/* The skb at a constant index keeps its BTF type (the verifier would
+	 * otherwise try every argument as the skb). */
+	a.skb = ctx[skb];
+	if (slot->sk_arg != NT_ARG_NONE)
+		a.sk = btf_arg(ctx, slot->sk_arg, max);
+	if (slot->dev_arg != NT_ARG_NONE)
+		a.dev = btf_arg(ctx, slot->dev_arg, max);
+	return nt_handle_typed(ctx, &a, slot);
+}
+
+/* nt_bt_a<max>_s<skb>_<n>: the twin of raw slot nt_a<max>_<n> for a
+ * tracepoint whose skb is argument <skb>. */
+#define BTF_SLOT(fam, skb, n)                                                    \
+	SEC("tp_btf")                                                            \
+	int nt_bt_a##fam##_s##skb##_##n(unsigned long long *ctx)                 \
+	{                                                                        \
+		return btf_entry(ctx, NT_SLOT_BASE_A##fam + n, fam, skb);        \
+	}
+
+#define BTF_DROP_SLOT(n)                                                         \
+	SEC("tp_btf")                                                            \
+	int nt_bt_drop_##n(unsigned long long *ctx)                              \
+	{                                                                        \
+		__u32 i = NT_SLOT_BASE_DROP + n;                                 \
+		struct nt_args a = {                                             \
+			.skb = ctx[0],                                           \
+			.location = ctx[1],                                      \
+			.reason = ctx[2],                                        \
+		};                                                               \
+		return nt_handle_typed(ctx, &a, bpf_map_lookup_elem(&nt_slots, &i)); \
+	}
+
+BTF_SLOT(0, 0, 0) BTF_SLOT(0, 0, 1) BTF_SLOT(0, 0, 2) BTF_SLOT(0, 0, 3)
+BTF_SLOT(0, 0, 4) BTF_SLOT(0, 0, 5) BTF_SLOT(0, 0, 6) BTF_SLOT(0, 0, 7)
+BTF_SLOT(0, 0, 8) BTF_SLOT(0, 0, 9) BTF_SLOT(0, 0, 10) BTF_SLOT(0, 0, 11)
+BTF_SLOT(0, 0, 12) BTF_SLOT(0, 0, 13) BTF_SLOT(0, 0, 14) BTF_SLOT(0, 0, 15)
+BTF_SLOT(0, 0, 16) BTF_SLOT(0, 0, 17) BTF_SLOT(0, 0, 18) BTF_SLOT(0, 0, 19)
+BTF_SLOT(0, 0, 20) BTF_SLOT(0, 0, 21) BTF_SLOT(0, 0, 22) BTF_SLOT(0, 0, 23)
+BTF_SLOT(1, 0, 0) BTF_SLOT(1, 0, 1) BTF_SLOT(1, 0, 2) BTF_SLOT(1, 0, 3)
+BTF_SLOT(1, 0, 4) BTF_SLOT(1, 0, 5) BTF_SLOT(1, 0, 6) BTF_SLOT(1, 0, 7)
+BTF_SLOT(1, 0, 8) BTF_SLOT(1, 0, 9) BTF_SLOT(1, 0, 10) BTF_SLOT(1, 0, 11)
+BTF_SLOT(1, 0, 12) BTF_SLOT(1, 0, 13) BTF_SLOT(1, 0, 14) BTF_SLOT(1, 0, 15)
+BTF_SLOT(1, 1, 0) BTF_SLOT(1, 1, 1) BTF_SLOT(1, 1, 2) BTF_SLOT(1, 1, 3)
+BTF_SLOT(1, 1, 4) BTF_SLOT(1, 1, 5) BTF_SLOT(1, 1, 6) BTF_SLOT(1, 1, 7)
+BTF_SLOT(1, 1, 8) BTF_SLOT(1, 1, 9) BTF_SLOT(1, 1, 10) BTF_SLOT(1, 1, 11)
+BTF_SLOT(1, 1, 12) BTF_SLOT(1, 1, 13) BTF_SLOT(1, 1, 14) BTF_SLOT(1, 1, 15)
+BTF_SLOT(2, 0, 0) BTF_SLOT(2, 0, 1) BTF_SLOT(2, 0, 2) BTF_SLOT(2, 0, 3)
+BTF_SLOT(2, 0, 4) BTF_SLOT(2, 0, 5) BTF_SLOT(2, 0, 6) BTF_SLOT(2, 0, 7)
+BTF_SLOT(2, 1, 0) BTF_SLOT(2, 1, 1) BTF_SLOT(2, 1, 2) BTF_SLOT(2, 1, 3)
+BTF_SLOT(2, 1, 4) BTF_SLOT(2, 1, 5) BTF_SLOT(2, 1, 6) BTF_SLOT(2, 1, 7)
+BTF_SLOT(2, 2, 0) BTF_SLOT(2, 2, 1) BTF_SLOT(2, 2, 2) BTF_SLOT(2, 2, 3)
+BTF_SLOT(2, 2, 4) BTF_SLOT(2, 2, 5) BTF_SLOT(2, 2, 6) BTF_SLOT(2, 2, 7)
+BTF_SLOT(3, 0, 0) BTF_SLOT(3, 0, 1) BTF_SLOT(3, 0, 2) BTF_SLOT(3, 0, 3)
+BTF_SLOT(3, 1, 0) BTF_SLOT(3, 1, 1) BTF_SLOT(3, 1, 2) BTF_SLOT(3, 1, 3)
+BTF_SLOT(3, 2, 0) BTF_SLOT(3, 2, 1) BTF_SLOT(3, 2, 2) BTF_SLOT(3, 2, 3)
+BTF_SLOT(3, 3, 0) BTF_SLOT(3, 3, 1) BTF_SLOT(3, 3, 2) BTF_SLOT(3, 3, 3)
+BTF_DROP_SLOT(0) BTF_DROP_SLOT(1)
+
 /* ---- Kernel functions ---- */
 
 /*
@@ -633,16 +948,12 @@ RTP_DROP_SLOT(0) RTP_DROP_SLOT(1)
  */
 static __always_inline int kp_entry(struct pt_regs *ctx, __u64 skb)
 {
+	/* User space keys each function by its address and, for kernels with
+	 * IBT that report the address after the ENDBR, that address + 4. */
 	__u64 ip = bpf_get_func_ip(ctx);
-	struct nt_slot *slot = bpf_map_lookup_elem(&nt_funcs, &ip);
 	struct nt_args a = { .skb = skb };
 
-	if (!slot) {
-		/* Some kernels with IBT report the address after the ENDBR. */
-		ip -= 4;
-		slot = bpf_map_lookup_elem(&nt_funcs, &ip);
-	}
-	return nt_handle(ctx, &a, slot);
+	return nt_handle(ctx, &a, bpf_map_lookup_elem(&nt_funcs, &ip));
 }
 
 /*
@@ -698,7 +1009,7 @@ SEC("kprobe") int nt_kp_a4(struct pt_regs *ctx) { return kp_entry(ctx, PT_REGS_P
 	{                                                                        \
 		__u32 i = NT_SLOT_BASE_FE##arg + n;                              \
 		struct nt_args a = { .skb = ctx[arg] };                          \
-		return nt_handle(ctx, &a, bpf_map_lookup_elem(&nt_slots, &i));   \
+		return nt_handle_typed(ctx, &a, bpf_map_lookup_elem(&nt_slots, &i)); \
 	}
 
 #define FEXIT_SLOT(n)                                                            \

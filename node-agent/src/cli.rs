@@ -105,6 +105,9 @@ pub struct Cli {
     /// Backend for kernel-function tracers: auto (fentry, else kprobe), fentry, kprobe, or tracepoint (functions left out)
     #[arg(long, value_enum, default_value = "auto", value_name = "BACKEND")]
     pub backend: crate::plan::BackendChoice,
+    /// Attach tracepoints as raw tracepoints (bpf_probe_read_kernel for every skb field) even where BTF-typed tp_btf programs load; for comparison and for kernels where tp_btf misbehaves
+    #[arg(long = "raw-tp")]
+    pub raw_tp: bool,
     /// At most this many events per second, enforced in the kernel (suppressed events are counted and reported)
     #[arg(long = "rate-limit", value_name = "EVENTS_PER_SEC")]
     pub rate_limit: Option<u32>,

@@ -6,8 +6,8 @@ use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
-use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf, StackTraceMap};
-use aya::programs::{FEntry, FExit, KProbe, ProgramError, RawTracePoint};
+use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
+use aya::programs::{BtfTracePoint, FEntry, FExit, KProbe, Program, ProgramError, RawTracePoint};
 use aya::{Btf, Ebpf, EbpfLoader, Pod};
 use nettrace_common::{Filter, Role};
 
@@ -133,7 +133,7 @@ pub fn load_and_attach(
         .context("loading the eBPF object failed")?;
     fill_scope(&mut ebpf, scope)?;
     let mut phases = vec![("object", started.elapsed())];
-    let preload_errors = preload_raw_tracepoints(&mut ebpf, plan);
+    let preloaded = preload_tracepoints(&mut ebpf, plan, btf);
 
     let mut attached = Vec::new();
     let mut functions = FunctionAttacher::default();
@@ -141,18 +141,28 @@ pub fn load_and_attach(
         let id32 = id as u32;
         let tracer = plan.tracers[id].clone();
         let outcome = match &tracer.backend {
-            Backend::Tracepoint { slot, .. } if preload_errors.contains_key(&slot.program) => {
-                Err(anyhow!(
-                    "loading {}: {}",
-                    slot.program,
-                    preload_errors[&slot.program]
-                ))
-            }
-            Backend::Tracepoint { event, slot, .. } => {
-                write_slot(&mut ebpf, slot.index, RawSlot::new(id32, &tracer, false))
-                    .and_then(|()| attach_raw_tracepoint(&mut ebpf, &slot.program, event))
-                    .map(|prog| (prog, None))
-            }
+            Backend::Tracepoint {
+                tp, event, slot, ..
+            } => match preloaded.get(&slot.program) {
+                Some(Ok(typed)) => {
+                    let typed = *typed;
+                    write_slot(&mut ebpf, slot.index, RawSlot::new(id32, &tracer, false))
+                        .and_then(|()| {
+                            attach_tracepoint(&mut ebpf, slot, tracer.skb_arg, event, typed)
+                        })
+                        .map(|prog| {
+                            let backend = Backend::Tracepoint {
+                                tp: tp.clone(),
+                                event: event.clone(),
+                                slot: slot.clone(),
+                                typed,
+                            };
+                            (prog, Some(backend))
+                        })
+                }
+                Some(Err(e)) => Err(anyhow!("loading {}: {e}", slot.program)),
+                None => Err(anyhow!("{} was not loaded", slot.program)),
+            },
             Backend::Function(target) => {
                 match functions.attach(&mut ebpf, btf, id32, &tracer, target) {
                     Ok(Some(done)) => Ok(done),
@@ -240,51 +250,119 @@ fn write_slot(ebpf: &mut Ebpf, index: u32, raw: RawSlot) -> Result<()> {
         .context("writing the slot configuration")
 }
 
-/// Loads (has the kernel verify) the planned raw tracepoint programs on two
+/// The tp_btf twin of a raw tracepoint slot program (same slot, typed body):
+/// `nt_a<max>_<n>` becomes `nt_bt_a<max>_s<skb_arg>_<n>`, `nt_drop_<n>`
+/// becomes `nt_bt_drop_<n>`.
+fn typed_program(raw: &str, skb_arg: u8) -> String {
+    let rest = raw.trim_start_matches("nt_");
+    match rest.split_once('_') {
+        Some((family, n)) if family.starts_with('a') => format!("nt_bt_{family}_s{skb_arg}_{n}"),
+        _ => format!("nt_bt_{rest}"),
+    }
+}
+
+/// A tracepoint program pair to load: raw program name, event, the tp_btf
+/// twin and the raw program.
+type PreloadJob<'p> = (
+    String,
+    String,
+    Option<&'p mut Program>,
+    Option<&'p mut Program>,
+);
+
+/// Loads (has the kernel verify) the planned tracepoint programs on two
 /// threads; verification is most of the cost of attaching a tracepoint.
-/// Returns the programs that failed to load, with the error.
-fn preload_raw_tracepoints(ebpf: &mut Ebpf, plan: &Plan) -> HashMap<String, String> {
-    let wanted: HashSet<&str> = plan
+/// Each tracer gets its tp_btf program (typed, direct loads) where the kernel
+/// accepts it, else its raw tracepoint program. Returns, per raw program
+/// name, whether the typed one loaded, or why neither did.
+fn preload_tracepoints(
+    ebpf: &mut Ebpf,
+    plan: &Plan,
+    btf: &Btf,
+) -> HashMap<String, Result<bool, String>> {
+    let wanted: HashMap<String, String> = plan
         .tracers
         .iter()
         .filter_map(|t| match &t.backend {
-            Backend::Tracepoint { slot, .. } => Some(slot.program.as_str()),
+            Backend::Tracepoint { slot, event, .. } => Some((slot.program.clone(), event.clone())),
             _ => None,
         })
         .collect();
-    let mut progs: Vec<(String, &mut RawTracePoint)> = ebpf
-        .programs_mut()
-        .filter(|(name, _)| wanted.contains(name))
-        .filter_map(|(name, p)| {
-            <&mut RawTracePoint>::try_from(p)
-                .ok()
-                .map(|p| (name.to_string(), p))
+    let typed_names: HashMap<String, String> = plan
+        .tracers
+        .iter()
+        .filter_map(|t| match &t.backend {
+            Backend::Tracepoint { slot, .. } => Some((
+                typed_program(&slot.program, t.skb_arg),
+                slot.program.clone(),
+            )),
+            _ => None,
         })
         .collect();
-    let load_all = |progs: &mut [(String, &mut RawTracePoint)]| -> Vec<(String, String)> {
-        progs
-            .iter_mut()
-            .filter_map(|(name, p)| p.load().err().map(|e| (name.clone(), format!("{e:#}"))))
+    let mut raw_progs: HashMap<String, &mut Program> = HashMap::new();
+    let mut typed_progs: HashMap<String, &mut Program> = HashMap::new();
+    for (name, p) in ebpf.programs_mut() {
+        if wanted.contains_key(name) {
+            raw_progs.insert(name.to_string(), p);
+        } else if let Some(raw) = typed_names.get(name) {
+            typed_progs.insert(raw.clone(), p);
+        }
+    }
+    let mut jobs: Vec<PreloadJob> = raw_progs
+        .into_iter()
+        .map(|(raw, p)| {
+            let event = wanted[&raw].clone();
+            let typed = typed_progs.remove(&raw).filter(|_| !plan.raw_tracepoints);
+            (raw, event, typed, Some(p))
+        })
+        .collect();
+    let load_all = |jobs: &mut [PreloadJob]| -> Vec<(String, Result<bool, String>)> {
+        jobs.iter_mut()
+            .map(|(raw, event, typed, plain)| {
+                let typed_err = match typed.as_deref_mut().map(<&mut BtfTracePoint>::try_from) {
+                    Some(Ok(p)) => match p.load(event, btf) {
+                        Ok(()) => return (raw.clone(), Ok(true)),
+                        Err(e) => format!("tp_btf: {e:#}"),
+                    },
+                    _ => "tp_btf not tried".to_string(),
+                };
+                let res = match plain.as_deref_mut().map(<&mut RawTracePoint>::try_from) {
+                    Some(Ok(p)) => p
+                        .load()
+                        .map(|()| false)
+                        .map_err(|e| format!("{e:#} (and {typed_err})")),
+                    _ => Err(format!("no raw tracepoint program (and {typed_err})")),
+                };
+                (raw.clone(), res)
+            })
             .collect()
     };
-    let half = progs.len() / 2;
-    let (first, second) = progs.split_at_mut(half);
+    let half = jobs.len() / 2;
+    let (first, second) = jobs.split_at_mut(half);
     std::thread::scope(|s| {
         let other = s.spawn(|| load_all(first));
-        let mut errors = load_all(second);
-        errors.extend(other.join().unwrap_or_default());
-        errors.into_iter().collect()
+        let mut done = load_all(second);
+        done.extend(other.join().unwrap_or_default());
+        done.into_iter().collect()
     })
 }
 
-fn attach_raw_tracepoint(ebpf: &mut Ebpf, program: &str, event: &str) -> Result<u32> {
-    let prog: &mut RawTracePoint = ebpf
-        .program_mut(program)
-        .ok_or_else(|| anyhow!("program {program} missing from the eBPF object"))?
-        .try_into()?;
-    if prog.fd().is_err() {
-        prog.load().with_context(|| format!("loading {program}"))?;
+/// Attaches a preloaded tracepoint program (`typed`: its tp_btf twin).
+fn attach_tracepoint(
+    ebpf: &mut Ebpf,
+    slot: &Slot,
+    skb_arg: u8,
+    event: &str,
+    typed: bool,
+) -> Result<u32> {
+    if typed {
+        let name = typed_program(&slot.program, skb_arg);
+        let prog: &mut BtfTracePoint = program(ebpf, &name)?.try_into()?;
+        prog.attach()
+            .with_context(|| format!("attaching tp_btf to {event}"))?;
+        return Ok(prog.info().map(|i| i.id()).unwrap_or(0));
     }
+    let prog: &mut RawTracePoint = program(ebpf, &slot.program)?.try_into()?;
     prog.attach(event)
         .with_context(|| format!("attaching to raw tracepoint {event}"))?;
     Ok(prog.info().map(|i| i.id()).unwrap_or(0))
@@ -655,9 +733,13 @@ impl FunctionAttacher {
                 .map_mut("nt_funcs")
                 .ok_or_else(|| anyhow!("the eBPF object has no nt_funcs map"))?;
             let mut funcs: BpfHashMap<&mut MapData, u64, RawSlot> = BpfHashMap::try_from(map)?;
-            funcs
-                .insert(addr, RawSlot::new(id, t, ret.is_some()), 0)
-                .context("writing nt_funcs")?;
+            // Kernels with IBT report the address after the ENDBR (+4): key
+            // both, so the kprobe finds its slot in one lookup.
+            for key in [addr, addr + 4] {
+                funcs
+                    .insert(key, RawSlot::new(id, t, ret.is_some()), 0)
+                    .context("writing nt_funcs")?;
+            }
         }
         let prog: &mut KProbe = program(ebpf, entry)?.try_into()?;
         if !self.kprobe_loaded.contains_key(entry) {
@@ -692,15 +774,6 @@ impl Loaded {
             .take_map("nt_events")
             .ok_or_else(|| anyhow!("no nt_events map"))?;
         Ok(RingBuf::try_from(map)?)
-    }
-
-    /// Takes the stack trace map out of the object.
-    pub fn take_stacks(&mut self) -> Result<StackTraceMap<MapData>> {
-        let map = self
-            .ebpf
-            .take_map("nt_stacks")
-            .ok_or_else(|| anyhow!("no nt_stacks map"))?;
-        Ok(StackTraceMap::try_from(map)?)
     }
 
     /// Takes the statistics counters out of the object.

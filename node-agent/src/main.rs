@@ -161,6 +161,7 @@ pub fn prepare_scoped(cli: &Cli, tree: &TracerTree, scope: &[u64]) -> Result<Pre
 
     let want_stack = |leaf: &Leaf| cli.stack || stack_only.contains(&leaf.name);
     let mut plan = Plan::build(&kernel, &leaves, cli.backend, cli.ret, want_stack);
+    plan.raw_tracepoints = cli.raw_tp;
     let loaded = loader::load_and_attach(&mut plan, btf, &filter, limits, scope)?;
     report_plan(cli, &plan, &loaded);
     if cli.verbose {
@@ -243,7 +244,9 @@ fn report_plan(cli: &Cli, plan: &Plan, loaded: &loader::Loaded) {
     for (id, t) in plan.tracers.iter().enumerate() {
         let prog = prog_ids.get(&(id as u32)).copied().unwrap_or(0);
         let how = match &t.backend {
-            Backend::Tracepoint { tp, .. } => format!("tracepoint {tp}"),
+            Backend::Tracepoint { tp, typed, .. } => {
+                format!("{} {tp}", if *typed { "tp_btf" } else { "raw_tp" })
+            }
             Backend::Fentry { func, ret } => {
                 format!("fentry {func}{}", if *ret { " + fexit" } else { "" })
             }

@@ -43,6 +43,9 @@ pub enum Backend {
         event: String,
         /// The entry program.
         slot: Slot,
+        /// Attached as tp_btf (BTF-typed arguments, direct loads) rather
+        /// than as a raw tracepoint; set by the loader.
+        typed: bool,
     },
     /// A kernel function, to be attached by the loader.
     Function(FunctionTarget),
@@ -117,6 +120,8 @@ impl PlannedTracer {
 pub struct Plan {
     /// Indexed by tracer id.
     pub tracers: Vec<PlannedTracer>,
+    /// Attach tracepoints as raw tracepoints only, never tp_btf (`--raw-tp`).
+    pub raw_tracepoints: bool,
 }
 
 /// How `leaf` would be traced on `kernel` with `choice`, for `-t ?` and
@@ -266,6 +271,7 @@ impl Plan {
                                     tp: format!("{category}/{event}"),
                                     event: event.clone(),
                                     slot,
+                                    typed: false,
                                 },
                                 None => Backend::Unavailable(
                                     "no free tracepoint program slot left".to_string(),
@@ -295,7 +301,10 @@ impl Plan {
                 }
             })
             .collect();
-        Plan { tracers }
+        Plan {
+            tracers,
+            raw_tracepoints: false,
+        }
     }
 
     /// Tracers that are (or will be) attached, with their ids.

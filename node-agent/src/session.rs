@@ -5,7 +5,7 @@ use std::io::{self, Write};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use aya::maps::{MapData, RingBuf, StackTraceMap};
+use aya::maps::{MapData, RingBuf};
 use nettrace_common::format::{self, Annotations, LossStats, TextOptions};
 use nettrace_common::{json, Block, Event, RawEvent, Role, Timeline};
 use tokio::io::unix::AsyncFd;
@@ -58,7 +58,6 @@ pub async fn run(
     control: Option<Control>,
 ) -> Result<Stop> {
     let ring = loaded.take_ring_buffer()?;
-    let stacks = loaded.take_stacks()?;
     let stats = loaded.take_stats()?;
     // SAFETY: the AsyncFd owns the ring buffer, so its fd stays open for as
     // long as it is registered.
@@ -89,7 +88,6 @@ pub async fn run(
     let mut printer = Printer {
         plan: &plan,
         symbols: &symbols,
-        stacks: &stacks,
         views,
         timeline: Timeline::new(MAX_OPEN_CONTEXTS),
         out: io::stdout().lock(),
@@ -142,7 +140,6 @@ pub async fn run(
 struct Printer<'a> {
     plan: &'a Plan,
     symbols: &'a Symbols,
-    stacks: &'a StackTraceMap<MapData>,
     views: Views,
     timeline: Timeline<Record>,
     out: io::StdoutLock<'static>,
@@ -168,8 +165,12 @@ impl<'a> Printer<'a> {
                     continue;
                 }
             };
+            let ips = match ev.stack_id {
+                Some(frames) => nettrace_common::event::stack_ips(&item, frames),
+                None => Vec::new(),
+            };
             drop(item);
-            if self.handle(ev) {
+            if self.handle(ev, &ips) {
                 done = true;
                 break;
             }
@@ -184,10 +185,8 @@ impl<'a> Printer<'a> {
     }
 
     /// Prints or buffers one event; true once `count` is reached.
-    fn handle(&mut self, ev: Event) -> bool {
-        let stack = ev
-            .stack_id
-            .and_then(|id| self.symbols.stack(self.stacks, id));
+    fn handle(&mut self, ev: Event, ips: &[u64]) -> bool {
+        let stack = ev.stack_id.map(|_| self.symbols.stack(ips));
         let rec = Record { ev, stack };
         if !self.views.timeline {
             self.write_record(&rec);

@@ -2,7 +2,6 @@
 
 use std::fs;
 
-use aya::maps::StackTraceMap;
 use nettrace_common::{DropReasons, Kallsyms};
 
 use crate::system::Kernel;
@@ -56,22 +55,13 @@ impl Symbols {
         }
     }
 
-    /// The symbolised frames of kernel stack `id`, innermost first, starting
-    /// at the kernel code that hit the tracer (our own program and the
-    /// tracing trampolines above it are left out).
-    pub fn stack<T: std::borrow::Borrow<aya::maps::MapData>>(
-        &self,
-        stacks: &StackTraceMap<T>,
-        id: u32,
-    ) -> Option<Vec<String>> {
-        let trace = stacks.get(&id, 0).ok()?;
-        let frames: Vec<String> = trace
-            .frames()
-            .iter()
-            .map(|f| self.symbolize(f.ip))
-            .collect();
+    /// The symbolised frames of a kernel stack (addresses innermost first),
+    /// starting at the kernel code that hit the tracer (our own program and
+    /// the tracing trampolines above it are left out).
+    pub fn stack(&self, ips: &[u64]) -> Vec<String> {
+        let frames: Vec<String> = ips.iter().map(|&ip| self.symbolize(ip)).collect();
         let skip = frames.iter().take_while(|f| is_tracing_frame(f)).count();
-        Some(frames[skip..].to_vec())
+        frames[skip..].to_vec()
     }
 }
 

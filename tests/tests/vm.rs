@@ -748,7 +748,7 @@ fn check_verbose(series: &str, backend: &str, s: &StepOut) -> BTreeMap<String, (
     let att = attached(s);
     for (name, (kind, _)) in &att {
         assert!(
-            kind == backend || kind == "tracepoint",
+            kind == backend || kind == "tp_btf" || kind == "raw_tp",
             "{series}: {name} attached as {kind} with --backend {backend}\n{}",
             s.describe()
         );
