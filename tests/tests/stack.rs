@@ -70,3 +70,74 @@ fn stack_with_all_tracers_needs_force() {
     );
     assert!(!fin.began_tracing(), "began tracing\n{}", fin.describe());
 }
+
+/// Many different kernel paths, each with `--stack`: every event carries its stack and no
+/// stack is counted as failed. With a kernel stack map (4096 buckets, never emptied, a bucket
+/// collision of two different stacks refused with EEXIST) this failed after a few dozen
+/// distinct stacks; the stack now travels in the event record itself.
+#[test]
+fn every_event_keeps_its_stack_across_many_paths() {
+    preflight();
+    let t = Topology::bridged(SUBNET + 1);
+    t.b.iptables(&["-A", "INPUT", "-p", "udp", "--dport", "9", "-j", "DROP"]);
+    let b = t.b_addr.to_string();
+    let nt = Nettrace::spawn(&[
+        "-t",
+        "all",
+        "--stack",
+        "--force-stack",
+        "-o",
+        "json",
+        "--addr",
+        &b,
+    ]);
+    // ICMP there and back, UDP to a closed port (ICMP error), UDP dropped by a rule, TCP to a
+    // listener and to a closed port (reset): each crosses other functions.
+    ping(&t.a, t.b_addr, 2);
+    for port in [7u16, 9, 11] {
+        udp_send(
+            &t.a,
+            std::net::SocketAddr::new(t.b_addr.into(), port),
+            b"stacks",
+            40000 + port,
+        );
+    }
+    let server = std::net::SocketAddrV4::new(t.b_addr, 8081);
+    tcp_exchange(&t.a, &t.b, server, 41000);
+    let _ =
+        t.a.exec(&["bash", "-c", &format!("exec 3<>/dev/tcp/{b}/8082")]);
+    ping(&t.a, t.b_addr, 2);
+    std::thread::sleep(Duration::from_millis(500));
+    let fin = nt.stop();
+    fin.assert_success();
+    let values = parse_json_lines(&fin.stdout_lines);
+    let events: Vec<_> = values.iter().filter(|v| v["type"] == "event").collect();
+    assert!(
+        events.len() > 100,
+        "only {} events\n{}",
+        events.len(),
+        fin.describe()
+    );
+    let distinct: std::collections::HashSet<String> =
+        events.iter().map(|e| e["stack"].to_string()).collect();
+    assert!(
+        distinct.len() > 30,
+        "only {} distinct stacks",
+        distinct.len()
+    );
+    let without: Vec<_> = events
+        .iter()
+        .filter(|e| e["stack"].as_array().is_none_or(|s| s.is_empty()))
+        .collect();
+    assert!(
+        without.is_empty(),
+        "{} of {} events without a stack, e.g. {}",
+        without.len(),
+        events.len(),
+        without[0]
+    );
+    // A lost record appears only when something was lost.
+    if let Some(lost) = values.iter().rfind(|v| v["type"] == "lost") {
+        assert_eq!(lost["stack_failed"], 0, "stacks failed: {lost}");
+    }
+}
