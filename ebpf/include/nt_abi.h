@@ -115,7 +115,7 @@ struct nt_slot {
 struct nt_stash_key {
 	__u64 pid_tgid;
 	__u32 tracer_id;
-	__u32 cpu;          /* softirqs run as pid 0 on every CPU at once */
+	__u32 cpu;          /* for pid 0 (idle: softirqs on every CPU at once): CPU + 1; else 0 */
 };
 
 _Static_assert(sizeof(struct nt_slot) == 12, "nt_slot layout");

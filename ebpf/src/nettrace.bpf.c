@@ -36,23 +36,21 @@ char LICENSE[] SEC("license") = "GPL";
 /* The filter; user space overrides it before loading (aya set_global). */
 const volatile struct nt_filter nt_cfg = {};
 
-/* --rate-limit: events per second on each CPU; 0 = no limit. */
+/* --rate-limit: events per second on the whole machine; 0 = no limit. */
 const volatile __u32 nt_rate = 0;
 
 #define NSEC_PER_SEC 1000000000ULL
 
-/* Token bucket of the rate limit, per CPU; one event costs NSEC_PER_SEC. */
-struct nt_bucket {
-	__u64 last_ns;
-	__u64 tokens;
-};
-
+/*
+ * The rate limit's window: (second of the monotonic clock << 32) | events
+ * admitted in that second, shared by every CPU and updated atomically.
+ */
 struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, struct nt_bucket);
-} nt_buckets SEC(".maps");
+	__type(value, __u64);
+} nt_rate_window SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -123,37 +121,35 @@ static __always_inline void stat_inc(__u32 idx)
 }
 
 /*
- * Takes one event's worth from this CPU's bucket, which refills at nt_rate
- * per second and holds a tenth of a second's worth (at least one event).
- * Returns 0, and counts the event as suppressed, when the bucket is empty.
+ * Admits at most nt_rate events per second of the monotonic clock, whatever
+ * CPUs they come from: the first event of a new second opens its window
+ * (compare-and-swap), the others count themselves in (fetch-and-add).
+ * Returns 0, and counts the event as suppressed, past the limit.
  */
 static __always_inline int rate_ok(void)
 {
 	__u32 zero = 0;
-	struct nt_bucket *b;
-	__u64 now, elapsed, cap, tokens;
+	__u64 *w, sec, cur;
+	int i;
 
 	if (!nt_rate)
 		return 1;
-	b = bpf_map_lookup_elem(&nt_buckets, &zero);
-	if (!b)
+	w = bpf_map_lookup_elem(&nt_rate_window, &zero);
+	if (!w)
 		return 1;
-	now = bpf_ktime_get_ns();
-	elapsed = now - b->last_ns;
-	if (elapsed > 10 * NSEC_PER_SEC)
-		elapsed = 10 * NSEC_PER_SEC;
-	cap = ((__u64)(nt_rate / 10) + 1) * NSEC_PER_SEC;
-	tokens = b->tokens + elapsed * nt_rate;
-	if (tokens > cap)
-		tokens = cap;
-	b->last_ns = now;
-	if (tokens < NSEC_PER_SEC) {
-		b->tokens = tokens;
-		stat_inc(NT_STAT_RATE_LIMITED);
-		return 0;
+	sec = (bpf_ktime_get_ns() / NSEC_PER_SEC) & 0xffffffff;
+	for (i = 0; i < 4; i++) {
+		cur = *(volatile __u64 *)w;
+		if ((cur >> 32) == sec)
+			break;
+		if (__sync_val_compare_and_swap(w, cur, (sec << 32) | 1) == cur)
+			return 1;
 	}
-	b->tokens = tokens - NSEC_PER_SEC;
-	return 1;
+	cur = __sync_fetch_and_add(w, 1);
+	if ((cur >> 32) == sec && (cur & 0xffffffff) < nt_rate)
+		return 1;
+	stat_inc(NT_STAT_RATE_LIMITED);
+	return 0;
 }
 
 /* Arguments of the hook that fired, as the body needs them. */
@@ -544,6 +540,23 @@ struct {
 } nt_scratch SEC(".maps");
 
 /*
+ * The key under which a function entry waits for its return. A task runs on
+ * one CPU at a time (and may migrate between entry and return), so its pid
+ * is enough; but softirqs in the idle loop run as pid 0 on every CPU at once,
+ * so for pid 0 the CPU is part of the key.
+ */
+static __always_inline struct nt_stash_key stash_key(__u64 pid_tgid, __u32 tracer_id)
+{
+	struct nt_stash_key key = {
+		.pid_tgid = pid_tgid,
+		.tracer_id = tracer_id,
+		.cpu = pid_tgid ? 0 : bpf_get_smp_processor_id() + 1,
+	};
+
+	return key;
+}
+
+/*
  * The shared body: filters cheaply first (configuration decides what is
  * read; nothing is copied or looked up for a packet the filter rejects),
  * then builds and emits the event. `typed` (a constant) says whether the
@@ -649,11 +662,7 @@ static __always_inline int nt_body(void *ctx, struct nt_args *a, struct nt_slot 
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
 
 	if (slot->ret) {
-		struct nt_stash_key key = {
-			.pid_tgid = pid_tgid,
-			.tracer_id = slot->tracer_id,
-			.cpu = bpf_get_smp_processor_id(),
-		};
+		struct nt_stash_key key = stash_key(pid_tgid, slot->tracer_id);
 
 		bpf_map_update_elem(&nt_stash, &key, e, BPF_ANY);
 	}
@@ -698,9 +707,7 @@ static __noinline int nt_handle_ret(struct nt_slot *slot, __u64 retval)
 
 	if (!slot || !slot->enabled)
 		return 0;
-	key.pid_tgid = bpf_get_current_pid_tgid();
-	key.tracer_id = slot->tracer_id;
-	key.cpu = bpf_get_smp_processor_id();
+	key = stash_key(bpf_get_current_pid_tgid(), slot->tracer_id);
 	e = bpf_map_lookup_elem(&nt_stash, &key);
 	if (!e)
 		return 0;

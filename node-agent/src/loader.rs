@@ -106,8 +106,8 @@ pub struct Loaded {
 pub struct Limits {
     /// Size of the ring buffer in bytes.
     pub ringbuf_bytes: u32,
-    /// Events per second allowed on each CPU; 0 for no limit.
-    pub rate_per_cpu: u32,
+    /// Events per second allowed on the whole machine; 0 for no limit.
+    pub rate: u32,
 }
 
 /// Loads the object with `filter` and attaches every attachable tracer of
@@ -127,7 +127,7 @@ pub fn load_and_attach(
     let mut ebpf = EbpfLoader::new()
         .btf(Some(btf))
         .override_global("nt_cfg", &raw, true)
-        .override_global("nt_rate", &limits.rate_per_cpu, true)
+        .override_global("nt_rate", &limits.rate, true)
         .map_max_entries("nt_events", ringbuf_bytes)
         .load(nettrace_ebpf::object())
         .context("loading the eBPF object failed")?;
@@ -187,7 +187,7 @@ pub fn load_and_attach(
     }
     let globals: [(&str, &[u8]); 2] = [
         ("nt_cfg", &raw.0),
-        ("nt_rate", &limits.rate_per_cpu.to_ne_bytes()),
+        ("nt_rate", &limits.rate.to_ne_bytes()),
     ];
     phases.push(("tracepoints and fentry", started.elapsed()));
     let links = functions.attach_kprobes(&mut ebpf, btf, &globals, plan, &mut attached);

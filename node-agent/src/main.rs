@@ -142,7 +142,7 @@ pub fn prepare_scoped(cli: &Cli, tree: &TracerTree, scope: &[u64]) -> Result<Pre
     }
     let limits = loader::Limits {
         ringbuf_bytes: ringbuf_size(cli.ringbuf_kb)?,
-        rate_per_cpu: rate_per_cpu(cli.rate_limit)?,
+        rate: rate_limit(cli.rate_limit)?,
     };
 
     system::require_root()?;
@@ -212,19 +212,12 @@ fn function_names<'a>(leaves: &[&'a Leaf]) -> Vec<&'a str> {
         .collect()
 }
 
-/// Splits a machine-wide `--rate-limit` over the CPUs (the kernel keeps one
-/// bucket per CPU), never below one event per second per CPU.
-fn rate_per_cpu(limit: Option<u32>) -> Result<u32> {
+/// The machine-wide `--rate-limit` (the kernel keeps one window for all CPUs).
+fn rate_limit(limit: Option<u32>) -> Result<u32> {
     match limit {
         None => Ok(0),
         Some(0) => bail!("--rate-limit must be at least 1 event per second"),
-        Some(n) => {
-            let cpus = aya::util::online_cpus()
-                .map(|c| c.len())
-                .unwrap_or(1)
-                .max(1);
-            Ok((n / u32::try_from(cpus).unwrap_or(u32::MAX)).max(1))
-        }
+        Some(n) => Ok(n),
     }
 }
 

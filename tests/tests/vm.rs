@@ -913,6 +913,35 @@ fn check_dnat(series: &str, backend: &str) {
     );
 }
 
+/// Scenario e: under two paced ping flows whose receive work runs in the idle loop (pid 0)
+/// of both CPUs at once, every `--ret` return is emitted for its own entry: each (skb,
+/// packet) has as many returns as entries. A return stash keyed by pid alone handed one
+/// CPU's entry to the other CPU's return.
+fn check_ret_idle(series: &str, backend: &str) {
+    let b = boot(series);
+    let s = b.trace_step(&format!("{backend}-ret-idle"));
+    assert_eq!(s.rc, Some(0), "{series}/{backend}: {}", s.describe());
+    let line = s
+        .lines
+        .iter()
+        .find_map(|l| l.trim().strip_prefix("ret-pairs "))
+        .unwrap_or_else(|| panic!("{series}/{backend}: no ret-pairs line\n{}", s.describe()));
+    let field = |k: &str| -> u64 {
+        line.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(&format!("{k}=")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{series}/{backend}: no {k} in {line:?}"))
+    };
+    // 2 flows x 600 pings: requests in B and replies in A each enter ip_rcv once.
+    assert!(field("entries") >= 2000, "{series}/{backend}: too few entries: {line}");
+    assert!(
+        field("pid0") > 0,
+        "{series}/{backend}: no event in the idle loop (pid 0): the scenario did not run as designed: {line}"
+    );
+    assert_eq!(field("unpaired"), 0, "{series}/{backend}: {line}");
+    assert_eq!(field("entries"), field("returns"), "{series}/{backend}: {line}");
+}
+
 // ---------------------------------------------------------------------------------------
 // The tests: one per kernel and scenario; the boots are shared.
 
@@ -969,6 +998,16 @@ macro_rules! vm_tests {
             #[test]
             fn kprobe_dnat() {
                 check_dnat($series, "kprobe");
+            }
+
+            #[test]
+            fn fentry_ret_idle() {
+                check_ret_idle($series, "fentry");
+            }
+
+            #[test]
+            fn kprobe_ret_idle() {
+                check_ret_idle($series, "kprobe");
             }
         }
     )*};

@@ -15,6 +15,48 @@
 # packet socket and no extra tool.
 . /vm/lib.sh
 
+# ret_pairs BACKEND: traces ip_rcv with --ret under two paced ping flows whose receive side
+# is steered (RPS) to the other CPU, then prints one line:
+#   ret-pairs entries=N returns=N pid0=N keys=N unpaired=N
+# where a key is one skb address with one packet summary; unpaired counts the keys whose
+# entries and returns differ in number (a return emitted for another CPU's entry).
+ret_pairs() {
+    _be=$1
+    ip netns exec tb sh -c 'echo 2 > /sys/class/net/b0/queues/rx-0/rps_cpus' || return 1
+    ip netns exec fb sh -c 'echo 1 > /sys/class/net/b0/queues/rx-0/rps_cpus' || return 1
+    $NT --backend "$_be" -t ip_rcv --ret -p icmp -o json >/tmp/ret.json 2>/tmp/ret.err &
+    _pid=$!
+    _i=0
+    while ! grep -q "begin tracing" /tmp/ret.err 2>/dev/null; do
+        alive "$_pid" && [ "$_i" -lt $((NT_ATTACH_TIMEOUT * 10)) ] || { cat /tmp/ret.err; return 1; }
+        usleep 100000
+        _i=$((_i + 1))
+    done
+    taskset -c 0 ip netns exec ta ping -q -c 600 -i 0.003 10.250.10.2 >/dev/null &
+    taskset -c 1 ip netns exec fa ping -q -c 600 -i 0.003 10.250.20.2 >/dev/null
+    wait $!
+    sleep 1
+    kill -INT "$_pid"
+    wait "$_pid"
+    _rc=$?
+    ip netns exec tb sh -c 'echo 0 > /sys/class/net/b0/queues/rx-0/rps_cpus'
+    ip netns exec fb sh -c 'echo 0 > /sys/class/net/b0/queues/rx-0/rps_cpus'
+    grep -v '^{' /tmp/ret.err
+    awk '/"type":"event"/ {
+            r = index($0, "\"ret\":") > 0
+            match($0, /"skb":"[0-9a-f]+"/); k = substr($0, RSTART, RLENGTH)
+            match($0, /"summary":"[^"]*"/); k = k substr($0, RSTART, RLENGTH)
+            if (r) { ret[k]++; nr++ } else { ent[k]++; ne++ }
+            if (index($0, "\"pid\":0,") > 0) p0++
+        }
+        END {
+            for (k in ent) { n++; if (ret[k] != ent[k]) bad++ }
+            for (k in ret) if (!(k in ent)) { n++; bad++ }
+            printf "ret-pairs entries=%d returns=%d pid0=%d keys=%d unpaired=%d\n", ne, nr, p0, n, bad
+        }' /tmp/ret.json
+    return $_rc
+}
+
 PING="ping -c 1 -W 2"
 BACKENDS=${BACKENDS:-fentry kprobe}
 
@@ -54,4 +96,8 @@ for be in $BACKENDS; do
     # d. skb-mode through DNAT
     step "$be-dnat" trace "--backend $be -v -t netfilter,ip-in,link-out,life -p icmp --addr 10.250.49.100 --skb-mode --timeline --detail" \
         "ip netns exec ra $PING 10.250.49.100" 3
+    # e. --ret pairs each return with its own entry while softirqs run in the idle loop
+    #    (pid 0) on both CPUs at once: RPS hands t's and f's receive work in B to the CPU
+    #    that is not sending, which is idle between two pings.
+    step "$be-ret-idle" ret_pairs "$be"
 done
