@@ -22,6 +22,7 @@ pub mod bpf;
 pub mod containerd;
 pub mod env;
 pub mod fakekube;
+pub mod inject;
 pub mod netns;
 pub mod output;
 pub mod runner;
