@@ -15,6 +15,7 @@
 //! - [`traffic`]: `ping`, `udp_send`, `tcp_exchange`.
 //! - [`runner`]: `Nettrace` (spawn, wait for `begin tracing`, stop with a signal).
 //! - [`output`]: parsers for text lines, timeline blocks and JSON lines, and assertions.
+//! - [`kernel`]: what the running kernel offers for tracing functions (kprobes, fentry).
 //! - [`bpf`]: program ids from `-v` output and `bpftool` checks.
 //! - [`containerd`]: pods backed by real containers (private containerd, runc, CNI bridge).
 
@@ -23,6 +24,7 @@ pub mod containerd;
 pub mod env;
 pub mod fakekube;
 pub mod inject;
+pub mod kernel;
 pub mod netns;
 pub mod output;
 pub mod runner;

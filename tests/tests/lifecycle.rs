@@ -2,13 +2,12 @@
 
 use std::time::Duration;
 
+use nettrace_tests::kernel::FunctionTracing;
 use nettrace_tests::*;
 use nix::sys::signal::Signal;
 
 /// Program name prefix in `bpftool prog show`.
 const PROG_PREFIX: &str = "nt_";
-/// On this host the function (kprobe/fentry) leaves are unavailable: `-v` must say so.
-const EXPECT_UNAVAILABLE_LINES: bool = true;
 /// Time allowed for the kernel to free programs after the process exited.
 const GRACE: Duration = Duration::from_secs(10);
 
@@ -22,10 +21,26 @@ fn lifecycle(sig: Signal, addr: &str) {
         "no `prog id N` in -v output:\n{}",
         stderr.join("\n")
     );
-    if EXPECT_UNAVAILABLE_LINES {
+    // Function leaves attach where the kernel has kprobes or fentry (probed here), and are
+    // reported unavailable where it has neither.
+    let ft = FunctionTracing::probe();
+    let function_attached = stderr.iter().any(|l| {
+        l.starts_with("attached ")
+            && [": fentry ", ": kprobe ", ": kprobe-multi "]
+                .iter()
+                .any(|k| l.contains(k))
+    });
+    let unavailable = stderr.iter().any(|l| l.starts_with("unavailable"));
+    if ft.any() {
         assert!(
-            stderr.iter().any(|l| l.starts_with("unavailable")),
-            "no `unavailable` line in -v output:\n{}",
+            function_attached,
+            "the kernel has {ft:?} but no function tracer attached:\n{}",
+            stderr.join("\n")
+        );
+    } else {
+        assert!(
+            unavailable && !function_attached,
+            "no kprobes and no fentry here, yet -v does not report the function tracers unavailable:\n{}",
             stderr.join("\n")
         );
     }
