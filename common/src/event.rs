@@ -1,12 +1,159 @@
 //! The event record the kernel programs write to the ring buffer
 //! (`struct nt_event` in `ebpf/include/nt_abi.h`), decoded by byte offset.
 
+use std::marker::PhantomData;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use thiserror::Error;
 
 /// Size in bytes of one event record.
 pub const EVENT_SIZE: usize = 152;
+
+/// A value stored little endian in a record: what a field holds.
+pub trait Le: Sized {
+    /// Size in bytes.
+    const SIZE: usize;
+    /// Reads the value from the first `SIZE` bytes of `b`.
+    fn read(b: &[u8]) -> Self;
+    /// Writes the value into the first `SIZE` bytes of `b`.
+    fn write(&self, b: &mut [u8]);
+}
+
+macro_rules! le_int {
+    ($($t:ty),*) => {$(
+        impl Le for $t {
+            const SIZE: usize = std::mem::size_of::<$t>();
+            fn read(b: &[u8]) -> Self {
+                let mut a = [0u8; std::mem::size_of::<$t>()];
+                a.copy_from_slice(&b[..Self::SIZE]);
+                <$t>::from_le_bytes(a)
+            }
+            fn write(&self, b: &mut [u8]) {
+                b[..Self::SIZE].copy_from_slice(&self.to_le_bytes());
+            }
+        }
+    )*};
+}
+le_int!(u8, u16, u32, i32, u64);
+
+impl Le for [u8; 16] {
+    const SIZE: usize = 16;
+    fn read(b: &[u8]) -> Self {
+        let mut a = [0u8; 16];
+        a.copy_from_slice(&b[..16]);
+        a
+    }
+    fn write(&self, b: &mut [u8]) {
+        b[..16].copy_from_slice(self);
+    }
+}
+
+/// A field of a kernel record: its byte offset, typed by what it holds (so
+/// its size is that of the type read and written there).
+#[derive(Debug)]
+pub struct At<T> {
+    /// Byte offset in the record.
+    pub off: usize,
+    ty: PhantomData<T>,
+}
+
+impl<T> Clone for At<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T> Copy for At<T> {}
+
+impl<T: Le> At<T> {
+    /// The field at byte offset `off`.
+    pub const fn new(off: usize) -> At<T> {
+        At {
+            off,
+            ty: PhantomData,
+        }
+    }
+
+    /// Size of the field in bytes.
+    pub const fn size(self) -> usize {
+        T::SIZE
+    }
+
+    /// Reads the field from record `b`.
+    pub fn get(self, b: &[u8]) -> T {
+        T::read(&b[self.off..])
+    }
+
+    /// Writes the field into record `b`.
+    pub fn put(self, b: &mut [u8], v: T) {
+        v.write(&mut b[self.off..]);
+    }
+}
+
+/// Where each field of the record is: the layout of `struct nt_event` (with
+/// its `pkt` member, `struct nt_pkt`, flattened), in one place for
+/// [`Event::decode`] and [`encode`]. The test `abi` of node-agent checks
+/// every one of them against the compiled object's BTF.
+pub mod offsets {
+    use super::At;
+
+    /// `ts_ns`: bpf_ktime_get_ns().
+    pub const TS_NS: At<u64> = At::new(0);
+    /// `skb`: address of the sk_buff.
+    pub const SKB: At<u64> = At::new(8);
+    /// `location`: kfree_skb/consume_skb caller.
+    pub const LOCATION: At<u64> = At::new(16);
+    /// `retval`: return value, valid with `F_RET`.
+    pub const RETVAL: At<u64> = At::new(24);
+    /// `tracer_id`.
+    pub const TRACER_ID: At<u32> = At::new(32);
+    /// `netns`: netns inode.
+    pub const NETNS: At<u32> = At::new(36);
+    /// `ifindex`.
+    pub const IFINDEX: At<u32> = At::new(40);
+    /// `pid` (tgid).
+    pub const PID: At<u32> = At::new(44);
+    /// `stack_id`: stack frames after the record, -1 for none.
+    pub const STACK_ID: At<i32> = At::new(48);
+    /// `drop_reason`.
+    pub const DROP_REASON: At<u32> = At::new(52);
+    /// `flags`: `F_*`.
+    pub const FLAGS: At<u32> = At::new(56);
+    /// `pkt_len`: skb->len.
+    pub const PKT_LEN: At<u32> = At::new(60);
+    /// `ifname`, NUL padded.
+    pub const IFNAME: At<[u8; 16]> = At::new(64);
+    /// `comm`, NUL padded.
+    pub const COMM: At<[u8; 16]> = At::new(80);
+    /// `pkt.saddr` (ARP: sender IP).
+    pub const SADDR: At<[u8; 16]> = At::new(96);
+    /// `pkt.daddr` (ARP: target IP).
+    pub const DADDR: At<[u8; 16]> = At::new(112);
+    /// `pkt.seq`: TCP sequence number.
+    pub const SEQ: At<u32> = At::new(128);
+    /// `pkt.ack`: TCP acknowledgment number.
+    pub const ACK: At<u32> = At::new(132);
+    /// `pkt.l3_proto`: ethertype, 0 = not parsed.
+    pub const L3_PROTO: At<u16> = At::new(136);
+    /// `pkt.sport`.
+    pub const SPORT: At<u16> = At::new(138);
+    /// `pkt.dport`.
+    pub const DPORT: At<u16> = At::new(140);
+    /// `pkt.icmp_id`.
+    pub const ICMP_ID: At<u16> = At::new(142);
+    /// `pkt.icmp_seq`.
+    pub const ICMP_SEQ: At<u16> = At::new(144);
+    /// `pkt.arp_op`.
+    pub const ARP_OP: At<u16> = At::new(146);
+    /// `pkt.l4_proto`: IPPROTO_*.
+    pub const L4_PROTO: At<u8> = At::new(148);
+    /// `pkt.tcp_flags`.
+    pub const TCP_FLAGS: At<u8> = At::new(149);
+    /// `pkt.icmp_type`.
+    pub const ICMP_TYPE: At<u8> = At::new(150);
+    /// `pkt.icmp_code`.
+    pub const ICMP_CODE: At<u8> = At::new(151);
+}
 
 /// `flags` bit: `retval` holds a return value.
 pub const F_RET: u32 = 0x1;
@@ -176,26 +323,6 @@ impl RawEvent {
     }
 }
 
-fn u16_at(b: &[u8; EVENT_SIZE], off: usize) -> u16 {
-    u16::from_le_bytes([b[off], b[off + 1]])
-}
-
-fn u32_at(b: &[u8; EVENT_SIZE], off: usize) -> u32 {
-    u32::from_le_bytes([b[off], b[off + 1], b[off + 2], b[off + 3]])
-}
-
-fn u64_at(b: &[u8; EVENT_SIZE], off: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[off..off + 8]);
-    u64::from_le_bytes(a)
-}
-
-fn bytes16(b: &[u8; EVENT_SIZE], off: usize) -> [u8; 16] {
-    let mut a = [0u8; 16];
-    a.copy_from_slice(&b[off..off + 16]);
-    a
-}
-
 fn c_string(raw: &[u8]) -> String {
     let end = raw.iter().position(|&c| c == 0).unwrap_or(raw.len());
     String::from_utf8_lossy(&raw[..end]).into_owned()
@@ -224,31 +351,32 @@ pub fn stack_ips(buf: &[u8], frames: u32) -> Vec<u64> {
 impl Event {
     /// Decodes one record; extra bytes past [`EVENT_SIZE`] are ignored.
     pub fn decode(buf: &[u8]) -> Result<Event, DecodeError> {
+        use offsets::*;
         let b: &[u8; EVENT_SIZE] = buf
             .get(..EVENT_SIZE)
             .and_then(|s| s.try_into().ok())
             .ok_or(DecodeError::Short(buf.len()))?;
-        let flags = u32_at(b, 56);
-        let stack_id = u32_at(b, 48) as i32;
-        let saddr = bytes16(b, 96);
-        let daddr = bytes16(b, 112);
-        let l3 = u16_at(b, 136);
-        let l4_proto = b[148];
+        let flags = FLAGS.get(b);
+        let stack_id = STACK_ID.get(b);
+        let saddr = SADDR.get(b);
+        let daddr = DADDR.get(b);
+        let l3 = L3_PROTO.get(b);
+        let l4_proto = L4_PROTO.get(b);
         let v6 = l3 == ETH_P_IPV6;
         let l4 = if flags & F_L4_BAD != 0 {
             L4::Unreadable(l4_proto)
         } else {
             match l4_proto {
                 IPPROTO_TCP => L4::Tcp {
-                    sport: u16_at(b, 138),
-                    dport: u16_at(b, 140),
-                    seq: u32_at(b, 128),
-                    ack: u32_at(b, 132),
-                    flags: b[149],
+                    sport: SPORT.get(b),
+                    dport: DPORT.get(b),
+                    seq: SEQ.get(b),
+                    ack: ACK.get(b),
+                    flags: TCP_FLAGS.get(b),
                 },
                 IPPROTO_UDP => L4::Udp {
-                    sport: u16_at(b, 138),
-                    dport: u16_at(b, 140),
+                    sport: SPORT.get(b),
+                    dport: DPORT.get(b),
                 },
                 IPPROTO_ICMP if !v6 => icmp(b),
                 IPPROTO_ICMPV6 if v6 => icmp(b),
@@ -268,27 +396,27 @@ impl Event {
                 l4,
             },
             ETH_P_ARP => Packet::Arp {
-                op: u16_at(b, 146),
+                op: ARP_OP.get(b),
                 sender: v4(saddr),
                 target: v4(daddr),
             },
             ethertype => Packet::Other { ethertype },
         };
         Ok(Event {
-            ts_ns: u64_at(b, 0),
-            skb: u64_at(b, 8),
-            location: u64_at(b, 16),
-            retval: (flags & F_RET != 0).then(|| u64_at(b, 24)),
-            tracer_id: u32_at(b, 32),
-            netns: u32_at(b, 36),
-            ifindex: u32_at(b, 40),
-            pid: u32_at(b, 44),
+            ts_ns: TS_NS.get(b),
+            skb: SKB.get(b),
+            location: LOCATION.get(b),
+            retval: (flags & F_RET != 0).then(|| RETVAL.get(b)),
+            tracer_id: TRACER_ID.get(b),
+            netns: NETNS.get(b),
+            ifindex: IFINDEX.get(b),
+            pid: PID.get(b),
             stack_id: u32::try_from(stack_id).ok(),
-            drop_reason: u32_at(b, 52),
+            drop_reason: DROP_REASON.get(b),
             flags,
-            pkt_len: u32_at(b, 60),
-            ifname: c_string(&b[64..80]),
-            comm: c_string(&b[80..96]),
+            pkt_len: PKT_LEN.get(b),
+            ifname: c_string(&IFNAME.get(b)),
+            comm: c_string(&COMM.get(b)),
             from_sk: flags & F_FROM_SK != 0,
             skb_mode: flags & F_SKB_MODE != 0,
             packet,
@@ -297,11 +425,12 @@ impl Event {
 }
 
 fn icmp(b: &[u8; EVENT_SIZE]) -> L4 {
+    use offsets::*;
     L4::Icmp {
-        ty: b[150],
-        code: b[151],
-        id: u16_at(b, 142),
-        seq: u16_at(b, 144),
+        ty: ICMP_TYPE.get(b),
+        code: ICMP_CODE.get(b),
+        id: ICMP_ID.get(b),
+        seq: ICMP_SEQ.get(b),
     }
 }
 
@@ -310,8 +439,8 @@ fn icmp(b: &[u8; EVENT_SIZE]) -> L4 {
 /// `flags` is taken from the event with the RET, FROM_SK, SKB_MODE and L4_BAD
 /// bits set from `retval`, `from_sk`, `skb_mode` and the packet.
 pub fn encode(ev: &Event) -> Vec<u8> {
+    use offsets::*;
     let mut b = vec![0u8; EVENT_SIZE];
-    let put = |b: &mut [u8], off: usize, v: &[u8]| b[off..off + v.len()].copy_from_slice(v);
     let mut flags = ev.flags & !(F_RET | F_FROM_SK | F_SKB_MODE | F_L4_BAD);
     if ev.retval.is_some() {
         flags |= F_RET;
@@ -322,26 +451,35 @@ pub fn encode(ev: &Event) -> Vec<u8> {
     if ev.skb_mode {
         flags |= F_SKB_MODE;
     }
-    put(&mut b, 0, &ev.ts_ns.to_le_bytes());
-    put(&mut b, 8, &ev.skb.to_le_bytes());
-    put(&mut b, 16, &ev.location.to_le_bytes());
-    put(&mut b, 24, &ev.retval.unwrap_or(0).to_le_bytes());
-    put(&mut b, 32, &ev.tracer_id.to_le_bytes());
-    put(&mut b, 36, &ev.netns.to_le_bytes());
-    put(&mut b, 40, &ev.ifindex.to_le_bytes());
-    put(&mut b, 44, &ev.pid.to_le_bytes());
+    TS_NS.put(&mut b, ev.ts_ns);
+    SKB.put(&mut b, ev.skb);
+    LOCATION.put(&mut b, ev.location);
+    RETVAL.put(&mut b, ev.retval.unwrap_or(0));
+    TRACER_ID.put(&mut b, ev.tracer_id);
+    NETNS.put(&mut b, ev.netns);
+    IFINDEX.put(&mut b, ev.ifindex);
+    PID.put(&mut b, ev.pid);
     let stack = ev
         .stack_id
         .and_then(|s| i32::try_from(s).ok())
         .unwrap_or(-1);
-    put(&mut b, 48, &stack.to_le_bytes());
-    put(&mut b, 52, &ev.drop_reason.to_le_bytes());
-    put(&mut b, 60, &ev.pkt_len.to_le_bytes());
-    put(&mut b, 64, c_name(&ev.ifname));
-    put(&mut b, 80, c_name(&ev.comm));
-    put(&mut b, 136, &ev.packet.ethertype().to_le_bytes());
+    STACK_ID.put(&mut b, stack);
+    DROP_REASON.put(&mut b, ev.drop_reason);
+    PKT_LEN.put(&mut b, ev.pkt_len);
+    let put_name = |b: &mut [u8], at: At<[u8; 16]>, s: &str| {
+        let s = c_name(s);
+        b[at.off..at.off + s.len()].copy_from_slice(s);
+    };
+    put_name(&mut b, IFNAME, &ev.ifname);
+    put_name(&mut b, COMM, &ev.comm);
+    L3_PROTO.put(&mut b, ev.packet.ethertype());
+    let v4_bytes = |a: &Ipv4Addr| {
+        let mut o = [0u8; 16];
+        o[..4].copy_from_slice(&a.octets());
+        o
+    };
     let mut put_l4 = |b: &mut [u8], l4: &L4, v6: bool| {
-        b[148] = l4.proto(v6);
+        L4_PROTO.put(b, l4.proto(v6));
         match *l4 {
             L4::Tcp {
                 sport,
@@ -350,21 +488,21 @@ pub fn encode(ev: &Event) -> Vec<u8> {
                 ack,
                 flags: tf,
             } => {
-                put(b, 138, &sport.to_le_bytes());
-                put(b, 140, &dport.to_le_bytes());
-                put(b, 128, &seq.to_le_bytes());
-                put(b, 132, &ack.to_le_bytes());
-                b[149] = tf;
+                SPORT.put(b, sport);
+                DPORT.put(b, dport);
+                SEQ.put(b, seq);
+                ACK.put(b, ack);
+                TCP_FLAGS.put(b, tf);
             }
             L4::Udp { sport, dport } => {
-                put(b, 138, &sport.to_le_bytes());
-                put(b, 140, &dport.to_le_bytes());
+                SPORT.put(b, sport);
+                DPORT.put(b, dport);
             }
             L4::Icmp { ty, code, id, seq } => {
-                b[150] = ty;
-                b[151] = code;
-                put(b, 142, &id.to_le_bytes());
-                put(b, 144, &seq.to_le_bytes());
+                ICMP_TYPE.put(b, ty);
+                ICMP_CODE.put(b, code);
+                ICMP_ID.put(b, id);
+                ICMP_SEQ.put(b, seq);
             }
             L4::Other(_) => {}
             L4::Unreadable(_) => flags |= F_L4_BAD,
@@ -372,23 +510,23 @@ pub fn encode(ev: &Event) -> Vec<u8> {
     };
     match &ev.packet {
         Packet::Ipv4 { src, dst, l4 } => {
-            put(&mut b, 96, &src.octets());
-            put(&mut b, 112, &dst.octets());
+            SADDR.put(&mut b, v4_bytes(src));
+            DADDR.put(&mut b, v4_bytes(dst));
             put_l4(&mut b, l4, false);
         }
         Packet::Ipv6 { src, dst, l4 } => {
-            put(&mut b, 96, &src.octets());
-            put(&mut b, 112, &dst.octets());
+            SADDR.put(&mut b, src.octets());
+            DADDR.put(&mut b, dst.octets());
             put_l4(&mut b, l4, true);
         }
         Packet::Arp { op, sender, target } => {
-            put(&mut b, 96, &sender.octets());
-            put(&mut b, 112, &target.octets());
-            put(&mut b, 146, &op.to_le_bytes());
+            SADDR.put(&mut b, v4_bytes(sender));
+            DADDR.put(&mut b, v4_bytes(target));
+            ARP_OP.put(&mut b, *op);
         }
         Packet::Other { .. } | Packet::Unknown => {}
     }
-    put(&mut b, 56, &flags.to_le_bytes());
+    FLAGS.put(&mut b, flags);
     b
 }
 

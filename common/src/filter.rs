@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use thiserror::Error;
 
-use crate::event::{Event, Packet, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, L4};
+use crate::event::{At, Event, Packet, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, L4};
 
 /// Size of the encoded filter (`struct nt_filter`).
 pub const FILTER_SIZE: usize = 80;
@@ -151,15 +151,45 @@ pub struct Filter {
     pub follow: bool,
 }
 
-fn put(b: &mut [u8; FILTER_SIZE], off: usize, v: &[u8]) {
-    b[off..off + v.len()].copy_from_slice(v);
+/// Where [`Filter::encode`] writes each field of `struct nt_filter` (bytes
+/// not listed stay zero). The test `abi` of node-agent checks every one of
+/// them against the compiled object's BTF.
+pub mod offsets {
+    use crate::event::At;
+
+    /// `saddr` (IPv4: first 4 bytes, network order).
+    pub const SADDR: At<[u8; 16]> = At::new(0);
+    /// `daddr`.
+    pub const DADDR: At<[u8; 16]> = At::new(16);
+    /// `addr`: source or destination.
+    pub const ADDR: At<[u8; 16]> = At::new(32);
+    /// `netns`: netns inode, 0 = any.
+    pub const NETNS: At<u32> = At::new(48);
+    /// `ifindex`, 0 = any.
+    pub const IFINDEX: At<u32> = At::new(52);
+    /// `pid`, 0 = any.
+    pub const PID: At<u32> = At::new(56);
+    /// `flags`: `FL_*`.
+    pub const FLAGS: At<u32> = At::new(60);
+    /// `l3_proto`: ethertype, 0 = any.
+    pub const L3_PROTO: At<u16> = At::new(64);
+    /// `sport`, 0 = any.
+    pub const SPORT: At<u16> = At::new(66);
+    /// `dport`.
+    pub const DPORT: At<u16> = At::new(68);
+    /// `port`: source or destination.
+    pub const PORT: At<u16> = At::new(70);
+    /// `l4_proto`, 0 = any.
+    pub const L4_PROTO: At<u8> = At::new(72);
 }
 
-fn put_addr(b: &mut [u8; FILTER_SIZE], off: usize, a: &IpAddr) {
+fn put_addr(b: &mut [u8; FILTER_SIZE], at: At<[u8; 16]>, a: &IpAddr) {
+    let mut v = [0u8; 16];
     match a {
-        IpAddr::V4(v4) => put(b, off, &v4.octets()),
-        IpAddr::V6(v6) => put(b, off, &v6.octets()),
+        IpAddr::V4(v4) => v[..4].copy_from_slice(&v4.octets()),
+        IpAddr::V6(v6) => v.copy_from_slice(&v6.octets()),
     }
+    at.put(b, v);
 }
 
 impl Filter {
@@ -213,18 +243,19 @@ impl Filter {
 
     /// The `struct nt_filter` bytes for the kernel programs.
     pub fn encode(&self) -> [u8; FILTER_SIZE] {
+        use offsets::*;
         let mut b = [0u8; FILTER_SIZE];
         let mut flags = 0u32;
         if let Some(a) = &self.saddr {
-            put_addr(&mut b, 0, a);
+            put_addr(&mut b, SADDR, a);
             flags |= FL_SADDR;
         }
         if let Some(a) = &self.daddr {
-            put_addr(&mut b, 16, a);
+            put_addr(&mut b, DADDR, a);
             flags |= FL_DADDR;
         }
         if let Some(a) = &self.addr {
-            put_addr(&mut b, 32, a);
+            put_addr(&mut b, ADDR, a);
             flags |= FL_ADDR;
         }
         if self.is_v6() {
@@ -239,16 +270,15 @@ impl Filter {
         if self.follow {
             flags |= FL_FOLLOW;
         }
-        put(&mut b, 48, &self.netns.unwrap_or(0).to_le_bytes());
-        put(&mut b, 52, &self.ifindex.unwrap_or(0).to_le_bytes());
-        put(&mut b, 56, &self.pid.unwrap_or(0).to_le_bytes());
-        put(&mut b, 60, &flags.to_le_bytes());
-        let l3 = self.proto.and_then(|p| p.l3).unwrap_or(0);
-        put(&mut b, 64, &l3.to_le_bytes());
-        put(&mut b, 66, &self.sport.unwrap_or(0).to_le_bytes());
-        put(&mut b, 68, &self.dport.unwrap_or(0).to_le_bytes());
-        put(&mut b, 70, &self.port.unwrap_or(0).to_le_bytes());
-        b[72] = self.proto.and_then(|p| p.l4).unwrap_or(0);
+        NETNS.put(&mut b, self.netns.unwrap_or(0));
+        IFINDEX.put(&mut b, self.ifindex.unwrap_or(0));
+        PID.put(&mut b, self.pid.unwrap_or(0));
+        FLAGS.put(&mut b, flags);
+        L3_PROTO.put(&mut b, self.proto.and_then(|p| p.l3).unwrap_or(0));
+        SPORT.put(&mut b, self.sport.unwrap_or(0));
+        DPORT.put(&mut b, self.dport.unwrap_or(0));
+        PORT.put(&mut b, self.port.unwrap_or(0));
+        L4_PROTO.put(&mut b, self.proto.and_then(|p| p.l4).unwrap_or(0));
         b
     }
 

@@ -2,25 +2,33 @@
 /*
  * The ABI shared by the kernel programs and user space: the event record
  * written to the ring buffer, the filter held in .rodata, the per-slot
- * configuration and the statistics counters.
+ * configuration, the slot numbering and the statistics counters.
  *
- * The Rust side decodes these by byte offset (common/src/event.rs,
- * node-agent/src/config.rs); every offset below is part of the contract and
- * checked by _Static_assert here and by unit tests there.
+ * Every number of the contract is a struct layout or an enum constant, so
+ * that the compiled object's BTF carries it (see nt_abi_anchor at the end).
+ * The Rust side decodes by its own constants (common/src/event.rs `offsets`,
+ * common/src/filter.rs `offsets`, node-agent/src/loader.rs, slots.rs), and
+ * node-agent/src/slots/abi.rs checks each of them against the BTF of the
+ * object built from this file: a change made on one side only fails there.
  */
 #ifndef NT_ABI_H
 #define NT_ABI_H
 
 #define NT_IFNAMSIZ 16
 #define NT_COMM_LEN 16
-#define NT_MAX_SLOTS 1024
-#define NT_MAX_STACK_DEPTH 32
+
+enum nt_limits {
+	NT_MAX_SLOTS = 1024,      /* entries of nt_slots */
+	NT_MAX_STACK_DEPTH = 32,  /* kernel stack frames after a record, at most */
+};
 
 /* nt_event.flags */
-#define NT_F_RET 0x1       /* retval holds a return value */
-#define NT_F_FROM_SK 0x2   /* addresses/ports were taken from the socket */
-#define NT_F_SKB_MODE 0x4  /* emitted because skb-mode remembered the skb */
-#define NT_F_L4_BAD 0x8    /* L3 parsed, L4 header not readable */
+enum nt_event_flags {
+	NT_F_RET = 0x1,       /* retval holds a return value */
+	NT_F_FROM_SK = 0x2,   /* addresses/ports were taken from the socket */
+	NT_F_SKB_MODE = 0x4,  /* emitted because skb-mode remembered the skb */
+	NT_F_L4_BAD = 0x8,    /* L3 parsed, L4 header not readable */
+};
 
 /* What the kernel read of a packet's headers (the tail of nt_event). */
 struct nt_pkt {
@@ -63,13 +71,15 @@ struct nt_event {
 _Static_assert(sizeof(struct nt_event) == 152, "nt_event layout");
 
 /* nt_filter.flags */
-#define NT_FL_SADDR 0x1
-#define NT_FL_DADDR 0x2
-#define NT_FL_ADDR 0x4
-#define NT_FL_SKB_MODE 0x8
-#define NT_FL_V6 0x10       /* the address filters are IPv6 addresses */
-#define NT_FL_SCOPE 0x20    /* only (netns, ifindex) pairs in nt_scope match */
-#define NT_FL_FOLLOW 0x40   /* an skb that matched is followed out of the scope */
+enum nt_filter_flags {
+	NT_FL_SADDR = 0x1,
+	NT_FL_DADDR = 0x2,
+	NT_FL_ADDR = 0x4,
+	NT_FL_SKB_MODE = 0x8,
+	NT_FL_V6 = 0x10,      /* the address filters are IPv6 addresses */
+	NT_FL_SCOPE = 0x20,   /* only (netns, ifindex) pairs in nt_scope match */
+	NT_FL_FOLLOW = 0x40,  /* an skb that matched is followed out of the scope */
+};
 
 /* The packet filter, written once into .rodata before loading. */
 struct nt_filter {
@@ -91,12 +101,17 @@ struct nt_filter {
 _Static_assert(sizeof(struct nt_filter) == 80, "nt_filter layout");
 
 /* nt_slot.role */
-#define NT_ROLE_NONE 0
-#define NT_ROLE_CONSUME 1  /* the skb ends here normally */
-#define NT_ROLE_DROP 2     /* the skb is dropped here; args carry the reason */
-#define NT_ROLE_CLONE 3    /* returns a clone of the skb */
+enum nt_role {
+	NT_ROLE_NONE = 0,
+	NT_ROLE_CONSUME = 1,  /* the skb ends here normally */
+	NT_ROLE_DROP = 2,     /* the skb is dropped here; args carry the reason */
+	NT_ROLE_CLONE = 3,    /* returns a clone of the skb */
+};
 
-#define NT_ARG_NONE 0xff
+/* nt_slot.sk_arg and dev_arg */
+enum nt_arg {
+	NT_ARG_NONE = 0xff,   /* no such argument */
+};
 
 /* What one attached program slot needs to know, in the nt_slots array map. */
 struct nt_slot {
@@ -121,11 +136,63 @@ struct nt_stash_key {
 _Static_assert(sizeof(struct nt_slot) == 12, "nt_slot layout");
 
 /* Indexes of the nt_stats per-CPU counters. */
-#define NT_STAT_MATCHED 0     /* events produced (passed the filter) */
-#define NT_STAT_RB_FULL 1     /* events lost: ring buffer reservation failed */
-#define NT_STAT_SKB_MAP_FULL 2 /* skb-mode could not remember an skb */
-#define NT_STAT_STACK_FAIL 3  /* bpf_get_stackid failed */
-#define NT_STAT_RATE_LIMITED 4 /* events suppressed by the rate limit */
-#define NT_STAT_MAX 5
+enum nt_stat {
+	NT_STAT_MATCHED = 0,       /* events produced (passed the filter) */
+	NT_STAT_RB_FULL = 1,       /* events lost: ring buffer reservation failed */
+	NT_STAT_SKB_MAP_FULL = 2,  /* skb-mode could not remember an skb */
+	NT_STAT_STACK_FAIL = 3,    /* bpf_get_stack failed */
+	NT_STAT_RATE_LIMITED = 4,  /* events suppressed by the rate limit */
+	NT_STAT_MAX = 5,           /* number of counters */
+};
+
+/*
+ * Slot numbering: the first index in nt_slots of each family of entry
+ * programs (node-agent/src/slots.rs `Family`). A family's size is the number
+ * of its programs below (nt_a0_0 .. nt_a0_23, ...); kprobe-multi slots have
+ * no program of their own (the attach cookie is the slot).
+ *   0..23  family a0 (reads arg 0)       24..39 family a1 (args 0-1)
+ *  40..47  family a2 (args 0-2)          48..51 family a3 (args 0-3)
+ *  52..53  drop (kfree_skb signature)
+ * Kernel functions:
+ *  64..127 fentry a0   128..175 fentry a1   176..207 fentry a2
+ * 208..215 fentry a3   216..223 fentry a4
+ * 224..351 fexit      352..479 kretprobe
+ * 480..991 kprobe-multi (one per function)
+ */
+enum nt_slot_base {
+	NT_SLOT_BASE_A0 = 0,
+	NT_SLOT_BASE_A1 = 24,
+	NT_SLOT_BASE_A2 = 40,
+	NT_SLOT_BASE_A3 = 48,
+	NT_SLOT_BASE_DROP = 52,
+	NT_SLOT_BASE_FE0 = 64,
+	NT_SLOT_BASE_FE1 = 128,
+	NT_SLOT_BASE_FE2 = 176,
+	NT_SLOT_BASE_FE3 = 208,
+	NT_SLOT_BASE_FE4 = 216,
+	NT_SLOT_BASE_FEXIT = 224,
+	NT_SLOT_BASE_KRET = 352,
+	NT_SLOT_BASE_KPM = 480,
+	NT_SLOT_END = 992,         /* past the last family */
+};
+
+_Static_assert(NT_SLOT_END <= NT_MAX_SLOTS, "slots fit in nt_slots");
+
+/*
+ * Not read by any program: a global of this type puts every enum above into
+ * the object's BTF (clang emits only the types that something uses), where
+ * the Rust tests read the numbers. Each member is the type of one family.
+ */
+struct nt_abi_enums {
+	enum nt_limits limits;
+	enum nt_event_flags event_flags;
+	enum nt_filter_flags filter_flags;
+	enum nt_role role;
+	enum nt_arg arg;
+	enum nt_stat stat;
+	enum nt_slot_base slot_base;
+};
+
+const volatile struct nt_abi_enums nt_abi_anchor __attribute__((used)) = {};
 
 #endif

@@ -816,29 +816,7 @@ int nt_forget(struct bpf_raw_tracepoint_args *ctx)
 		return rtp_drop_entry(ctx, NT_SLOT_BASE_DROP + n);               \
 	}
 
-/*
- * Slot numbering, mirrored in node-agent/src/slots.rs:
- *   0..23  family a0 (reads arg 0)       24..39 family a1 (args 0-1)
- *  40..47  family a2 (args 0-2)          48..51 family a3 (args 0-3)
- *  52..53  drop (kfree_skb signature)
- * Kernel functions:
- *  64..127 fentry a0   128..175 fentry a1   176..207 fentry a2
- * 208..215 fentry a3   216..223 fentry a4
- * 224..351 fexit      352..479 kretprobe
- * 480..991 kprobe-multi (one per function; the attach cookie is the slot)
- */
-#define NT_SLOT_BASE_A0 0
-#define NT_SLOT_BASE_A1 24
-#define NT_SLOT_BASE_A2 40
-#define NT_SLOT_BASE_A3 48
-#define NT_SLOT_BASE_DROP 52
-#define NT_SLOT_BASE_FE0 64
-#define NT_SLOT_BASE_FE1 128
-#define NT_SLOT_BASE_FE2 176
-#define NT_SLOT_BASE_FE3 208
-#define NT_SLOT_BASE_FE4 216
-#define NT_SLOT_BASE_FEXIT 224
-#define NT_SLOT_BASE_KRET 352
+/* Slot numbering: enum nt_slot_base in nt_abi.h. */
 
 /* One entry program per slot (literal numbers: the preprocessor can't count). */
 RTP_SLOT(0, 0, 0) RTP_SLOT(0, 0, 1) RTP_SLOT(0, 0, 2) RTP_SLOT(0, 0, 3)

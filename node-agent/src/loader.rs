@@ -9,6 +9,7 @@ use anyhow::{anyhow, Context, Result};
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::{BtfTracePoint, FEntry, FExit, KProbe, Program, ProgramError, RawTracePoint};
 use aya::{Btf, Ebpf, EbpfLoader, Pod};
+use nettrace_common::filter::FILTER_SIZE;
 use nettrace_common::{Filter, Role};
 
 use crate::kprobe_multi::{self, MultiLoader};
@@ -18,41 +19,60 @@ use crate::slots::{Family, Slot, SlotAllocator};
 /// The filter bytes (`struct nt_filter`), as a global aya can write.
 #[derive(Clone, Copy)]
 #[repr(C)]
-struct RawFilter([u8; 80]);
+pub(crate) struct RawFilter(pub(crate) [u8; FILTER_SIZE]);
 // SAFETY: a plain byte array, no padding, valid for any bit pattern.
 unsafe impl Pod for RawFilter {}
 
-/// `struct nt_slot` of nt_abi.h.
+/// `struct nt_slot` of nt_abi.h (checked against the object's BTF by the
+/// test `slots::abi`).
 #[derive(Clone, Copy, Default)]
 #[repr(C)]
-struct RawSlot {
-    tracer_id: u32,
-    skb_arg: u8,
-    sk_arg: u8,
-    role: u8,
-    stack: u8,
-    enabled: u8,
-    ret: u8,
-    dev_arg: u8,
-    pad: u8,
+pub(crate) struct RawSlot {
+    pub(crate) tracer_id: u32,
+    pub(crate) skb_arg: u8,
+    pub(crate) sk_arg: u8,
+    pub(crate) role: u8,
+    pub(crate) stack: u8,
+    pub(crate) enabled: u8,
+    pub(crate) ret: u8,
+    pub(crate) dev_arg: u8,
+    pub(crate) pad: u8,
 }
 // SAFETY: repr(C) with explicit padding fields; any bit pattern is valid.
 unsafe impl Pod for RawSlot {}
 
-const ARG_NONE: u8 = 0xff;
+/// `nt_slot.sk_arg`/`dev_arg` when there is no such argument (`NT_ARG_NONE`).
+pub(crate) const ARG_NONE: u8 = 0xff;
+
+/// Values of `nt_slot.role` (`enum nt_role`).
+pub(crate) mod role {
+    /// `NT_ROLE_NONE`: the skb passes through.
+    pub const NONE: u8 = 0;
+    /// `NT_ROLE_CONSUME`: the skb ends here normally.
+    pub const CONSUME: u8 = 1;
+    /// `NT_ROLE_DROP`: the skb is dropped here.
+    pub const DROP: u8 = 2;
+    /// `NT_ROLE_CLONE`: returns a clone of the skb.
+    pub const CLONE: u8 = 3;
+}
+
+/// The `nt_slot.role` of a tracer's role.
+pub(crate) fn role_code(r: Role) -> u8 {
+    match r {
+        Role::Consume => role::CONSUME,
+        Role::Drop => role::DROP,
+        Role::Clone => role::CLONE,
+        Role::Normal => role::NONE,
+    }
+}
 
 impl RawSlot {
-    fn new(id: u32, t: &PlannedTracer, ret: bool) -> RawSlot {
+    pub(crate) fn new(id: u32, t: &PlannedTracer, ret: bool) -> RawSlot {
         RawSlot {
             tracer_id: id,
             skb_arg: t.skb_arg,
             sk_arg: t.sk_arg.unwrap_or(ARG_NONE),
-            role: match t.role {
-                Role::Consume => 1,
-                Role::Drop => 2,
-                Role::Clone => 3,
-                Role::Normal => 0,
-            },
+            role: role_code(t.role),
             stack: u8::from(t.stack),
             enabled: 1,
             ret: u8::from(ret),
@@ -62,7 +82,8 @@ impl RawSlot {
     }
 }
 
-/// Indexes of the `nt_stats` counters.
+/// Indexes of the `nt_stats` counters (`enum nt_stat`, checked against the
+/// object's BTF by the test `slots::abi`).
 pub mod stat {
     /// Events that passed the filter.
     pub const MATCHED: u32 = 0;

@@ -4,7 +4,11 @@
 //! only read as many arguments as that tracepoint has. So the object carries
 //! families of identical entry programs, each reading arguments up to a fixed
 //! index; user space gives each attached tracer its own slot. The numbering
-//! mirrors `ebpf/src/nettrace.bpf.c`.
+//! is `enum nt_slot_base` of `ebpf/include/nt_abi.h`; the test [`abi`] checks
+//! [`Family::layout`] against the compiled object (its BTF and programs).
+
+#[cfg(test)]
+mod abi;
 
 /// A family of entry programs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,6 +30,24 @@ pub enum Family {
 
 /// Number of families, for the allocator's counters.
 const FAMILIES: usize = 13;
+
+/// Every family (each counter index once), for the tests.
+#[cfg(test)]
+const ALL_FAMILIES: [Family; FAMILIES] = [
+    Family::Args(0),
+    Family::Args(1),
+    Family::Args(2),
+    Family::Args(3),
+    Family::Drop,
+    Family::Fentry(0),
+    Family::Fentry(1),
+    Family::Fentry(2),
+    Family::Fentry(3),
+    Family::Fentry(4),
+    Family::Fexit,
+    Family::Kretprobe,
+    Family::KprobeMulti,
+];
 
 impl Family {
     /// (first slot, number of slots, program name prefix, counter index)

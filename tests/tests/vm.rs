@@ -919,7 +919,7 @@ fn check_dnat(series: &str, backend: &str) {
 /// CPU's entry to the other CPU's return.
 fn check_ret_idle(series: &str, backend: &str) {
     let b = boot(series);
-    let s = b.trace_step(&format!("{backend}-ret-idle"));
+    let s = b.step(&format!("{backend}-ret-idle"));
     assert_eq!(s.rc, Some(0), "{series}/{backend}: {}", s.describe());
     let line = s
         .lines

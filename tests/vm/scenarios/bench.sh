@@ -32,9 +32,12 @@ ret_pairs() {
         usleep 100000
         _i=$((_i + 1))
     done
-    taskset -c 0 ip netns exec ta ping -q -c 600 -i 0.003 10.250.10.2 >/dev/null &
-    taskset -c 1 ip netns exec fa ping -q -c 600 -i 0.003 10.250.20.2 >/dev/null
-    wait $!
+    # busybox's taskset runs its own applet for a bare `ping`: name Debian's by its path.
+    _ping=$(readlink -f /bin/ping)
+    ip netns exec ta taskset -c 0 "$_ping" -q -c 600 -i 0.003 10.250.10.2 >/dev/null &
+    _p1=$!
+    ip netns exec fa taskset -c 1 "$_ping" -q -c 600 -i 0.003 10.250.20.2 >/dev/null
+    wait $_p1
     sleep 1
     kill -INT "$_pid"
     wait "$_pid"
