@@ -48,6 +48,9 @@ pub enum FilterError {
     /// Port filters with a protocol that has no ports.
     #[error("port filters only apply to tcp and udp, not to '-p {0}'; drop --sport/--dport/--port or use -p tcp/udp")]
     PortsWithoutPorts(&'static str),
+    /// A `--netns` value that cannot name a network namespace.
+    #[error("'{0}' names no network namespace; give its inode number (above 0, as `stat -L -c %i /proc/PID/ns/net` prints it) or a path such as /proc/PID/ns/net or /run/netns/NAME")]
+    BadNetns(String),
     /// An address of the other family than `-p`.
     #[error("address {addr} cannot match '-p {proto}'; give an address of the protocol's family or change -p")]
     FamilyMismatch {
@@ -109,7 +112,8 @@ pub enum NetnsArg {
     Path(String),
 }
 
-/// Reads a `--netns` value: all digits is an inode, anything else a path.
+/// Splits a `--netns` value: all digits is an inode, anything else a path.
+/// Unchecked: [`parse_netns`] is what the command line uses.
 pub fn parse_netns_arg(s: &str) -> NetnsArg {
     if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
         if let Ok(n) = s.parse() {
@@ -117,6 +121,24 @@ pub fn parse_netns_arg(s: &str) -> NetnsArg {
         }
     }
     NetnsArg::Path(s.to_string())
+}
+
+/// Reads a `--netns` value and refuses what cannot name a namespace: an
+/// empty value, inode 0 (which the kernel filter would take as "any") and a
+/// number too large for a namespace inode (they are 32-bit). Whether the
+/// namespace exists is for the caller to find out.
+pub fn parse_netns(s: &str) -> Result<NetnsArg, FilterError> {
+    let bad = || FilterError::BadNetns(s.to_string());
+    if s.is_empty() {
+        return Err(bad());
+    }
+    if s.bytes().all(|b| b.is_ascii_digit()) {
+        return match s.parse::<u32>() {
+            Ok(n) if n > 0 => Ok(NetnsArg::Inode(n)),
+            _ => Err(bad()),
+        };
+    }
+    Ok(NetnsArg::Path(s.to_string()))
 }
 
 /// What packets to report.
@@ -405,6 +427,31 @@ mod tests {
             NetnsArg::Path("99999999999".into())
         );
         assert_eq!(parse_netns_arg(""), NetnsArg::Path(String::new()));
+    }
+
+    #[test]
+    fn netns_values_that_name_nothing_are_refused() {
+        assert_eq!(
+            parse_netns("4026531840"),
+            Ok(NetnsArg::Inode(4_026_531_840))
+        );
+        assert_eq!(
+            parse_netns("/run/netns/blue"),
+            Ok(NetnsArg::Path("/run/netns/blue".into()))
+        );
+        // a name that is not all digits is a (relative) path
+        assert_eq!(parse_netns("12a"), Ok(NetnsArg::Path("12a".into())));
+        for bad in ["0", "000", "", "4294967296", "99999999999"] {
+            assert_eq!(
+                parse_netns(bad),
+                Err(FilterError::BadNetns(bad.into())),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(
+            parse_netns("0").unwrap_err().to_string(),
+            "'0' names no network namespace; give its inode number (above 0, as `stat -L -c %i /proc/PID/ns/net` prints it) or a path such as /proc/PID/ns/net or /run/netns/NAME"
+        );
     }
 
     #[test]

@@ -10,6 +10,18 @@ use thiserror::Error;
 /// Highest argument index a leaf may name for `skb` or `sk`.
 pub const MAX_ARG_INDEX: u64 = 11;
 
+/// Largest tracer file accepted, in bytes (the shipped one is about 20 KiB).
+pub const MAX_FILE_BYTES: usize = 1 << 20;
+
+/// Deepest nesting of groups accepted (the root `all` is level 1; the
+/// shipped tree has 4 levels).
+pub const MAX_GROUP_DEPTH: usize = 32;
+
+/// Deepest JSON nesting that [`MAX_GROUP_DEPTH`] levels of groups need: a
+/// group of level k is an object at depth 2k-1 whose `children` list is at
+/// depth 2k, and a leaf in it is an object at depth 2k+1.
+const MAX_JSON_DEPTH: usize = 2 * MAX_GROUP_DEPTH + 1;
+
 /// An error in `tracer.json` or in a `-t` selection.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum TreeError {
@@ -23,6 +35,17 @@ pub enum TreeError {
         node: String,
         /// What is wrong and how to fix it.
         problem: String,
+    },
+    /// The text is larger than [`MAX_FILE_BYTES`].
+    #[error("tracer.json is larger than 1 MiB ({0} bytes); a tracer tree is a few KiB of JSON")]
+    TooLarge(usize),
+    /// Nested deeper than [`MAX_GROUP_DEPTH`] levels of groups.
+    #[error("tracer.json is nested too deeply at line {line}, column {column}: at most {MAX_GROUP_DEPTH} levels of groups; flatten the tree")]
+    TooDeep {
+        /// 1-based line of the bracket that went too deep.
+        line: usize,
+        /// 1-based column (in bytes) of that bracket.
+        column: usize,
     },
     /// `-t` named a tracer that does not exist.
     #[error("unknown tracer '{0}'; run 'nettrace -t ?' to list them")]
@@ -354,9 +377,52 @@ impl Builder {
     }
 }
 
+/// Where `text` first nests JSON arrays and objects deeper than `max`, as
+/// a 1-based (line, column); brackets inside strings do not count. Run
+/// before parsing, so that deep input is neither recursed into nor called a
+/// syntax error.
+fn too_deep(text: &str, max: usize) -> Option<(usize, usize)> {
+    let (mut depth, mut line, mut line_start) = (0usize, 1usize, 0usize);
+    let (mut in_string, mut escaped) = (false, false);
+    for (i, b) in text.bytes().enumerate() {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > max {
+                    return Some((line, i - line_start + 1));
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            b'\n' => {
+                line += 1;
+                line_start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
 impl TracerTree {
-    /// Parses and validates the text of `tracer.json`.
+    /// Parses and validates the text of `tracer.json` (at most
+    /// [`MAX_FILE_BYTES`] long and [`MAX_GROUP_DEPTH`] groups deep).
     pub fn parse(text: &str) -> Result<TracerTree, TreeError> {
+        if text.len() > MAX_FILE_BYTES {
+            return Err(TreeError::TooLarge(text.len()));
+        }
+        if let Some((line, column)) = too_deep(text, MAX_JSON_DEPTH) {
+            return Err(TreeError::TooDeep { line, column });
+        }
         let v: Value = serde_json::from_str(text).map_err(|e| TreeError::Json(e.to_string()))?;
         let Value::Object(obj) = &v else {
             return Err(invalid(
@@ -742,6 +808,64 @@ all: trace the whole kernel network stack
             "tracer.json: group 'root': the root group must be named \"all\"; rename it"
         );
         assert!(err("{\"name\": ").starts_with("tracer.json is not valid JSON (EOF while parsing"));
+    }
+
+    /// A tree whose groups nest `levels` deep (the root is level 1), with
+    /// a leaf in the deepest one.
+    fn nested(levels: usize) -> String {
+        let mut s = String::from(r#"{"name": "all", "children": ["#);
+        for i in 2..=levels {
+            s.push_str(&format!(r#"{{"name": "g{i}", "children": ["#));
+        }
+        s.push_str(r#"{"tp": "net/netif_rx", "skb": 0}"#);
+        for _ in 0..levels {
+            s.push_str("]}");
+        }
+        s
+    }
+
+    #[test]
+    fn depth_is_bounded_with_its_own_message() {
+        let t = TracerTree::parse(&nested(MAX_GROUP_DEPTH)).expect("32 levels are fine");
+        assert_eq!(t.leaves().count(), 1);
+        assert_eq!(t.leaves().next().map(|l| l.group.as_str()), Some("g32"));
+        // one level more: the 33rd group's children list is the first bracket too deep
+        let text = nested(MAX_GROUP_DEPTH + 1);
+        let column = text.find(r#""g33""#).expect("g33") + r#""g33", "children": ["#.len();
+        assert_eq!(
+            err(&text),
+            format!("tracer.json is nested too deeply at line 1, column {column}: at most 32 levels of groups; flatten the tree")
+        );
+        // far past serde_json's own recursion limit: still not a syntax error
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        assert!(err(&deep).starts_with("tracer.json is nested too deeply at line 1, column 66:"));
+        // brackets in strings do not count, escaped quotes do not end strings
+        let desc = format!(
+            r#"{{"name": "all", "desc": "\"{}", "children": []}}"#,
+            "[".repeat(200)
+        );
+        assert!(TracerTree::parse(&desc).is_ok());
+        // a leaf with a deep value is refused for depth, on its line
+        let lines = format!("{{\"name\": \"all\",\n \"x\": {}", "[".repeat(70));
+        assert!(err(&lines).starts_with("tracer.json is nested too deeply at line 2, column 71:"));
+    }
+
+    #[test]
+    fn size_is_bounded() {
+        let big = format!("{}{}", " ".repeat(MAX_FILE_BYTES), wrap(""));
+        assert_eq!(
+            err(&big),
+            format!(
+                "tracer.json is larger than 1 MiB ({} bytes); a tracer tree is a few KiB of JSON",
+                big.len()
+            )
+        );
+        let fits = format!(
+            "{}{}",
+            " ".repeat(MAX_FILE_BYTES - wrap("").len()),
+            wrap("")
+        );
+        assert!(TracerTree::parse(&fits).is_ok());
     }
 
     #[test]

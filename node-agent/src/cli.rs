@@ -88,12 +88,18 @@ pub struct Cli {
     #[arg(long = "force-stack")]
     pub force_stack: bool,
     /// Only packets of this network namespace: an inode number or a path (/proc/PID/ns/net, /run/netns/NAME)
+    ///
+    /// It is held open while tracing, so that its inode cannot pass to another namespace. The trace ends, with a line and a non-zero exit, when the path no longer names it or, given as an inode or a /proc path, when no process or mount holds it any more.
     #[arg(long, value_name = "NETNS")]
     pub netns: Option<String>,
-    /// Only packets on this interface (resolved in --netns when given)
+    /// Only packets on this interface (of --netns when given, else of nettrace's own namespace)
+    ///
+    /// The trace ends, with a line and a non-zero exit, when the interface is deleted (or leaves the namespace).
     #[arg(long, value_name = "IFNAME")]
     pub ifname: Option<String>,
-    /// Only events in the context of this process id
+    /// Only events in the context of this process id; the trace ends when it exits
+    ///
+    /// A process id, not a thread id. When the process exits the trace ends, with a line and a non-zero exit: the number may go to another process next.
     #[arg(long, value_name = "PID")]
     pub pid: Option<u32>,
     /// Output format

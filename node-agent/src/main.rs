@@ -12,9 +12,9 @@ mod session;
 mod slots;
 mod symbols;
 mod system;
+mod watch;
 
 use std::collections::HashSet;
-use std::fs;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
@@ -59,8 +59,7 @@ fn main() -> ExitCode {
 fn load_tree(cli: &Cli) -> Result<TracerTree> {
     match &cli.tracer_file {
         Some(path) => {
-            let text = fs::read_to_string(path)
-                .with_context(|| format!("cannot read tracer file {}", path.display()))?;
+            let text = resolve::read_tracer_file(path)?;
             TracerTree::parse(&text).with_context(|| format!("tracer file {}", path.display()))
         }
         None => Ok(
@@ -75,7 +74,8 @@ fn run(cli: Cli) -> Result<()> {
         print_tracer_list(&tree, cli.backend);
         return Ok(());
     }
-    let prepared = prepare(&cli, &tree)?;
+    let mut prepared = prepare(&cli, &tree)?;
+    watch::start(std::mem::take(&mut prepared.scopes));
     eprintln!("begin tracing......");
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -89,7 +89,11 @@ fn run(cli: Cli) -> Result<()> {
             prepared.views,
             None,
         ))
-        .map(|_| ())
+        .map(|_| ())?;
+    match watch::vanished_message() {
+        Some(msg) => bail!("{msg}"),
+        None => Ok(()),
+    }
 }
 
 /// Everything a session needs, attached and ready.
@@ -102,6 +106,8 @@ pub struct Prepared {
     pub symbols: Symbols,
     /// How events are shown.
     pub views: Views,
+    /// What --netns, --ifname and --pid name, held while tracing.
+    pub scopes: resolve::Scopes,
 }
 
 /// Checks the options, loads and attaches the tracers (the command line).
@@ -147,7 +153,7 @@ pub fn prepare_scoped(cli: &Cli, tree: &TracerTree, scope: &[u64]) -> Result<Pre
 
     system::require_root()?;
     system::require_btf()?;
-    resolve::resolve_kernel_scopes(cli, &mut filter)?;
+    let scopes = resolve::resolve_kernel_scopes(cli, &mut filter)?;
     let probing = std::time::Instant::now();
     let mut kernel = Kernel::probe(&function_names(&leaves));
     let probe_time = probing.elapsed();
@@ -159,6 +165,10 @@ pub fn prepare_scoped(cli: &Cli, tree: &TracerTree, scope: &[u64]) -> Result<Pre
         .as_ref()
         .context("cannot read the kernel's BTF from /sys/kernel/btf/vmlinux")?;
 
+    if let Some(path) = &cli.tracer_file {
+        resolve::check_tracepoint_leaves(&kernel, tree)
+            .with_context(|| format!("tracer file {}", path.display()))?;
+    }
     let want_stack = |leaf: &Leaf| cli.stack || stack_only.contains(&leaf.name);
     let mut plan = Plan::build(&kernel, &leaves, cli.backend, cli.ret, want_stack);
     plan.raw_tracepoints = cli.raw_tp;
@@ -198,6 +208,7 @@ pub fn prepare_scoped(cli: &Cli, tree: &TracerTree, scope: &[u64]) -> Result<Pre
         plan,
         symbols,
         views,
+        scopes,
     })
 }
 
