@@ -126,14 +126,13 @@ fn netns_gone(ns: &HeldNetns, holder: &mut Option<std::path::PathBuf>) -> Option
                 return None;
             }
             let why = if p.exists() {
-                "now names another namespace"
+                "the path now names another namespace"
             } else {
-                "was removed"
+                "the path was removed"
             };
             Some(format!(
-                "network namespace {} is gone: {} {why}; tracing stopped",
-                ns.label,
-                p.display()
+                "network namespace {} is gone: {why}; tracing stopped",
+                ns.label
             ))
         }
         NamedBy::Holders => {

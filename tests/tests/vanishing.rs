@@ -120,7 +120,9 @@ fn netns_path_deleted_and_replaced_stops_the_trace() {
     assert!(out.status.success(), "ping in z failed: {out:?}");
     let fin = assert_stops_with(
         nt,
-        &format!("nettrace: network namespace {path} is gone: {path} was removed; tracing stopped"),
+        &format!(
+            "nettrace: network namespace {path} is gone: the path was removed; tracing stopped"
+        ),
     );
     assert_no_line(
         &fin.stdout_lines,
