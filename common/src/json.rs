@@ -531,10 +531,18 @@ struct LostJson {
     stack_failed: u64,
     matched: u64,
     rate_limited: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    output_stalled: Option<u64>,
 }
 
 /// Appends one `lost` object and a newline.
 pub fn write_lost_json(out: &mut String, stats: &LossStats) {
+    write_lost_json_stalled(out, stats, 0);
+}
+
+/// [`write_lost_json`] with `output_stalled` (events dropped because stdout
+/// was not read), a key present only when it is not 0.
+pub fn write_lost_json_stalled(out: &mut String, stats: &LossStats, output_stalled: u64) {
     append_json(
         out,
         &LostJson {
@@ -544,6 +552,7 @@ pub fn write_lost_json(out: &mut String, stats: &LossStats) {
             stack_failed: stats.stack_failed,
             matched: stats.matched,
             rate_limited: stats.rate_limited,
+            output_stalled: (output_stalled > 0).then_some(output_stalled),
         },
     );
     out.push('\n');
@@ -836,6 +845,10 @@ mod tests {
             l,
             json!({"type": "lost", "events": 12, "skb_map_full": 1, "stack_failed": 2, "matched": 1000, "rate_limited": 3})
         );
+        let mut s = String::new();
+        write_lost_json_stalled(&mut s, &LossStats::default(), 7);
+        let l: Value = serde_json::from_str(&s).expect("valid JSON");
+        assert_eq!(l["output_stalled"], json!(7));
     }
 
     #[test]

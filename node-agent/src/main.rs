@@ -6,6 +6,7 @@ mod containers;
 mod kprobe_multi;
 mod loader;
 mod netlink;
+mod output;
 mod plan;
 mod resolve;
 mod session;

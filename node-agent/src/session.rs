@@ -1,8 +1,13 @@
 //! The tracing session: reads events from the ring buffer until told to stop,
 //! and prints them (directly, or grouped per skb in timeline mode).
+//!
+//! Stdout is written by a thread behind a bounded queue ([`crate::output`]):
+//! a reader that stops reading never blocks the loop. What does not fit is
+//! dropped and counted ("output stalled"), and a signal ends the session
+//! within a second whatever the reader does.
 
 use std::io::{self, Write};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use aya::maps::{MapData, RingBuf};
@@ -14,6 +19,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use crate::agent::{self, Control, Stop};
 use crate::cli::OutputFormat;
 use crate::loader::{stat, Loaded, Stats};
+use crate::output::{Finish, Output};
 use crate::plan::Plan;
 use crate::symbols::Symbols;
 
@@ -48,8 +54,21 @@ const RETURN_WAIT: Duration = Duration::from_millis(500);
 /// Most skb contexts kept open in timeline mode before the oldest is printed.
 const MAX_OPEN_CONTEXTS: usize = 65536;
 
-/// Runs the session until SIGINT/SIGTERM, or until `count` is reached (in
-/// agent mode also until the deadline or the end of stdin).
+/// Most events handled per wake-up, and most time spent on them, before the
+/// loop looks at signals and the clock again (a flood never empties the ring).
+const DRAIN_BATCH: usize = 4096;
+const DRAIN_TIME: Duration = Duration::from_millis(20);
+
+/// After a signal, how long the output may take to reach the reader before
+/// nettrace exits without it (what is left is counted as lost).
+const STOP_BUDGET: Duration = Duration::from_millis(700);
+
+/// Runs the session until SIGINT/SIGTERM/SIGHUP, or until `count` is reached
+/// (in agent mode also until the deadline or the end of stdin).
+///
+/// After a signal, returns (or exits the process, when stdout is blocked)
+/// within a second: the programs are detached first, then the final counters
+/// go to stderr.
 pub async fn run(
     mut loaded: Loaded,
     plan: Plan,
@@ -65,6 +84,7 @@ pub async fn run(
         .map_err(|e| anyhow::anyhow!("cannot poll the ring buffer: {}", e.into_parts().1))?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sighup = signal(SignalKind::hangup())?;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let (sink, deadline, input_ended) = match control {
         Some(c) => (Some(c.sink), c.deadline, Some(c.input_ended)),
@@ -90,10 +110,14 @@ pub async fn run(
         symbols: &symbols,
         views,
         timeline: Timeline::new(MAX_OPEN_CONTEXTS),
-        out: io::stdout().lock(),
+        out: Output::stdout().context("cannot start the stdout writer")?,
         buf: String::with_capacity(64 * 1024),
+        buf_events: 0,
+        stalled: 0,
         printed: 0,
         reported_loss: LossStats::default(),
+        reported_stalled: 0,
+        last_message: None,
         decode_errors: 0,
         parked: std::collections::VecDeque::new(),
         sink,
@@ -101,15 +125,29 @@ pub async fn run(
 
     let mut done = false;
     let mut stop = Stop::Count;
+    // When a signal asked to stop.
+    let mut signalled: Option<Instant> = None;
     while !done {
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
-                done = printer.drain(guard.get_inner_mut())?;
-                guard.clear_ready();
+                let (finished, more) = printer.drain(guard.get_inner_mut(), true)?;
+                done = finished;
+                if more {
+                    // Events are left: come back at once (the kernel wakes
+                    // a reader only once it has caught up), but let the
+                    // runtime look at signals and timers first (it does
+                    // when the loop yields, which a flood never makes it do).
+                    guard.retain_ready();
+                    drop(guard);
+                    tokio::task::yield_now().await;
+                } else {
+                    guard.clear_ready();
+                }
             }
-            _ = sigint.recv() => { stop = Stop::Signal; break }
-            _ = sigterm.recv() => { stop = Stop::Signal; break }
+            _ = sigint.recv() => { stop = Stop::Signal; signalled = Some(Instant::now()); break }
+            _ = sigterm.recv() => { stop = Stop::Signal; signalled = Some(Instant::now()); break }
+            _ = sighup.recv() => { stop = Stop::Signal; signalled = Some(Instant::now()); break }
             _ = &mut deadline => { stop = Stop::Deadline; break }
             why = &mut input_ended => { stop = why; break }
             _ = tick.tick() => {
@@ -123,18 +161,35 @@ pub async fn run(
     // counters: then every event the kernel produced has either been
     // delivered or been counted as lost. (The ring buffer, stack and
     // counter maps were taken out of `loaded` and outlive the programs.)
-    let detaching = std::time::Instant::now();
+    let detaching = Instant::now();
     drop(loaded);
     let detach_ms = detaching.elapsed().as_millis();
     if !done {
-        printer.drain(ring.get_mut())?;
+        printer.drain(ring.get_mut(), false)?;
         printer.flush_timeline()?;
     }
-    printer.report_loss(&stats, true)?;
-    if views.verbose {
-        eprintln!("detached in {detach_ms} ms");
+    let now = printer.loss_now(&stats);
+    printer.report_loss_stdout(&now, true)?;
+
+    // Let the writer finish. Without a signal, as long as it takes (a
+    // reader that reads slowly gets everything), unless a signal comes.
+    if signalled.is_none() {
+        tokio::select! {
+            r = printer.out.finish(None) => {
+                let detach_ms = views.verbose.then_some(detach_ms);
+                return printer.finish_done(r, &now, detach_ms).map(|()| stop);
+            }
+            _ = sigint.recv() => {}
+            _ = sigterm.recv() => {}
+            _ = sighup.recv() => {}
+        }
+        signalled = Some(Instant::now());
     }
-    Ok(stop)
+    let limit = signalled.map(|t| tokio::time::Instant::from_std(t + STOP_BUDGET));
+    let r = printer.out.finish(limit).await;
+    printer
+        .finish_done(r, &now, views.verbose.then_some(detach_ms))
+        .map(|()| stop)
 }
 
 struct Printer<'a> {
@@ -142,10 +197,17 @@ struct Printer<'a> {
     symbols: &'a Symbols,
     views: Views,
     timeline: Timeline<Record>,
-    out: io::StdoutLock<'static>,
+    out: Output,
     buf: String,
+    /// Events formatted into `buf`.
+    buf_events: u64,
+    /// Events dropped because the output queue was full.
+    stalled: u64,
     printed: u64,
     reported_loss: LossStats,
+    reported_stalled: u64,
+    /// The last loss line printed on stderr (never printed twice in a row).
+    last_message: Option<String>,
     decode_errors: u64,
     /// Finished blocks waiting for return values, oldest first.
     parked: std::collections::VecDeque<(Block<Record>, std::time::Instant)>,
@@ -154,10 +216,26 @@ struct Printer<'a> {
 }
 
 impl<'a> Printer<'a> {
-    /// Handles every event available now; returns true once `count` is reached.
-    fn drain(&mut self, ring: &mut RingBuf<MapData>) -> Result<bool> {
+    /// Handles the events available now (with `bounded`, at most a batch);
+    /// returns whether `count` is reached and whether events were left.
+    fn drain(&mut self, ring: &mut RingBuf<MapData>, bounded: bool) -> Result<(bool, bool)> {
         let mut done = false;
-        while let Some(item) = ring.next() {
+        let mut more = false;
+        let started = Instant::now();
+        let mut handled = 0usize;
+        loop {
+            if bounded
+                && handled > 0
+                && (handled >= DRAIN_BATCH
+                    || (handled % 256 == 0 && started.elapsed() >= DRAIN_TIME))
+            {
+                more = true;
+                break;
+            }
+            let Some(item) = ring.next() else {
+                break;
+            };
+            handled += 1;
             let ev = match RawEvent::decode(&item) {
                 Ok(ev) => ev,
                 Err(_) => {
@@ -170,6 +248,17 @@ impl<'a> Printer<'a> {
                 None => Vec::new(),
             };
             drop(item);
+            if !self.views.timeline && !self.out.has_room(WRITE_CHUNK) {
+                // The reader does not keep up: the event would be dropped
+                // (see write_record); not even its stack is resolved.
+                self.stalled += 1;
+                self.printed += 1;
+                if self.views.count.is_some_and(|c| self.printed >= c) {
+                    done = true;
+                    break;
+                }
+                continue;
+            }
             if self.handle(ev, &ips) {
                 done = true;
                 break;
@@ -181,7 +270,7 @@ impl<'a> Printer<'a> {
             }
         }
         self.write_out()?;
-        Ok(done)
+        Ok((done, more))
     }
 
     /// Prints or buffers one event; true once `count` is reached.
@@ -355,6 +444,12 @@ impl<'a> Resolver<'a> {
 
 impl<'a> Printer<'a> {
     fn write_record(&mut self, rec: &Record) {
+        if !self.out.has_room(WRITE_CHUNK) {
+            // The reader does not keep up: don't format what would be
+            // dropped anyway.
+            self.stalled += 1;
+            return;
+        }
         let (mut loc, mut reason) = (String::new(), String::new());
         let ann = self.resolver().annotations(rec, &mut loc, &mut reason);
         let mut buf = std::mem::take(&mut self.buf);
@@ -367,9 +462,15 @@ impl<'a> Printer<'a> {
             }
         }
         self.buf = buf;
+        self.buf_events += 1;
     }
 
     fn write_block(&mut self, block: &Block<Record>) {
+        if !self.out.has_room(WRITE_CHUNK) {
+            self.stalled += block.records.len() as u64;
+            return;
+        }
+        self.buf_events += block.records.len() as u64;
         let mut buf = std::mem::take(&mut self.buf);
         let resolver = self.resolver();
         let mut scratch: Vec<(String, String)> = block
@@ -405,53 +506,134 @@ impl<'a> Printer<'a> {
         }
     }
 
+    /// Hands what was formatted to the writer; drops it (counted) when the
+    /// writer's queue is full.
     fn write_out(&mut self) -> Result<()> {
-        if !self.buf.is_empty() {
-            self.out
-                .write_all(self.buf.as_bytes())
-                .context("writing events to stdout")?;
-            self.out.flush().context("writing events to stdout")?;
-            self.buf.clear();
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let text = std::mem::take(&mut self.buf);
+        let events = std::mem::take(&mut self.buf_events);
+        if !self
+            .out
+            .send(text, events)
+            .context("writing events to stdout")?
+        {
+            self.stalled += events;
         }
         Ok(())
     }
 
-    /// Reports new losses on stderr (and as a JSON record); at exit, the totals.
-    fn report_loss(&mut self, stats: &Stats, at_exit: bool) -> Result<()> {
-        let now = LossStats {
+    /// The loss counters now.
+    fn loss_now(&self, stats: &Stats) -> LossStats {
+        LossStats {
             matched: stats.get(stat::MATCHED),
             ringbuf_full: stats.get(stat::RB_FULL),
             skb_map_full: stats.get(stat::SKB_MAP_FULL),
             stack_failed: stats.get(stat::STACK_FAIL),
             rate_limited: stats.get(stat::RATE_LIMITED),
-        };
-        let grew = now.ringbuf_full > self.reported_loss.ringbuf_full
+        }
+    }
+
+    /// Reports new losses within a second: on stderr (a line that changed
+    /// since the last one) and on stdout (a JSON record, a protocol line).
+    fn report_loss(&mut self, stats: &Stats, at_exit: bool) -> Result<()> {
+        let now = self.loss_now(stats);
+        self.report_loss_stdout(&now, at_exit)?;
+        self.report_loss_stderr(&now);
+        Ok(())
+    }
+
+    /// The stdout side of [`Printer::report_loss`] (the stderr side comes
+    /// at exit once the writer is done: its stalled count is final then).
+    fn report_loss_stdout(&mut self, now: &LossStats, at_exit: bool) -> Result<()> {
+        let kernel_grew = now.ringbuf_full > self.reported_loss.ringbuf_full
             || now.skb_map_full > self.reported_loss.skb_map_full
             || now.stack_failed > self.reported_loss.stack_failed
             || now.rate_limited > self.reported_loss.rate_limited;
+        let grew = kernel_grew || self.stalled > self.reported_stalled;
+        // What was formatted goes first (or is counted as dropped first).
+        self.write_out()?;
+        let mut line = String::new();
         if self.sink.is_some() {
-            if grew || at_exit {
-                self.buf.push_str(&agent::lost_msg(&now).to_line());
-                self.buf.push('\n');
-                self.write_out()?;
-                self.reported_loss = now;
+            if kernel_grew || at_exit {
+                line.push_str(&agent::lost_msg(now).to_line());
+                line.push('\n');
             }
-        } else if grew || (at_exit && !now.is_clean()) {
-            if let Some(msg) = now.message() {
-                eprintln!("{msg}");
-            }
-            if self.views.output == OutputFormat::Json {
-                json::write_lost_json(&mut self.buf, &now);
-                self.write_out()?;
-            }
-            self.reported_loss = now;
+        } else if self.views.output == OutputFormat::Json
+            && (grew || (at_exit && (!now.is_clean() || self.stalled > 0)))
+        {
+            json::write_lost_json_stalled(&mut line, now, self.stalled);
         }
-        if at_exit && self.decode_errors > 0 {
+        if !line.is_empty() {
+            self.out
+                .send_control(line)
+                .context("writing events to stdout")?;
+        }
+        self.reported_loss = *now;
+        self.reported_stalled = self.stalled;
+        Ok(())
+    }
+
+    /// Prints the loss line on stderr unless it is the one printed last.
+    fn report_loss_stderr(&mut self, now: &LossStats) {
+        // The agent's losses go on stdout; stderr only says why stdout
+        // itself lost some.
+        if self.sink.is_some() && self.stalled == 0 {
+            return;
+        }
+        let Some(msg) = loss_message(now, self.stalled) else {
+            return;
+        };
+        if self.last_message.as_deref() != Some(msg.as_str()) {
+            eprintln!("{msg}");
+            self.last_message = Some(msg);
+        }
+    }
+
+    /// The end, once the writer is done or given up on: the final counters
+    /// on stderr; when the writer is still blocked, the process exits here
+    /// (the programs are already detached).
+    fn finish_done(&mut self, r: Finish, now: &LossStats, detach_ms: Option<u128>) -> Result<()> {
+        let blocked = matches!(r, Finish::TimedOut);
+        if blocked {
+            // What the reader never took is lost too.
+            self.stalled += self.out.events_in_flight();
+        }
+        self.report_loss_stderr(now);
+        if self.decode_errors > 0 {
             eprintln!(
                 "nettrace: {} event records could not be decoded",
                 self.decode_errors
             );
         }
-        Ok(())
+        if let Some(ms) = detach_ms {
+            eprintln!("detached in {ms} ms");
+        }
+        if blocked {
+            let _ = io::stderr().flush();
+            std::process::exit(0);
+        }
+        match r {
+            Finish::Done(r) => r.context("writing events to stdout"),
+            Finish::TimedOut => Ok(()),
+        }
     }
+}
+
+/// The stderr loss line: the kernel's counters and the events dropped
+/// because stdout was not read.
+fn loss_message(now: &LossStats, stalled: u64) -> Option<String> {
+    let msg = now.message();
+    if stalled == 0 {
+        return msg;
+    }
+    let part = format!(
+        "{stalled} {} dropped (output stalled: stdout is not read fast enough)",
+        if stalled == 1 { "event" } else { "events" }
+    );
+    Some(match msg {
+        Some(m) => format!("{m}; {part}"),
+        None => format!("nettrace: {part}"),
+    })
 }
