@@ -103,7 +103,9 @@ pub async fn run(
             None => std::future::pending().await,
         }
     };
-    tokio::pin!(deadline, input_ended);
+    // What --netns, --ifname or --pid named is gone (main says what).
+    let vanished = crate::watch::vanished();
+    tokio::pin!(deadline, input_ended, vanished);
 
     let mut printer = Printer {
         plan: &plan,
@@ -150,6 +152,9 @@ pub async fn run(
             _ = sighup.recv() => { stop = Stop::Signal; signalled = Some(Instant::now()); break }
             _ = &mut deadline => { stop = Stop::Deadline; break }
             why = &mut input_ended => { stop = why; break }
+            // Any reason but a signal: the output is flushed as usual; the
+            // command line does not look at the reason.
+            _ = &mut vanished => { stop = Stop::InputClosed; break }
             _ = tick.tick() => {
                 done = printer.release_parked(RETURN_WAIT);
                 printer.write_out()?;
