@@ -26,7 +26,6 @@ static MESSAGE: OnceLock<String> = OnceLock::new();
 
 /// Resolves once a watched scope has disappeared; never when nothing is
 /// watched. `session::run` selects on it.
-#[allow(dead_code)] // until session::run selects on it
 pub async fn vanished() {
     GONE.notified().await
 }
