@@ -215,8 +215,15 @@ fn pid_keeps_only_that_process() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    let fin = nt.stop_when(WAIT, |_| true);
-    fin.assert_success();
+    // nettrace ends the trace itself, saying so once, when the process has exited.
+    let fin = nt.wait_exit(WAIT);
+    assert!(!fin.status.success(), "{}", fin.describe());
+    assert_eq!(
+        fin.nonempty_stderr().last().copied(),
+        Some(format!("nettrace: process {pid} exited; tracing stopped").as_str()),
+        "{}",
+        fin.describe()
+    );
     let lines = &fin.stdout_lines;
 
     for seq in 1..=PINGS {
