@@ -407,6 +407,129 @@ fn push_event_fields(line: &mut String, event_json: &str, annotation: Option<&An
     }
 }
 
+/// The longest line an agent reads on its stdin (the spec, pings): 1 MiB,
+/// its newline not counted. A spec naming every pod of a large node is a
+/// few tens of KiB.
+pub const MAX_LINE_BYTES: usize = 1 << 20;
+
+/// The longest line the plugin reads from an agent: 16 MiB, its newline not
+/// counted. A `timeline` line carries every event of one skb, stacks
+/// included, so it may be far longer than any other line.
+pub const MAX_AGENT_LINE_BYTES: usize = 16 << 20;
+
+// The plugin reads whatever an agent may read.
+const _: () = assert!(MAX_LINE_BYTES <= MAX_AGENT_LINE_BYTES);
+
+/// What [`LineSplitter::push`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Split {
+    /// A whole line: [`LineSplitter::line`] holds it.
+    Line,
+    /// The current line went past the limit. What was kept of it is
+    /// dropped; the rest of it, up to its newline, is skipped by later
+    /// pushes (a caller may also just stop reading).
+    TooLong,
+}
+
+/// Cuts a byte stream into lines, holding at most `limit` bytes of a line:
+/// memory stays bounded whatever the other side sends. Pure: the caller
+/// reads (`BufRead::fill_buf`, or its async twin), pushes what it got, and
+/// consumes what was used.
+#[derive(Debug, Clone)]
+pub struct LineSplitter {
+    buf: Vec<u8>,
+    limit: usize,
+    /// `buf` holds a whole line (cleared at the next push).
+    complete: bool,
+    /// Inside a line that went past the limit: skip to its newline.
+    skipping: bool,
+}
+
+impl LineSplitter {
+    /// A splitter for lines of at most `limit` bytes (newline not counted).
+    pub fn new(limit: usize) -> Self {
+        LineSplitter {
+            buf: Vec::new(),
+            limit,
+            complete: false,
+            skipping: false,
+        }
+    }
+
+    /// The limit.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// Takes bytes of `input` up to and including the first newline.
+    /// Returns how many bytes were used (the caller consumes them) and
+    /// whether a line ended ([`Split::Line`]) or went past the limit.
+    pub fn push(&mut self, input: &[u8]) -> (usize, Option<Split>) {
+        if self.complete {
+            self.buf.clear();
+            self.complete = false;
+        }
+        let newline = input.iter().position(|&b| b == b'\n');
+        if self.skipping {
+            return match newline {
+                Some(i) => {
+                    self.skipping = false;
+                    (i + 1, None)
+                }
+                None => (input.len(), None),
+            };
+        }
+        let take = newline.unwrap_or(input.len());
+        if self.buf.len() + take > self.limit {
+            self.buf.clear();
+            self.buf.shrink_to(64 << 10);
+            return match newline {
+                Some(i) => (i + 1, Some(Split::TooLong)),
+                None => {
+                    self.skipping = true;
+                    (input.len(), Some(Split::TooLong))
+                }
+            };
+        }
+        self.buf.extend_from_slice(&input[..take]);
+        match newline {
+            Some(i) => {
+                if self.buf.last() == Some(&b'\r') {
+                    self.buf.pop();
+                }
+                self.complete = true;
+                (i + 1, Some(Split::Line))
+            }
+            None => (input.len(), None),
+        }
+    }
+
+    /// At the end of the input: [`Split::Line`] when a last line had no
+    /// newline (then [`LineSplitter::line`] holds it).
+    pub fn finish(&mut self) -> Option<Split> {
+        if self.complete {
+            self.buf.clear();
+            self.complete = false;
+        }
+        if self.skipping || self.buf.is_empty() {
+            self.skipping = false;
+            return None;
+        }
+        self.complete = true;
+        Some(Split::Line)
+    }
+
+    /// The line found by the last push or finish that returned
+    /// [`Split::Line`] (without its newline).
+    pub fn line(&self) -> &[u8] {
+        if self.complete {
+            &self.buf
+        } else {
+            &[]
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -632,5 +755,78 @@ mod tests {
         assert!(err.to_string().contains("namespace"), "{err}");
         let err = Message::parse(r#"{"v":1,"type":"bye","reason":"tired"}"#).unwrap_err();
         assert!(err.to_string().starts_with("bad \"bye\" message"), "{err}");
+    }
+
+    /// Feeds `input` in pieces of `step` bytes; the lines (lossy) and
+    /// `None` for each line past the limit.
+    fn split(limit: usize, input: &[u8], step: usize) -> (Vec<Option<String>>, usize) {
+        let mut s = LineSplitter::new(limit);
+        let mut out = Vec::new();
+        let mut most = 0;
+        for piece in input.chunks(step) {
+            let mut at = 0;
+            while at < piece.len() {
+                let (used, got) = s.push(&piece[at..]);
+                assert!(used > 0, "progress");
+                at += used;
+                most = most.max(s.buf.len());
+                match got {
+                    Some(Split::Line) => out.push(Some(String::from_utf8_lossy(s.line()).into())),
+                    Some(Split::TooLong) => out.push(None),
+                    None => {}
+                }
+            }
+        }
+        if s.finish() == Some(Split::Line) {
+            out.push(Some(String::from_utf8_lossy(s.line()).into()));
+        }
+        (out, most)
+    }
+
+    #[test]
+    fn lines_are_split_whatever_the_pieces() {
+        let input = b"{\"a\":1}\n\r\n\nsecond\r\nlast";
+        for step in [1, 2, 3, 7, 100] {
+            let (lines, _) = split(64, input, step);
+            assert_eq!(
+                lines,
+                [
+                    Some("{\"a\":1}"),
+                    Some(""),
+                    Some(""),
+                    Some("second"),
+                    Some("last")
+                ]
+                .map(|l| l.map(String::from)),
+                "pieces of {step}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_line_past_the_limit_is_reported_once_and_skipped_in_bounded_memory() {
+        let mut input = b"short\n".to_vec();
+        input.extend(std::iter::repeat_n(b'x', 10_000));
+        input.extend(b"\nafter\n12345678\n123456789");
+        for step in [1, 5, 8, 9, 4096, 20_000] {
+            let (lines, most) = split(8, &input, step);
+            assert_eq!(
+                lines,
+                [Some("short"), None, Some("after"), Some("12345678"), None]
+                    .map(|l| l.map(String::from)),
+                "pieces of {step}"
+            );
+            assert!(most <= 8, "held {most} bytes");
+        }
+        // A line of exactly the limit passes; one more byte does not.
+        let mut s = LineSplitter::new(4);
+        assert_eq!(s.push(b"abcd\n"), (5, Some(Split::Line)));
+        assert_eq!(s.line(), b"abcd");
+        assert_eq!(s.push(b"abcde"), (5, Some(Split::TooLong)));
+        assert_eq!(s.line(), b"");
+        assert_eq!(s.push(b"fg\nhi\n"), (3, None));
+        assert_eq!(s.push(b"hi\n"), (3, Some(Split::Line)));
+        assert_eq!(s.line(), b"hi");
+        assert_eq!(s.finish(), None);
     }
 }

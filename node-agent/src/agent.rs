@@ -4,7 +4,7 @@
 //! until the deadline, a signal, `count`, or the plugin closing stdin.
 
 use std::collections::HashMap;
-use std::io::{self, Write};
+use std::io::{self, BufRead, Write};
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::mpsc;
@@ -43,6 +43,9 @@ pub enum Stop {
     InputClosed,
     /// No line from the plugin within the idle timeout.
     Idle,
+    /// A line on stdin longer than [`protocol::MAX_LINE_BYTES`]: a protocol
+    /// error (`error`, then `bye` with reason `error`, exit status 1).
+    LineTooLong,
 }
 
 impl From<Stop> for ByeReason {
@@ -53,11 +56,15 @@ impl From<Stop> for ByeReason {
             Stop::Deadline => ByeReason::Deadline,
             Stop::InputClosed => ByeReason::InputClosed,
             Stop::Idle => ByeReason::Idle,
+            Stop::LineTooLong => ByeReason::Error,
         }
     }
 }
 
-/// Writes one protocol line to stdout.
+/// Writes one protocol line to stdout. Only the few lines around the
+/// session go this way (`hello`, `resolved`, `ready` before it, `error` and
+/// `bye` after it): the event loop's own output goes through the session's
+/// writer, so nothing here can stall the loop.
 pub fn emit(msg: &Message) -> Result<()> {
     let mut out = io::stdout().lock();
     writeln!(out, "{}", msg.to_line()).context("writing to stdout")?;
@@ -68,6 +75,12 @@ pub fn emit(msg: &Message) -> Result<()> {
 pub fn main() -> ExitCode {
     let result = run();
     let (reason, code) = match result {
+        Ok(Stop::LineTooLong) => {
+            let _ = emit(&Message::Error(ErrorMsg {
+                message: too_long_message(),
+            }));
+            (ByeReason::Error, ExitCode::FAILURE)
+        }
         Ok(stop) => (stop.into(), ExitCode::SUCCESS),
         Err(e) => {
             let message = format!("{e:#}").replace('\n', " ");
@@ -88,7 +101,8 @@ fn run() -> Result<Stop> {
     // or is surely gone.
     emit(&Message::Hello(hello()))?;
     let first = match first {
-        Ok(line) => line,
+        Ok(Input::Line(line)) => line,
+        Ok(Input::TooLong) => bail!("{}", too_long_message()),
         Err(mpsc::RecvTimeoutError::Timeout) => {
             emit(&Message::Error(ErrorMsg {
                 message: format!(
@@ -154,30 +168,75 @@ fn run() -> Result<Stop> {
     ))
 }
 
+/// What the stdin reader passes on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Input {
+    /// One line, without its newline.
+    Line(String),
+    /// A line longer than [`protocol::MAX_LINE_BYTES`]: the reader stopped
+    /// there (nothing more comes).
+    TooLong,
+}
+
+fn too_long_message() -> String {
+    format!(
+        "a line on stdin is longer than {} bytes, the protocol's limit",
+        protocol::MAX_LINE_BYTES
+    )
+}
+
 /// Reads stdin line by line on a thread; the channel closes at end of input.
-fn spawn_stdin_reader() -> mpsc::Receiver<String> {
+fn spawn_stdin_reader() -> mpsc::Receiver<Input> {
     let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let stdin = io::stdin();
-        let mut line = String::new();
-        while matches!(stdin.read_line(&mut line), Ok(n) if n > 0) {
-            if tx.send(std::mem::take(&mut line)).is_err() {
-                break;
-            }
-        }
-    });
+    std::thread::spawn(move || read_lines(io::stdin().lock(), protocol::MAX_LINE_BYTES, &tx));
     rx
 }
 
+/// Sends each line of `input` (at most `limit` bytes held at any time);
+/// stops at the end of input, at a line longer than `limit` (after sending
+/// [`Input::TooLong`]), at a read error, or when nobody listens.
+fn read_lines(mut input: impl BufRead, limit: usize, tx: &mpsc::Sender<Input>) {
+    let mut split = protocol::LineSplitter::new(limit);
+    loop {
+        let got = match input.fill_buf() {
+            Ok([]) => split.finish(),
+            Ok(bytes) => {
+                let (used, got) = split.push(bytes);
+                input.consume(used);
+                match got {
+                    Some(g) => Some(g),
+                    None => continue,
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => None,
+        };
+        let msg = match got {
+            Some(protocol::Split::Line) => {
+                Input::Line(String::from_utf8_lossy(split.line()).into_owned())
+            }
+            Some(protocol::Split::TooLong) => Input::TooLong,
+            // end of input (or a read error, the same to the agent)
+            None => return,
+        };
+        let last = msg == Input::TooLong;
+        if tx.send(msg).is_err() || last {
+            return;
+        }
+    }
+}
+
 /// Watches the plugin's lines: fires with [`Stop::InputClosed`] at end of
-/// input, or [`Stop::Idle`] when nothing arrived for `idle`.
-fn watch_input(lines: mpsc::Receiver<String>, idle: Duration) -> oneshot::Receiver<Stop> {
+/// input, [`Stop::Idle`] when nothing arrived for `idle`, or
+/// [`Stop::LineTooLong`].
+fn watch_input(lines: mpsc::Receiver<Input>, idle: Duration) -> oneshot::Receiver<Stop> {
     let (tx, rx) = oneshot::channel();
     std::thread::spawn(move || {
         let stop = loop {
             match lines.recv_timeout(idle) {
+                Ok(Input::TooLong) => break Stop::LineTooLong,
                 // Pings and anything else only show the plugin is alive.
-                Ok(_) => continue,
+                Ok(Input::Line(_)) => continue,
                 Err(mpsc::RecvTimeoutError::Timeout) => break Stop::Idle,
                 Err(mpsc::RecvTimeoutError::Disconnected) => break Stop::InputClosed,
             }
@@ -479,6 +538,32 @@ pub fn lost_msg(s: &LossStats) -> Message {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stdin_lines_are_bounded() {
+        let (tx, rx) = mpsc::channel();
+        let mut input = b"{\"v\":1,\"type\":\"ping\"}\r\nok\n".to_vec();
+        input.extend(std::iter::repeat_n(b'x', 100));
+        input.extend(b"\nnever read\n");
+        read_lines(io::BufReader::with_capacity(7, &input[..]), 32, &tx);
+        drop(tx);
+        let got: Vec<Input> = rx.iter().collect();
+        assert_eq!(
+            got,
+            [
+                Input::Line(r#"{"v":1,"type":"ping"}"#.into()),
+                Input::Line("ok".into()),
+                Input::TooLong
+            ]
+        );
+        let (tx, rx) = mpsc::channel();
+        read_lines(&b"last, no newline"[..], 16, &tx);
+        drop(tx);
+        assert_eq!(
+            rx.iter().collect::<Vec<_>>(),
+            [Input::Line("last, no newline".into())]
+        );
+    }
 
     #[test]
     fn kernel_versions_parse() {

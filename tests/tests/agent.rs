@@ -591,3 +591,123 @@ fn agent_rejects_bad_specs_with_one_error_line() {
         assert_eq!(msgs[msgs.len() - 1]["reason"], "error");
     }
 }
+
+/// Peak RSS (`VmHWM`, kB) of a live process.
+fn peak_rss_kb(pid: u32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// Writes `n` bytes of `x` (no newline) on the agent's stdin from a thread, then keeps
+/// stdin open until the agent is gone (a plugin that never ends its line).
+fn flood_stdin(agent: &mut Agent, n: usize) -> std::thread::JoinHandle<()> {
+    let mut stdin = agent.stdin.take().expect("stdin open");
+    std::thread::spawn(move || {
+        let chunk = vec![b'x'; 1 << 16];
+        let mut left = n;
+        while left > 0 {
+            let k = left.min(chunk.len());
+            if stdin.write_all(&chunk[..k]).is_err() {
+                return; // the agent is gone
+            }
+            left -= k;
+        }
+        // Stdin stays open: only the agent ending the session ends this.
+        loop {
+            std::thread::sleep(Duration::from_millis(200));
+            if stdin.write_all(b"x").and_then(|()| stdin.flush()).is_err() {
+                return;
+            }
+        }
+    })
+}
+
+/// Waits for the agent to exit by itself, tracking its peak RSS (kB).
+fn wait_exit_rss(agent: &mut Agent, timeout: Duration) -> (ExitStatus, u64) {
+    let pid = agent.child.id();
+    let start = Instant::now();
+    let mut peak = 0;
+    loop {
+        if let Some(kb) = peak_rss_kb(pid) {
+            peak = peak.max(kb);
+        }
+        if let Some(status) = agent.child.try_wait().expect("try_wait") {
+            std::thread::sleep(Duration::from_millis(200));
+            return (status, peak);
+        }
+        if start.elapsed() > timeout {
+            let _ = agent.child.kill();
+            panic!(
+                "agent did not exit within {timeout:?} (peak RSS {peak} kB)\n{}",
+                agent.describe()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The last two messages are one `error` saying the line is too long, then `bye` with
+/// reason `error`.
+fn assert_line_too_long(agent: &Agent) {
+    let msgs = agent.messages();
+    let types: Vec<&str> = msgs.iter().map(ty).collect();
+    assert!(types.len() >= 2, "{}", agent.describe());
+    assert_eq!(
+        &types[types.len() - 2..],
+        ["error", "bye"],
+        "{}",
+        agent.describe()
+    );
+    assert_eq!(
+        types.iter().filter(|t| **t == "error").count(),
+        1,
+        "{}",
+        agent.describe()
+    );
+    let message = msgs[msgs.len() - 2]["message"].as_str().unwrap_or("");
+    assert!(
+        message.contains("longer than 1048576 bytes"),
+        "{message}\n{}",
+        agent.describe()
+    );
+    assert_eq!(msgs[msgs.len() - 1]["reason"], "error");
+}
+
+#[test]
+fn agent_refuses_a_line_past_the_limit_in_bounded_memory() {
+    preflight();
+    // Instead of a spec: 50 MiB without a newline.
+    let mut agent = Agent::spawn_host();
+    let started = Instant::now();
+    let writer = flood_stdin(&mut agent, 50 << 20);
+    let (status, peak) = wait_exit_rss(&mut agent, Duration::from_secs(20));
+    eprintln!(
+        "before the spec: exit after {:?}, peak RSS {} MiB",
+        started.elapsed(),
+        peak / 1024
+    );
+    assert_eq!(status.code(), Some(1), "{}", agent.describe());
+    assert!(started.elapsed() < Duration::from_secs(10), "exits at once");
+    assert!(peak < 40 * 1024, "peak RSS {peak} kB: the line was held");
+    assert_eq!(agent.messages().first().map(ty), Some("hello"));
+    assert_line_too_long(&agent);
+    let _ = writer.join();
+
+    // While tracing: the same, after the spec and a ping.
+    let mut agent = Agent::spawn_host();
+    let spec = json!({"v": 1, "type": "spec", "options": {"proto": "icmp", "tracers": ["link"]},
+                      "deadline_secs": 120});
+    agent.send(&spec.to_string());
+    agent.wait_for("ready", Duration::from_secs(60), has("ready"));
+    agent.send(r#"{"v":1,"type":"ping"}"#);
+    let started = Instant::now();
+    let writer = flood_stdin(&mut agent, 50 << 20);
+    let (status, _) = wait_exit_rss(&mut agent, Duration::from_secs(30));
+    eprintln!("while tracing: exit after {:?}", started.elapsed());
+    assert_eq!(status.code(), Some(1), "{}", agent.describe());
+    assert!(started.elapsed() < Duration::from_secs(10), "exits at once");
+    assert_line_too_long(&agent);
+    let _ = writer.join();
+}
