@@ -53,8 +53,11 @@ available (the agent scopes to the pods' network namespaces).
 
 For each node involved, an agent pod (privileged, host PID and network) is created in
 --agent-namespace, attached to, and deleted when tracing stops (Ctrl-C, --count, --timeout).
-If kubectl-nettrace is killed, the agent stops when its stdin closes or after 60 s without a
-keep-alive, and the pod's activeDeadlineSeconds (--timeout + 60 s) bounds the rest.
+If kubectl-nettrace is killed, the agent stops when its stdin closes or after
+--agent-idle-timeout (60 s) without a keep-alive, and the pod's activeDeadlineSeconds
+(--timeout + 60 s) bounds the rest. Keep-alives do not depend on stdout: when it is not read
+fast enough (`| less`, left alone), up to 4 MiB of output wait for the reader, events beyond
+that are dropped, counted and reported on stderr, and the trace goes on.
 
 Examples:
   kubectl nettrace pod/client -p icmp --addr 10.244.1.7
@@ -119,6 +122,16 @@ pub struct Cli {
     /// Print the agent pod manifest(s) as JSON and exit without creating anything
     #[arg(long = "print-manifest", help_heading = "Kubernetes")]
     pub print_manifest: bool,
+    /// An agent stops after this many seconds without a keep-alive from the plugin (which pings it
+    /// four times as often, at most every 15 s): how soon agents go away when the plugin is killed
+    #[arg(
+        long = "agent-idle-timeout",
+        value_name = "SECS",
+        default_value_t = nettrace_common::protocol::DEFAULT_IDLE_TIMEOUT_SECS,
+        value_parser = clap::value_parser!(u64).range(1..=86400),
+        help_heading = "Kubernetes"
+    )]
+    pub agent_idle_timeout: u64,
     /// Follow matching packets out of the pods (across the host side of their veth and beyond)
     #[arg(long = "follow-host", help_heading = "Kubernetes")]
     pub follow_host: bool,
@@ -427,6 +440,11 @@ mod tests {
         assert_eq!(c.timeout, Duration::from_secs(300));
         assert_eq!(c.start_timeout, Duration::from_secs(120));
         assert_eq!(c.agent_namespace, "nettrace");
+        assert_eq!(c.agent_idle_timeout, 60);
+        assert_eq!(
+            cli(&["a", "--agent-idle-timeout", "5"]).agent_idle_timeout,
+            5
+        );
         assert!(c.image.starts_with("ghcr.io/nettrace/nettrace:"));
         let o = c.trace_options().unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(o.proto.as_deref(), Some("tcp"));
@@ -473,5 +491,7 @@ mod tests {
         assert!(parse(&["a", "--timeout", "soon"]).is_err());
         assert!(parse(&["a", "-o", "yaml"]).is_err());
         assert!(parse(&["a", "--backend", "ebpf"]).is_err());
+        assert!(parse(&["a", "--agent-idle-timeout", "0"]).is_err());
+        assert!(parse(&["a", "--agent-idle-timeout", "soon"]).is_err());
     }
 }

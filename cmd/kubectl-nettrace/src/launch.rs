@@ -11,6 +11,7 @@ use kube::api::{Api, DeleteParams, ListParams, PostParams, WatchEvent, WatchPara
 use tokio::time::Instant;
 
 use crate::agent_pod::CONTAINER;
+use crate::console::say;
 
 /// Container waiting reasons that will not resolve by themselves.
 const FATAL_WAITING: &[&str] = &[
@@ -167,7 +168,7 @@ pub async fn wait_running(
             PodState::Failed(r) => return Some(Err(r.clone())),
             PodState::Waiting(w) => {
                 if last.as_ref() != Some(w) {
-                    eprintln!("waiting for agent pod {ns}/{name} on node {node}: {w}");
+                    say!("waiting for agent pod {ns}/{name} on node {node}: {w}");
                     last = Some(w.clone());
                 }
             }
@@ -255,9 +256,9 @@ pub async fn delete_all(api: &Api<Pod>, names: &[String]) {
     };
     for name in names {
         match api.delete(name, &dp).await {
-            Ok(_) => eprintln!("deleting agent pod {ns}/{name}"),
+            Ok(_) => say!("deleting agent pod {ns}/{name}"),
             Err(kube::Error::Api(s)) if s.code == 404 => {}
-            Err(e) => eprintln!(
+            Err(e) => say!(
                 "warning: cannot delete agent pod {ns}/{name}: {e}; delete it with: kubectl delete pod -n {ns} {name}"
             ),
         }
@@ -280,7 +281,7 @@ pub async fn delete_all(api: &Api<Pod>, names: &[String]) {
             break;
         }
         if Instant::now() >= deadline {
-            eprintln!(
+            say!(
                 "warning: agent pod(s) still terminating after 30s: {}; check with: kubectl get pods -n {ns} -l {}={}",
                 left.join(", "),
                 crate::agent_pod::NAME_LABEL,
@@ -289,7 +290,7 @@ pub async fn delete_all(api: &Api<Pod>, names: &[String]) {
             return;
         }
         if !told && started.elapsed() >= Duration::from_secs(2) {
-            eprintln!("waiting for agent pod(s) to go: {}", left.join(", "));
+            say!("waiting for agent pod(s) to go: {}", left.join(", "));
             told = true;
         }
         tokio::time::sleep(Duration::from_millis(250)).await;

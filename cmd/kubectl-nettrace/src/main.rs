@@ -5,8 +5,13 @@
 //! the trace spec (protocol v1, `nettrace_common::protocol`), prints what the
 //! agents send, and deletes the pods when tracing stops. If the plugin is
 //! killed, each agent stops when its stdin closes or when no keep-alive
-//! arrives for 60 s, and the pod's `activeDeadlineSeconds` (`--timeout` +
-//! 60 s) bounds the rest.
+//! arrives for `--agent-idle-timeout` (60 s), and the pod's
+//! `activeDeadlineSeconds` (`--timeout` + 60 s) bounds the rest.
+//!
+//! Stdout and stderr are written by threads behind bounded queues
+//! ([`console`]): a reader that stops reading never stops the session, so
+//! the agents' output is still read and their keep-alives still sent; the
+//! events that do not fit are dropped, counted and reported on stderr.
 //!
 //! # Output
 //!
@@ -36,6 +41,7 @@
 
 mod agent_pod;
 mod cli;
+mod console;
 mod launch;
 mod merge;
 mod output;
@@ -57,10 +63,24 @@ use tokio::sync::{mpsc, watch};
 
 use crate::agent_pod::AgentPod;
 use crate::cli::Cli;
+use crate::console::{say, Pipe};
 use crate::session::{End, Session};
 use crate::target::{NodePlan, TargetArg};
 
 fn main() -> ExitCode {
+    let code = plugin_main();
+    // What is left for stderr (bounded: the process is ending).
+    console::close_stderr(
+        if console::INTERRUPTED.load(std::sync::atomic::Ordering::Acquire) {
+            console::STOP_BUDGET
+        } else {
+            std::time::Duration::from_secs(3600)
+        },
+    );
+    code
+}
+
+fn plugin_main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => {
@@ -99,7 +119,7 @@ fn main() -> ExitCode {
 }
 
 fn fail(msg: String) -> ExitCode {
-    eprintln!("error: {msg}");
+    say!("error: {msg}");
     ExitCode::FAILURE
 }
 
@@ -150,12 +170,14 @@ fn interrupt_watch(agent_namespace: String, session: String) -> watch::Receiver<
         let mut term =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
         next_signal(&mut term).await;
+        console::INTERRUPTED.store(true, std::sync::atomic::Ordering::Release);
         let _ = tx.send(true);
         next_signal(&mut term).await;
-        eprintln!(
+        say!(
             "interrupted again: exiting without cleaning up; delete what is left with: kubectl delete pods -n {agent_namespace} -l {}={session}",
             agent_pod::SESSION_LABEL
         );
+        console::close_stderr(console::STOP_BUDGET);
         std::process::exit(130);
     });
     rx
@@ -244,7 +266,7 @@ async fn run(cli: &Cli, options: TraceOptions, targets: Vec<TargetArg>) -> Resul
     for name in pod_names {
         let p = target::fetch_pod(&client, &namespace, name, cli.container.as_deref()).await?;
         if !p.skipped.is_empty() {
-            eprintln!(
+            say!(
                 "warning: pod {}/{}: container(s) {} have no ID yet and are not traced",
                 p.namespace,
                 p.name,
@@ -252,13 +274,13 @@ async fn run(cli: &Cli, options: TraceOptions, targets: Vec<TargetArg>) -> Resul
             );
         }
         if p.host_network {
-            eprintln!(
+            say!(
                 "warning: pod {}/{} uses the host network: events cannot be scoped to it, filter by address or port",
                 p.namespace, p.name
             );
         }
         if cli.verbose {
-            eprintln!(
+            say!(
                 "pod {}/{} on node {}: IPs {}, containers {}",
                 p.namespace,
                 p.name,
@@ -287,6 +309,7 @@ async fn run(cli: &Cli, options: TraceOptions, targets: Vec<TargetArg>) -> Resul
 
     let api: Api<Pod> = Api::namespaced(client.clone(), &cli.agent_namespace);
     let mut created: Vec<String> = Vec::new();
+    let stdout = Pipe::stdout();
     let run = Run {
         cli,
         client: &client,
@@ -294,10 +317,18 @@ async fn run(cli: &Cli, options: TraceOptions, targets: Vec<TargetArg>) -> Resul
         options: &options,
         plans: &plans,
         manifests: &manifests,
+        stdout: &stdout,
     };
     let result = trace(&run, &mut created, interrupt).await;
     // Whatever happened above, the agent pods go.
     launch::delete_all(&api, &created).await;
+    // Then the output still queued reaches its reader (as slowly as it
+    // reads; after a signal, within a second or it is dropped).
+    stdout.finish().await;
+    let dropped = stdout.dropped();
+    if dropped > 0 {
+        say!("{}", session::dropped_message(dropped));
+    }
     result
 }
 
@@ -312,6 +343,8 @@ struct Run<'a> {
     plans: &'a [(String, NodePlan)],
     /// The agent pods, in the order of `plans`.
     manifests: &'a [Pod],
+    /// Stdout.
+    stdout: &'a std::sync::Arc<Pipe>,
 }
 
 async fn trace(
@@ -327,7 +360,7 @@ async fn trace(
     let tasks = tokio::select! {
         r = setup => r?,
         _ = interrupted(interrupt.clone()) => {
-            eprintln!("interrupted");
+            say!("interrupted");
             return Ok(End::Ok);
         }
     };
@@ -340,6 +373,7 @@ async fn trace(
         },
         nodes.clone(),
         cli.count,
+        run.stdout.clone(),
     );
     let end = Session {
         nodes,
@@ -372,13 +406,19 @@ async fn start_agents(
     let mut specs = Vec::new();
     for (node, plan) in plans {
         let peers = target::fetch_peers(client, node).await?;
-        specs.push(stream::build_spec(plan, peers, options, cli.timeout));
+        specs.push(stream::build_spec(
+            plan,
+            peers,
+            options,
+            cli.timeout,
+            cli.agent_idle_timeout,
+        ));
     }
     for (pod, (node, _)) in manifests.iter().zip(plans) {
         launch::create(api, pod, &cli.agent_namespace).await?;
         let name = pod.metadata.name.clone().unwrap_or_default();
         if cli.verbose {
-            eprintln!(
+            say!(
                 "created agent pod {}/{name} on node {node}",
                 cli.agent_namespace
             );
@@ -393,8 +433,11 @@ async fn start_agents(
         r?;
     }
     let mut tasks = Vec::new();
+    let ping_every = stream::ping_every(cli.agent_idle_timeout);
     for (i, (name, spec)) in created.iter().zip(&specs).enumerate() {
-        tasks.push(stream::attach(api, name, i, spec, stop_rx.clone(), tx.clone()).await?);
+        tasks.extend(
+            stream::attach(api, name, i, spec, ping_every, stop_rx.clone(), tx.clone()).await?,
+        );
     }
     Ok(tasks)
 }

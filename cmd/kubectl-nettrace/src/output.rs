@@ -1,13 +1,19 @@
 //! Printing what the agents traced: host nettrace's text lines with the pod
 //! and node appended, or its JSON objects with `"pod"` and `"node"` keys.
+//!
+//! Output goes to a writer thread through a bounded queue
+//! ([`crate::console::Pipe`]): when stdout is not read fast enough, what
+//! does not fit is dropped and counted, and the session goes on reading the
+//! agents.
 
-use std::io::Write;
+use std::sync::Arc;
 
 use nettrace_common::format::{LossStats, TextOptions};
 use nettrace_common::protocol::{Annotation, Lost};
 use nettrace_common::remote::{write_remote_event, write_remote_timeline};
 
 use crate::cli::OutputFormat;
+use crate::console::Pipe;
 use crate::stream::Item;
 
 /// Something to print, from one node.
@@ -29,6 +35,18 @@ pub struct Output {
     count: Option<u64>,
     printed: u64,
     buf: String,
+    /// Events rendered into `buf`.
+    buf_events: u64,
+    out: Arc<Pipe>,
+}
+
+/// How many events a printable holds.
+fn events_in(p: &Printable) -> u64 {
+    match p {
+        Printable::Event(..) => 1,
+        Printable::Timeline(_, _, items) => items.len() as u64,
+        Printable::Lost(..) => 0,
+    }
 }
 
 /// Appends `s` as a JSON string.
@@ -78,6 +96,7 @@ impl Output {
         text: TextOptions,
         nodes: Vec<String>,
         count: Option<u64>,
+        out: Arc<Pipe>,
     ) -> Self {
         Output {
             format,
@@ -86,7 +105,19 @@ impl Output {
             count,
             printed: 0,
             buf: String::new(),
+            buf_events: 0,
+            out,
         }
+    }
+
+    /// Events dropped so far because stdout was not read fast enough.
+    pub fn dropped(&self) -> u64 {
+        self.out.dropped()
+    }
+
+    /// Why stdout cannot be written any more (its reader went away).
+    pub fn failed(&self) -> Option<String> {
+        self.out.error()
     }
 
     /// True once `--count` events (or blocks) were printed.
@@ -106,6 +137,16 @@ impl Output {
         if self.done() && !matches!(p, Printable::Lost(..)) {
             return;
         }
+        let events = events_in(p);
+        if events > 0 && !self.out.has_room(self.buf.len() + 1) {
+            // The reader does not keep up: what would be dropped anyway is
+            // not formatted. It counts towards --count, as printed events
+            // do (the host's nettrace does the same).
+            self.out.count_dropped(events);
+            self.printed += 1;
+            return;
+        }
+        self.buf_events += events;
         let mut buf = std::mem::take(&mut self.buf);
         match (p, self.format) {
             (Printable::Event(n, item), OutputFormat::Text) => {
@@ -171,24 +212,30 @@ impl Output {
     /// Takes what was rendered so far.
     #[cfg(test)]
     pub fn take(&mut self) -> String {
+        self.buf_events = 0;
         std::mem::take(&mut self.buf)
     }
 
-    /// Renders and writes to stdout at once.
-    pub fn print(&mut self, p: &Printable) -> std::io::Result<()> {
+    /// Renders and hands to stdout at once.
+    pub fn print(&mut self, p: &Printable) {
         self.render(p);
-        self.flush()
+        self.flush();
     }
 
-    /// Writes what was rendered to stdout.
-    pub fn flush(&mut self) -> std::io::Result<()> {
+    /// Hands what was rendered to the stdout writer; drops it (counted) when
+    /// its queue is full. Never blocks.
+    pub fn flush(&mut self) {
         if self.buf.is_empty() {
-            return Ok(());
+            return;
         }
-        let mut out = std::io::stdout().lock();
-        out.write_all(self.buf.as_bytes())?;
-        self.buf.clear();
-        out.flush()
+        let text = std::mem::take(&mut self.buf);
+        let events = std::mem::take(&mut self.buf_events);
+        if events == 0 {
+            // loss records only: small, kept when the events are dropped
+            self.out.send_control(text);
+        } else {
+            self.out.send(text, events);
+        }
     }
 }
 
@@ -214,7 +261,12 @@ pub fn loss_grew(before: &Lost, now: &Lost) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::console::testing::Capture;
     use nettrace_common::remote::RemoteEvent;
+
+    fn pipe() -> Arc<Pipe> {
+        Pipe::start("test", 1 << 20, Capture::default())
+    }
 
     const RAW: &str = r#"{"type":"event","time":"1.000000","ts_ns":1000000000,"tracer":"ip_rcv","group":"ip-in","skb":"ffff888100000000","netns":1,"ifindex":2,"ifname":"eth0","pid":3,"comm":"ping","len":84,"summary":"ICMP: 10.0.0.1 -> 10.0.0.2, ping request   , seq: 1"}"#;
 
@@ -259,6 +311,7 @@ mod tests {
             TextOptions::default(),
             vec!["w1".into()],
             Some(2),
+            pipe(),
         );
         one.render(&Printable::Event(0, Box::new(item(Some(ann(None))))));
         assert_eq!(
@@ -274,6 +327,7 @@ mod tests {
             TextOptions::default(),
             vec!["w1".into(), "w2".into()],
             None,
+            pipe(),
         );
         two.render(&Printable::Timeline(
             1,
@@ -294,6 +348,7 @@ mod tests {
             TextOptions::default(),
             vec!["w1".into()],
             None,
+            pipe(),
         );
         o.render(&Printable::Timeline(
             0,
@@ -320,5 +375,57 @@ mod tests {
         assert_eq!(lines[1]["node"], "w1");
         assert_eq!(lines[1]["events"], 2);
         assert_eq!(lines[1]["matched"], 9);
+    }
+
+    #[tokio::test]
+    async fn a_stalled_stdout_drops_counts_and_resumes() {
+        let cap = Capture::default();
+        cap.stall(true);
+        let line_len = {
+            let mut o = Output::new(
+                OutputFormat::Text,
+                TextOptions::default(),
+                vec!["w1".into()],
+                None,
+                pipe(),
+            );
+            o.render(&Printable::Event(0, Box::new(item(None))));
+            o.take().len()
+        };
+        // room for ten lines
+        let out = Pipe::start("test", 10 * line_len, cap.clone());
+        let mut o = Output::new(
+            OutputFormat::Text,
+            TextOptions::default(),
+            vec!["w1".into()],
+            None,
+            out.clone(),
+        );
+        for _ in 0..25 {
+            o.print(&Printable::Event(0, Box::new(item(None))));
+        }
+        o.print(&Printable::Timeline(
+            0,
+            "ffff888100000000".into(),
+            vec![item(None), item(None)],
+        ));
+        assert_eq!(o.dropped(), 17, "15 events and a block of 2");
+        assert!(o.failed().is_none());
+        cap.stall(false);
+        // the writer empties its queue: there is room again
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !out.has_room(line_len) {
+            assert!(std::time::Instant::now() < deadline, "the writer is stuck");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        o.print(&Printable::Event(0, Box::new(item(Some(ann(None))))));
+        assert_eq!(out.finish().await, 0);
+        let text = cap.text();
+        assert_eq!(text.lines().count(), 11, "{text}");
+        assert!(text
+            .lines()
+            .last()
+            .is_some_and(|l| l.ends_with(", pod: shop/client/app")));
+        assert_eq!(o.dropped(), 17);
     }
 }

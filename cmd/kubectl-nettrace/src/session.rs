@@ -9,6 +9,7 @@ use nettrace_common::protocol::{ByeReason, Clock, Lost, Scope};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
+use crate::console::say;
 use crate::merge::{unix_ns, Reorder, HOLD};
 use crate::output::{loss_grew, loss_stats, Output, Printable};
 use crate::stream::{Incoming, NodeMsg};
@@ -19,6 +20,9 @@ use crate::stream::{Incoming, NodeMsg};
 pub const BYE_WAIT: Duration = Duration::from_secs(5);
 /// The longest drain after a stop, however busy the agents still are.
 pub const DRAIN_CAP: Duration = Duration::from_secs(60);
+/// While events are being dropped because stdout is not read fast enough,
+/// how often the running count is reported on stderr.
+pub const DROP_REPORT_EVERY: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Default)]
 struct NodeState {
@@ -91,8 +95,15 @@ impl Session {
         let timeout_at = Instant::now() + self.timeout;
         let far = Instant::now() + Duration::from_secs(365 * 86400);
         let mut interrupted = self.interrupted.clone();
-        let mut stdout_ok = true;
         let mut last_heard = Instant::now();
+        // Events dropped because stdout is not read fast enough: reported
+        // within a second when it starts, then every DROP_REPORT_EVERY
+        // while it goes on (stderr is often the terminal the reader draws
+        // on), and in the final summary.
+        let mut reported_dropped = 0u64;
+        let mut reported_at: Option<Instant> = None;
+        let mut report = tokio::time::interval(Duration::from_secs(1));
+        report.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
         loop {
             if nodes.iter().all(|n| n.done) {
@@ -113,7 +124,7 @@ impl Session {
                     match msg {
                         Incoming::Hello(h) => {
                             st.clock = h.clock;
-                            eprintln!(
+                            say!(
                                 "node {name}: agent {}, kernel {}, backends: {}",
                                 h.agent,
                                 h.kernel,
@@ -122,21 +133,21 @@ impl Session {
                         }
                         Incoming::Resolved(r) => {
                             if !r.targets.is_empty() && r.targets.iter().all(|t| t.error.is_some()) {
-                                eprintln!("error: none of the targets on node {name} could be resolved");
+                                say!("error: none of the targets on node {name} could be resolved");
                                 failed = true;
                                 stop_now = true;
                             }
                             for t in &r.targets {
                                 let who = format!("{}/{}/{}", t.target.namespace, t.target.pod, t.target.container);
                                 if let Some(e) = &t.error {
-                                    eprintln!("warning: {who} on node {name} is not traced: {e}");
+                                    say!("warning: {who} on node {name} is not traced: {e}");
                                 } else if self.verbose {
                                     let host = t
                                         .host_ifname
                                         .clone()
                                         .or_else(|| t.host_if_error.as_ref().map(|e| format!("unknown ({e})")))
                                         .unwrap_or_else(|| "-".into());
-                                    eprintln!(
+                                    say!(
                                         "{who} on node {name}: pid {}, netns {}, host side {host}{}",
                                         t.pid.unwrap_or(0),
                                         t.netns.unwrap_or(0),
@@ -148,11 +159,11 @@ impl Session {
                         Incoming::Ready(r) => {
                             st.ready = true;
                             if self.verbose {
-                                eprintln!("node {name}: {} tracers attached, scoping: {}", r.tracers, scope_name(r.scope));
+                                say!("node {name}: {} tracers attached, scoping: {}", r.tracers, scope_name(r.scope));
                             }
                             if !begun && nodes.iter().all(|n| n.ready) {
                                 begun = true;
-                                eprintln!("begin tracing......");
+                                say!("begin tracing......");
                             }
                         }
                         Incoming::Event(item) => {
@@ -161,7 +172,7 @@ impl Session {
                                 let key = unix_ns(first_ts(&p), &st.clock);
                                 reorder.push(key, std::time::Instant::now(), p);
                             } else {
-                                stdout_ok &= self.output.print(&p).is_ok();
+                                self.output.print(&p);
                             }
                         }
                         Incoming::Timeline { skb, events } => {
@@ -170,40 +181,45 @@ impl Session {
                                 let key = unix_ns(first_ts(&p), &st.clock);
                                 reorder.push(key, std::time::Instant::now(), p);
                             } else {
-                                stdout_ok &= self.output.print(&p).is_ok();
+                                self.output.print(&p);
                             }
                         }
                         Incoming::Lost(l) => {
                             // once stopping, the summary at the end says it
                             if loss_grew(&st.lost, &l) && stopping.is_none() {
                                 if let Some(m) = loss_stats(&l).message() {
-                                    eprintln!("{}", tag(&m));
+                                    say!("{}", tag(&m));
                                 }
                             }
                             st.lost = l;
-                            stdout_ok &= self.output.print(&Printable::Lost(node, l)).is_ok();
+                            self.output.print(&Printable::Lost(node, l));
                         }
-                        Incoming::Error(e) => eprintln!("error: node {name}: {e}"),
+                        Incoming::Error(e) => say!("error: node {name}: {e}"),
                         Incoming::Bye(reason) => {
                             st.bye = Some(reason);
                             if reason == ByeReason::Error {
                                 failed = true;
                             } else if let (None, Some(why)) = (stopping, unasked_stop(reason)) {
-                                eprintln!("error: the agent on node {name} stopped: {why}");
+                                say!("error: the agent on node {name} stopped: {why}");
                                 failed = true;
                             } else if self.verbose {
-                                eprintln!("node {name}: agent stopped ({})", bye_name(reason));
+                                say!("node {name}: agent stopped ({})", bye_name(reason));
                             }
                             stop_now = true;
                         }
-                        Incoming::Stderr(l) => eprintln!("{name}: {l}"),
+                        Incoming::Stderr(l) => say!("{name}: {l}"),
+                        Incoming::TooLong(limit) => {
+                            say!("error: node {name}: the agent sent a line longer than {limit} bytes, the protocol's limit");
+                            failed = true;
+                            stop_now = true;
+                        }
                         Incoming::Garbled { line, why } => {
-                            eprintln!("warning: node {name}: unreadable agent line ({why}): {line}");
+                            say!("warning: node {name}: unreadable agent line ({why}): {line}");
                         }
                         Incoming::Closed(err) => {
                             st.done = true;
                             if st.bye.is_none() && stopping.is_none() {
-                                eprintln!(
+                                say!(
                                     "error: lost the connection to the agent on node {name}{}",
                                     err.map(|e| format!(": {e}")).unwrap_or_default()
                                 );
@@ -217,7 +233,16 @@ impl Session {
                     for p in reorder.pop_due(std::time::Instant::now()) {
                         self.output.render(&p);
                     }
-                    stdout_ok &= self.output.flush().is_ok();
+                    self.output.flush();
+                }
+                _ = report.tick() => {
+                    let dropped = self.output.dropped();
+                    let due = reported_at.is_none_or(|t| t.elapsed() >= DROP_REPORT_EVERY);
+                    if dropped > reported_dropped && stopping.is_none() && due {
+                        say!("{}", dropped_message(dropped));
+                        reported_dropped = dropped;
+                        reported_at = Some(Instant::now());
+                    }
                 }
                 r = interrupted.changed(), if stopping.is_none() => {
                     if r.is_err() || *interrupted.borrow() {
@@ -226,18 +251,24 @@ impl Session {
                 }
                 _ = tokio::time::sleep_until(timeout_at), if stopping.is_none() => {
                     if self.verbose {
-                        eprintln!("--timeout reached after {}s", self.timeout.as_secs());
+                        say!("--timeout reached after {}s", self.timeout.as_secs());
                     }
                     stop_now = true;
                 }
                 _ = tokio::time::sleep_until(stop_wait), if stopping.is_some() => {
                     let quiet: Vec<&str> = nodes.iter().filter(|n| !n.done).map(|n| n.name.as_str()).collect();
                     let waited = stopping.map(|t| t.elapsed().as_secs()).unwrap_or(0);
-                    eprintln!("warning: no goodbye from the agent on node(s) {} after {waited}s: events still in flight are not shown", quiet.join(", "));
+                    say!("warning: no goodbye from the agent on node(s) {} after {waited}s: events still in flight are not shown", quiet.join(", "));
                     break;
                 }
             }
-            if self.output.done() || !stdout_ok {
+            if self.output.done() {
+                stop_now = true;
+            }
+            if let (Some(e), None) = (self.output.failed(), stopping) {
+                if self.verbose {
+                    say!("stdout: {e}: stopping");
+                }
                 stop_now = true;
             }
             if stop_now && stopping.is_none() {
@@ -248,7 +279,7 @@ impl Session {
         for p in reorder.drain() {
             self.output.render(&p);
         }
-        let _ = self.output.flush();
+        self.output.flush();
         let total = nodes.iter().fold(Lost::default(), |a, n| Lost {
             events: a.events + n.lost.events,
             skb_map_full: a.skb_map_full + n.lost.skb_map_full,
@@ -257,7 +288,7 @@ impl Session {
             rate_limited: a.rate_limited + n.lost.rate_limited,
         });
         if let Some(m) = loss_stats(&total).message() {
-            eprintln!("{m}");
+            say!("{m}");
         }
         if failed {
             End::Failed
@@ -265,6 +296,15 @@ impl Session {
             End::Ok
         }
     }
+}
+
+/// The stderr line for events dropped because stdout was not read fast
+/// enough (`N` in all so far).
+pub fn dropped_message(n: u64) -> String {
+    format!(
+        "nettrace: {n} {} dropped (output stalled: stdout is not read fast enough)",
+        if n == 1 { "event" } else { "events" }
+    )
 }
 
 /// Why an agent stopped when the plugin did not ask it to, for the reasons
@@ -295,6 +335,8 @@ fn bye_name(r: ByeReason) -> &'static str {
 mod tests {
     use super::*;
     use crate::cli::OutputFormat;
+    use crate::console::testing::Capture;
+    use crate::console::Pipe;
     use crate::stream::{parse_line, Incoming};
     use nettrace_common::format::TextOptions;
     use nettrace_common::protocol::{Hello, Ready, Resolved, ResolvedTarget};
@@ -306,9 +348,18 @@ mod tests {
         stop: watch::Receiver<bool>,
         interrupt: watch::Sender<bool>,
         run: tokio::task::JoinHandle<End>,
+        stdout: Capture,
+        pipe: std::sync::Arc<Pipe>,
     }
 
     fn start(nodes: &[&str], count: Option<u64>) -> Harness {
+        start_with(nodes, count, 1 << 20)
+    }
+
+    /// With a stdout queue of `queue` bytes.
+    fn start_with(nodes: &[&str], count: Option<u64>, queue: usize) -> Harness {
+        let stdout = Capture::default();
+        let pipe = Pipe::start("test", queue, stdout.clone());
         let (tx, rx) = mpsc::channel(64);
         let (stop_tx, stop) = watch::channel(false);
         let (interrupt, interrupted) = watch::channel(false);
@@ -319,6 +370,7 @@ mod tests {
                 TextOptions::default(),
                 names.clone(),
                 count,
+                pipe.clone(),
             ),
             nodes: names,
             rx,
@@ -332,6 +384,8 @@ mod tests {
             stop,
             interrupt,
             run: tokio::spawn(session.run()),
+            stdout,
+            pipe,
         }
     }
 
@@ -473,5 +527,60 @@ mod tests {
         h.send(0, Incoming::Bye(ByeReason::InputClosed)).await;
         h.send(0, Incoming::Closed(None)).await;
         assert_eq!(h.end().await, End::Ok);
+    }
+
+    #[tokio::test]
+    async fn a_stalled_stdout_never_stops_the_session_and_drops_are_counted() {
+        // room for about ten JSON event lines
+        let mut h = start_with(&["w1"], None, 2000);
+        h.stdout.stall(true);
+        h.start_node(0).await;
+        // Far more than the channel and the queue hold: each send returns
+        // because the session keeps reading.
+        let started = std::time::Instant::now();
+        for _ in 0..5000 {
+            tokio::time::timeout(Duration::from_secs(5), h.send(0, parse_line(EVENT)))
+                .await
+                .unwrap_or_else(|_| panic!("the session stopped reading"));
+        }
+        assert!(started.elapsed() < Duration::from_secs(30));
+        // everything sent was taken
+        while h.tx.capacity() < h.tx.max_capacity() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let dropped = h.pipe.dropped();
+        assert!(dropped > 4900, "dropped {dropped}");
+        assert!(!h.run.is_finished());
+        // The reader comes back: new events are printed again.
+        h.stdout.stall(false);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        // (all of the queue free: everything queued is written)
+        while !h.pipe.has_room(2000) {
+            assert!(std::time::Instant::now() < deadline, "stdout never drained");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let before = h.stdout.text().lines().count();
+        h.send(0, parse_line(EVENT)).await;
+        h.interrupt.send(true).unwrap_or_else(|e| panic!("{e}"));
+        assert!(h.stop_requested().await);
+        h.send(0, Incoming::Bye(ByeReason::InputClosed)).await;
+        h.send(0, Incoming::Closed(None)).await;
+        let (pipe, stdout) = (h.pipe.clone(), h.stdout.clone());
+        assert_eq!(h.end().await, End::Ok);
+        assert_eq!(pipe.finish().await, 0);
+        let after = stdout.text().lines().count();
+        assert_eq!(after, before + 1, "the event after the stall is printed");
+        assert_eq!(pipe.dropped(), dropped, "nothing dropped after the stall");
+    }
+
+    #[tokio::test]
+    async fn an_over_long_agent_line_fails_the_session() {
+        let mut h = start(&["w1"], None);
+        h.start_node(0).await;
+        h.send(0, Incoming::TooLong(16 << 20)).await;
+        assert!(h.stop_requested().await, "the agents are stopped");
+        h.send(0, Incoming::Bye(ByeReason::InputClosed)).await;
+        h.send(0, Incoming::Closed(None)).await;
+        assert_eq!(h.end().await, End::Failed);
     }
 }

@@ -1,5 +1,10 @@
 //! Talking to one agent: the spec it gets, attaching to its pod, keep-alive
 //! pings, and its stdout lines read into [`Incoming`] messages.
+//!
+//! The pings have a task of their own, so that nothing on the reading side
+//! (a busy session, a full channel) delays them; and the lines are read with
+//! a bound on their length, so that an agent cannot make the plugin hold an
+//! unbounded line in memory.
 
 use std::time::Duration;
 
@@ -7,20 +12,26 @@ use anyhow::{Context, Result};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, AttachParams};
 use nettrace_common::protocol::{
-    Annotation, ByeReason, Hello, Lost, Message, Ping, Ready, Resolved, Spec, Target, TraceOptions,
-    DEFAULT_IDLE_TIMEOUT_SECS, VERSION,
+    Annotation, ByeReason, Hello, LineSplitter, Lost, Message, Ping, Ready, Resolved, Spec, Split,
+    Target, TraceOptions, MAX_AGENT_LINE_BYTES, MAX_LINE_BYTES, VERSION,
 };
 use nettrace_common::remote::RemoteEvent;
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::sync::{mpsc, watch};
 
 use crate::agent_pod::CONTAINER;
 use crate::target::NodePlan;
 
-/// How often the plugin tells the agent it is still there.
+/// How often, at most, the plugin tells the agent it is still there.
 pub const PING_EVERY: Duration = Duration::from_secs(15);
+
+/// How often to ping an agent whose idle timeout is `idle_secs`: four times
+/// within it, at most every [`PING_EVERY`], at least every 250 ms.
+pub fn ping_every(idle_secs: u64) -> Duration {
+    (Duration::from_secs(idle_secs) / 4).clamp(Duration::from_millis(250), PING_EVERY)
+}
 
 /// The spec for one node's agent.
 pub fn build_spec(
@@ -28,6 +39,7 @@ pub fn build_spec(
     peers: Vec<Target>,
     options: &TraceOptions,
     timeout: Duration,
+    idle_secs: u64,
 ) -> Spec {
     Spec {
         targets: if plan.whole_node {
@@ -38,7 +50,7 @@ pub fn build_spec(
         options: options.clone(),
         deadline_secs: Some(timeout.as_secs()),
         peers,
-        idle_timeout_secs: Some(DEFAULT_IDLE_TIMEOUT_SECS),
+        idle_timeout_secs: Some(idle_secs),
     }
 }
 
@@ -80,6 +92,8 @@ pub enum Incoming {
     Bye(ByeReason),
     /// A line the agent wrote on stderr.
     Stderr(String),
+    /// A stdout line longer than the limit (given): a protocol error.
+    TooLong(usize),
     /// A stdout line that is not protocol v1.
     Garbled {
         /// The line.
@@ -183,17 +197,120 @@ pub struct NodeMsg {
     pub msg: Incoming,
 }
 
-/// Attaches to an agent pod and writes its spec; the returned task streams
-/// its lines to `tx` until the connection ends, pinging every
-/// [`PING_EVERY`], and closes the agent's stdin when `stop` turns true.
+/// Reads the lines of `input`, each at most `limit` bytes long, into
+/// messages for `tx` (through `what`); a longer line becomes
+/// [`Incoming::TooLong`] and is skipped up to its newline, in bounded
+/// memory. Returns at the end of input (with the read error, if any) or
+/// when nobody listens any more.
+pub async fn read_lines<R: AsyncRead + Unpin>(
+    input: R,
+    node: usize,
+    limit: usize,
+    tx: &mpsc::Sender<NodeMsg>,
+    what: impl Fn(&[u8]) -> Option<Incoming>,
+) -> Option<String> {
+    let mut input = BufReader::with_capacity(64 << 10, input);
+    let mut split = LineSplitter::new(limit);
+    let mut ended = false;
+    while !ended {
+        let got = match input.fill_buf().await {
+            Ok([]) => {
+                ended = true;
+                split.finish()
+            }
+            Ok(bytes) => {
+                let (used, got) = split.push(bytes);
+                input.consume(used);
+                got
+            }
+            Err(e) => return Some(e.to_string()),
+        };
+        let msg = match got {
+            None => continue,
+            Some(Split::Line) => match what(split.line()) {
+                Some(m) => m,
+                None => continue,
+            },
+            Some(Split::TooLong) => Incoming::TooLong(limit),
+        };
+        if tx.send(NodeMsg { node, msg }).await.is_err() {
+            return None;
+        }
+    }
+    None
+}
+
+/// An agent's stdout line as a message (blank lines are skipped).
+fn stdout_line(line: &[u8]) -> Option<Incoming> {
+    if line.iter().all(u8::is_ascii_whitespace) {
+        return None;
+    }
+    Some(match std::str::from_utf8(line) {
+        Ok(l) => parse_line(l),
+        Err(e) => Incoming::Garbled {
+            line: String::from_utf8_lossy(line).chars().take(200).collect(),
+            why: e.to_string(),
+        },
+    })
+}
+
+/// An agent's stderr line as a message.
+fn stderr_line(line: &[u8]) -> Option<Incoming> {
+    Some(Incoming::Stderr(String::from_utf8_lossy(line).into_owned()))
+}
+
+/// Pings the agent every `every` until `stop` turns true (or its sender
+/// goes), then closes the agent's stdin; gives up when stdin cannot be
+/// written. Nothing else is awaited here: only the connection itself can
+/// hold a ping back.
+pub async fn keep_alive<W: AsyncWrite + Unpin>(
+    mut stdin: W,
+    every: Duration,
+    stop: watch::Receiver<bool>,
+) {
+    let ping = format!("{}\n", Message::Ping(Ping {}).to_line());
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stopped(&stop) => break,
+            _ = ticker.tick() => {
+                let sent = tokio::select! {
+                    r = async {
+                        stdin.write_all(ping.as_bytes()).await?;
+                        stdin.flush().await
+                    } => r.is_ok(),
+                    _ = stopped(&stop) => break,
+                };
+                if !sent {
+                    return;
+                }
+            }
+        }
+    }
+    // closing the writer closes the agent's stdin
+    let _ = stdin.shutdown().await;
+}
+
+/// Resolves once `stop` is true, or its sender is gone.
+async fn stopped(stop: &watch::Receiver<bool>) {
+    let mut stop = stop.clone();
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// Attaches to an agent pod and writes its spec; the returned tasks stream
+/// its lines to `tx` until the connection ends, and ping it every
+/// `ping_every` (on a task of their own), closing its stdin when `stop`
+/// turns true.
 pub async fn attach(
     api: &Api<Pod>,
     pod: &str,
     node: usize,
     spec: &Spec,
-    mut stop: watch::Receiver<bool>,
+    ping_every: Duration,
+    stop: watch::Receiver<bool>,
     tx: mpsc::Sender<NodeMsg>,
-) -> Result<tokio::task::JoinHandle<()>> {
+) -> Result<Vec<tokio::task::JoinHandle<()>>> {
     let ap = AttachParams::default()
         .container(CONTAINER)
         .stdin(true)
@@ -204,70 +321,32 @@ pub async fn attach(
         .attach(pod, &ap)
         .await
         .with_context(|| format!("cannot attach to agent pod {ns}/{pod}"))?;
-    let mut stdin = attached.stdin();
+    let stdin = attached.stdin();
     let stdout = attached
         .stdout()
         .with_context(|| format!("no stdout from agent pod {ns}/{pod}"))?;
     let line = format!("{}\n", Message::Spec(spec.clone()).to_line());
-    if let Some(w) = stdin.as_mut() {
+    let mut tasks = Vec::new();
+    if let Some(mut w) = stdin {
         w.write_all(line.as_bytes())
             .await
             .with_context(|| format!("cannot send the spec to agent pod {ns}/{pod}"))?;
         w.flush().await.ok();
+        tasks.push(tokio::spawn(keep_alive(w, ping_every, stop)));
     }
     if let Some(stderr) = attached.stderr() {
         let tx = tx.clone();
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(stderr).lines();
-            while let Ok(Some(l)) = lines.next_line().await {
-                if tx
-                    .send(NodeMsg {
-                        node,
-                        msg: Incoming::Stderr(l),
-                    })
-                    .await
-                    .is_err()
-                {
-                    break;
-                }
-            }
-        });
+        tasks.push(tokio::spawn(async move {
+            read_lines(stderr, node, MAX_LINE_BYTES, &tx, stderr_line).await;
+        }));
     }
-    let ping = format!("{}\n", Message::Ping(Ping {}).to_line());
-    Ok(tokio::spawn(async move {
-        let mut lines = BufReader::new(stdout).lines();
-        let mut ticker =
-            tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY);
-        let closed = loop {
-            tokio::select! {
-                l = lines.next_line() => match l {
-                    Ok(Some(l)) if l.trim().is_empty() => {}
-                    Ok(Some(l)) => {
-                        if tx.send(NodeMsg { node, msg: parse_line(&l) }).await.is_err() {
-                            break None;
-                        }
-                    }
-                    Ok(None) => break None,
-                    Err(e) => break Some(e.to_string()),
-                },
-                _ = ticker.tick(), if stdin.is_some() => {
-                    if let Some(w) = stdin.as_mut() {
-                        if w.write_all(ping.as_bytes()).await.is_err() || w.flush().await.is_err() {
-                            stdin = None;
-                        }
-                    }
-                }
-                r = stop.changed(), if stdin.is_some() => {
-                    if r.is_err() || *stop.borrow() {
-                        // dropping the writer closes the agent's stdin
-                        if let Some(mut w) = stdin.take() {
-                            let _ = w.shutdown().await;
-                        }
-                    }
-                }
-            }
-        };
-        drop(stdin);
+    let pinger = tasks.first().map(|t| t.abort_handle());
+    tasks.push(tokio::spawn(async move {
+        let closed = read_lines(stdout, node, MAX_AGENT_LINE_BYTES, &tx, stdout_line).await;
+        // the agent's output ended: its stdin goes too
+        if let Some(p) = pinger {
+            p.abort();
+        }
         let status = attached.join().await.err().map(|e| e.to_string());
         let _ = tx
             .send(NodeMsg {
@@ -275,7 +354,8 @@ pub async fn attach(
                 msg: Incoming::Closed(closed.or(status)),
             })
             .await;
-    }))
+    }));
+    Ok(tasks)
 }
 
 #[cfg(test)]
@@ -302,15 +382,15 @@ mod tests {
             count: Some(2),
             ..TraceOptions::default()
         };
-        let spec = build_spec(&plan, vec![t.clone()], &opts, Duration::from_secs(3600));
+        let spec = build_spec(&plan, vec![t.clone()], &opts, Duration::from_secs(3600), 60);
         assert_eq!(spec.targets, std::slice::from_ref(&t));
         assert_eq!(spec.peers, std::slice::from_ref(&t));
         assert_eq!(spec.deadline_secs, Some(3600));
         assert_eq!(spec.idle_timeout_secs, Some(60));
-        assert!(
-            PING_EVERY.as_secs() * 3 < 60,
-            "pings well within the idle timeout"
-        );
+        assert_eq!(ping_every(60), PING_EVERY);
+        assert_eq!(ping_every(5), Duration::from_millis(1250));
+        assert_eq!(ping_every(1), Duration::from_millis(250));
+        assert_eq!(ping_every(3600), PING_EVERY);
         assert_eq!(spec.options, opts);
         let line = Message::Spec(spec).to_line();
         assert!(
@@ -321,9 +401,9 @@ mod tests {
             whole_node: true,
             ..plan
         };
-        assert!(build_spec(&whole, vec![t], &opts, Duration::from_secs(5))
-            .targets
-            .is_empty());
+        let whole = build_spec(&whole, vec![t], &opts, Duration::from_secs(5), 7);
+        assert!(whole.targets.is_empty());
+        assert_eq!(whole.idle_timeout_secs, Some(7));
         assert_eq!(Message::Ping(Ping {}).to_line(), r#"{"v":1,"type":"ping"}"#);
     }
 
@@ -384,5 +464,47 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn agent_lines_are_read_with_a_bound() {
+        let (tx, mut rx) = mpsc::channel(16);
+        let mut input = b"{\"v\":1,\"type\":\"bye\",\"reason\":\"idle\"}\r\n\n".to_vec();
+        input.extend(std::iter::repeat_n(b'x', 3 << 20));
+        input.extend(b"\n\xff\xfe\n{\"v\":1,\"type\":\"bye\",\"reason\":\"count\"}");
+        let closed = read_lines(&input[..], 3, 1 << 20, &tx, stdout_line).await;
+        assert_eq!(closed, None);
+        drop(tx);
+        let mut got = Vec::new();
+        while let Some(m) = rx.recv().await {
+            assert_eq!(m.node, 3);
+            got.push(m.msg);
+        }
+        assert_eq!(got.len(), 4, "{got:?}");
+        assert_eq!(got[0], Incoming::Bye(ByeReason::Idle));
+        assert_eq!(got[1], Incoming::TooLong(1 << 20));
+        assert!(
+            matches!(&got[2], Incoming::Garbled { why, .. } if why.contains("utf-8")),
+            "{:?}",
+            got[2]
+        );
+        assert_eq!(got[3], Incoming::Bye(ByeReason::Count));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pings_go_out_on_their_own_and_stop_closes_stdin() {
+        let (w, r) = tokio::io::duplex(4096);
+        let (stop_tx, stop) = watch::channel(false);
+        let pinger = tokio::spawn(keep_alive(w, Duration::from_secs(2), stop));
+        tokio::time::sleep(Duration::from_millis(7100)).await;
+        stop_tx.send(true).unwrap_or_else(|e| panic!("{e}"));
+        pinger.await.unwrap_or_else(|e| panic!("{e}"));
+        let mut lines = BufReader::new(r).lines();
+        let mut pings = 0;
+        while let Ok(Some(l)) = lines.next_line().await {
+            assert_eq!(l, r#"{"v":1,"type":"ping"}"#);
+            pings += 1;
+        }
+        assert_eq!(pings, 3, "at 2, 4 and 6 s, then end of input");
     }
 }
