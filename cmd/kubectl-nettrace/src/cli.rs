@@ -123,7 +123,7 @@ pub struct Cli {
     #[arg(long = "print-manifest", help_heading = "Kubernetes")]
     pub print_manifest: bool,
     /// An agent stops after this many seconds without a keep-alive from the plugin (which pings it
-    /// four times as often, at most every 15 s): how soon agents go away when the plugin is killed
+    /// four times within it, at most every 15 s): how soon agents go away when the plugin is killed
     #[arg(
         long = "agent-idle-timeout",
         value_name = "SECS",
