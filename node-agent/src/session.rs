@@ -232,7 +232,7 @@ impl<'a> Printer<'a> {
             if bounded
                 && handled > 0
                 && (handled >= DRAIN_BATCH
-                    || (handled % 256 == 0 && started.elapsed() >= DRAIN_TIME))
+                    || (handled.is_multiple_of(256) && started.elapsed() >= DRAIN_TIME))
             {
                 more = true;
                 break;

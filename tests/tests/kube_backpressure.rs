@@ -396,8 +396,6 @@ fn a_reader_stalled_past_the_agent_idle_timeout_loses_events_not_the_trace() {
 }
 
 #[test]
-#[ignore = "over 3 minutes: the issue's case, a reader gone for 3 minutes with the default \
-            60 s idle timeout (run with --ignored)"]
 fn a_reader_stalled_for_three_minutes_loses_events_not_the_trace() {
     stalled_reader(None, Duration::from_secs(180));
 }
