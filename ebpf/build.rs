@@ -29,7 +29,9 @@ fn main() {
     let obj = out.join("nettrace.bpf.o");
     let status = Command::new(&clang)
         // v3: the atomic compare-and-swap and fetch-and-add of the rate limit (Linux 5.12+).
-        .args(["-O2", "-g", "-target", "bpf", "-mcpu=v3", "-Wall", "-Werror"])
+        .args([
+            "-O2", "-g", "-target", "bpf", "-mcpu=v3", "-Wall", "-Werror",
+        ])
         .arg(format!("-D__TARGET_ARCH_{target_arch}"))
         .arg("-I")
         .arg(&include)
