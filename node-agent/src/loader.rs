@@ -206,10 +206,7 @@ pub fn load_and_attach(
             }
         }
     }
-    let globals: [(&str, &[u8]); 2] = [
-        ("nt_cfg", &raw.0),
-        ("nt_rate", &limits.rate.to_ne_bytes()),
-    ];
+    let globals: [(&str, &[u8]); 2] = [("nt_cfg", &raw.0), ("nt_rate", &limits.rate.to_ne_bytes())];
     phases.push(("tracepoints and fentry", started.elapsed()));
     let links = functions.attach_kprobes(&mut ebpf, btf, &globals, plan, &mut attached);
     phases.push(("kprobes", started.elapsed()));

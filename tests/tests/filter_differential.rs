@@ -46,7 +46,6 @@ use nettrace_tests::*;
 use nettrace_common::event::{Event, Packet, F_FROM_SK, F_L4_BAD, F_SKB_MODE, L4};
 use nettrace_common::filter::{parse_addr, parse_port, parse_proto, Filter};
 
-
 /// Seed of the frame generator: the same frames on every run.
 const SEED: u64 = 0x6e65_7474_7261_6365;
 /// How many frames.
