@@ -1,6 +1,8 @@
 //! Pure logic shared by the nettrace crates: decoding the kernel's event
 //! records, packet summaries, text and JSON output, the timeline grouping,
-//! the tracer tree, packet filters, kernel symbols and drop reasons.
+//! the tracer tree, packet filters, kernel symbols and drop reasons, and the
+//! trace options both binaries share (clap derives them; nothing is parsed
+//! from the process's own arguments here).
 //!
 //! Nothing here does I/O: every parser takes `&str` or `&[u8]`.
 
@@ -10,6 +12,7 @@ pub mod filter;
 pub mod format;
 pub mod json;
 pub mod kallsyms;
+pub mod options;
 pub mod protocol;
 pub mod remote;
 pub mod summary;
@@ -21,5 +24,6 @@ pub use event::{DecodeError, Event, Packet, RawEvent, EVENT_SIZE, L4};
 pub use filter::{Filter, FilterError, NetnsArg, Proto};
 pub use format::{Annotations, LossStats, TextOptions, Timestamp};
 pub use kallsyms::{Kallsyms, Sym};
+pub use options::{Backend, OptionsError, TraceConfig, TraceOptions};
 pub use timeline::{Block, Timeline};
 pub use tracer::{Found, Leaf, LeafKind, Role, TracerTree, TreeError};

@@ -84,58 +84,17 @@ pub struct Target {
     pub pod_uid: Option<String>,
 }
 
-/// The filter and view options of the command line.
+pub use crate::options::TraceOptions;
+
+/// The spec's `options`: the trace options both binaries accept (one type,
+/// flattened: its keys sit beside `follow_host`), and the plugin's scoping
+/// choice.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
-pub struct TraceOptions {
-    /// `-p`: protocol.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub proto: Option<String>,
-    /// `-s`: source address.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub saddr: Option<String>,
-    /// `-d`: destination address.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub daddr: Option<String>,
-    /// `--addr`: source or destination address.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub addr: Option<String>,
-    /// `--sport`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub sport: Option<String>,
-    /// `--dport`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub dport: Option<String>,
-    /// `--port`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub port: Option<String>,
-    /// `-t`: tracers (empty: all).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub tracers: Vec<String>,
-    /// `--detail` (a view option: the plugin formats; the agent ignores it).
-    pub detail: bool,
-    /// `--timeline`: the agent groups events per skb and sends `timeline` lines.
-    pub timeline: bool,
-    /// `-c`: stop after this many events (or timeline blocks).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub count: Option<u64>,
-    /// `--skb-mode`.
-    pub skb_mode: bool,
-    /// `--ret`.
-    pub ret: bool,
-    /// `--stack`.
-    pub stack: bool,
-    /// `--stack-tracer`.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub stack_tracers: Vec<String>,
-    /// `--force-stack`.
-    pub force_stack: bool,
-    /// `--backend`: auto, fentry, kprobe or tracepoint.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub backend: Option<String>,
-    /// `--rate-limit`, events per second.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub rate_limit: Option<u32>,
+pub struct SpecOptions {
+    /// Filters, tracers and views, as `nettrace` takes them.
+    #[serde(flatten)]
+    pub trace: TraceOptions,
     /// Do not scope to the targets' network namespaces: follow matching
     /// packets across the host too (events there are annotated when they are
     /// on a target's host-side veth).
@@ -148,9 +107,9 @@ pub struct Spec {
     /// The containers to trace (empty: the whole node).
     #[serde(default)]
     pub targets: Vec<Target>,
-    /// Filters and views.
+    /// Filters, tracers, views and scoping.
     #[serde(default)]
-    pub options: TraceOptions,
+    pub options: SpecOptions,
     /// The agent stops by itself after this many seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deadline_secs: Option<u64>,
@@ -557,22 +516,25 @@ mod tests {
         vec![
             Message::Spec(Spec {
                 targets: vec![target()],
-                options: TraceOptions {
-                    proto: Some("icmp".into()),
-                    addr: Some("10.0.0.2".into()),
-                    port: Some("53".into()),
-                    tracers: vec!["link".into(), "kfree_skb".into()],
-                    detail: true,
-                    timeline: true,
-                    count: Some(3),
-                    skb_mode: true,
-                    ret: true,
-                    stack: true,
-                    stack_tracers: vec!["kfree_skb".into()],
-                    backend: Some("tracepoint".into()),
-                    rate_limit: Some(1000),
+                options: SpecOptions {
+                    trace: TraceOptions {
+                        proto: Some("icmp".into()),
+                        addr: Some("10.0.0.2".into()),
+                        port: Some("53".into()),
+                        tracers: vec!["link".into(), "kfree_skb".into()],
+                        detail: true,
+                        timeline: true,
+                        count: Some(3),
+                        skb_mode: true,
+                        ret: true,
+                        stack: true,
+                        stack_tracers: vec!["kfree_skb".into()],
+                        backend: crate::options::Backend::Tracepoint,
+                        rate_limit: Some(1000),
+                        raw_tp: true,
+                        ..TraceOptions::default()
+                    },
                     follow_host: true,
-                    ..TraceOptions::default()
                 },
                 deadline_secs: Some(60),
                 peers: vec![Target {
@@ -714,6 +676,23 @@ mod tests {
     }
 
     #[test]
+    fn spec_options_keep_their_keys_flat() {
+        // The README's example: the trace options and follow_host side by side.
+        let o: SpecOptions = serde_json::from_str(
+            r#"{"proto":"icmp","addr":"10.250.240.1","tracers":["net_dev_queue","kfree_skb"],"follow_host":true}"#,
+        )
+        .expect("parse");
+        assert!(o.follow_host);
+        assert_eq!(o.trace.addr.as_deref(), Some("10.250.240.1"));
+        assert_eq!(o.trace.tracers, ["net_dev_queue", "kfree_skb"]);
+        let v = serde_json::to_value(&o).expect("json");
+        assert_eq!(v["proto"], "icmp");
+        assert_eq!(v["follow_host"], true);
+        assert!(v.get("trace").is_none(), "{v}");
+        assert_eq!(serde_json::from_value::<SpecOptions>(v).expect("back"), o);
+    }
+
+    #[test]
     fn minimal_spec_parses_with_defaults() {
         let line = r#"{"v":1,"type":"spec","targets":[{"namespace":"n","pod":"p","container":"c","container_id":"docker://ab"}],"options":{"proto":"icmp"},"extra":true}"#;
         let Ok(Message::Spec(spec)) = Message::parse(line) else {
@@ -721,8 +700,8 @@ mod tests {
         };
         assert_eq!(spec.targets.len(), 1);
         assert_eq!(spec.targets[0].pod_uid, None);
-        assert_eq!(spec.options.proto.as_deref(), Some("icmp"));
-        assert!(!spec.options.timeline);
+        assert_eq!(spec.options.trace.proto.as_deref(), Some("icmp"));
+        assert!(!spec.options.trace.timeline && !spec.options.follow_host);
         assert_eq!(spec.deadline_secs, None);
     }
 

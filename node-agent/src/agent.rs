@@ -11,17 +11,15 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use clap::Parser;
 use nettrace_common::format::{Annotations, LossStats};
-use nettrace_common::json;
 use nettrace_common::protocol::{
     self, Annotation, Bye, ByeReason, Clock, ErrorMsg, Hello, Lost, Message, Ready, Resolved,
     ResolvedTarget, Scope, Spec, Target,
 };
-use nettrace_common::Event;
+use nettrace_common::{json, Event, TraceConfig, TracerTree};
 use tokio::sync::oneshot;
 
-use crate::cli::Cli;
+use crate::cli::HostArgs;
 use crate::containers;
 use crate::system::Backends;
 
@@ -142,9 +140,9 @@ fn run() -> Result<Stop> {
     peers.retain(|r| r.error.is_none());
     let sink = AgentSink::new(&spec, &resolved, &peers)?;
 
-    let cli = cli_from_spec(&spec)?;
-    let tree = crate::load_tree(&cli)?;
-    let prepared = crate::prepare_scoped(&cli, &tree, &sink.kernel_scope)?;
+    let tree = crate::load_tree(None)?;
+    let (config, host) = run_config(&spec, &tree)?;
+    let prepared = crate::prepare(&config, &host, &tree, &sink.kernel_scope)?;
     emit(&Message::Ready(Ready {
         tracers: prepared.loaded.attached.len(),
         scope: sink.scope,
@@ -166,6 +164,15 @@ fn run() -> Result<Stop> {
         prepared.views,
         Some(ctl),
     ))
+}
+
+/// What the agent traces with: the spec's options, checked by the validator
+/// the command line (`nettrace` and `kubectl nettrace`) uses, and the host's
+/// own options at their agent values. [`crate::prepare`] takes it from
+/// there, as it takes the command line's.
+fn run_config<'t>(spec: &Spec, tree: &'t TracerTree) -> Result<(TraceConfig<'t>, HostArgs)> {
+    let config = spec.options.trace.validate(tree)?;
+    Ok((config, HostArgs::agent()))
 }
 
 /// What the stdin reader passes on.
@@ -344,58 +351,6 @@ fn resolve_targets(targets: &[Target]) -> Vec<ResolvedTarget> {
         .collect()
 }
 
-/// The command line equivalent to the spec's options (so that the agent
-/// checks and plans exactly as `nettrace` does); the scope goes to the
-/// kernel apart, through [`crate::prepare_scoped`].
-fn cli_from_spec(spec: &Spec) -> Result<Cli> {
-    let o = &spec.options;
-    let mut args = vec!["nettrace".to_string()];
-    let mut opt = |name: &str, v: &Option<String>| {
-        if let Some(v) = v {
-            args.push(format!("--{name}={v}"));
-        }
-    };
-    opt("proto", &o.proto);
-    opt("saddr", &o.saddr);
-    opt("daddr", &o.daddr);
-    opt("addr", &o.addr);
-    opt("sport", &o.sport);
-    opt("dport", &o.dport);
-    opt("port", &o.port);
-    opt("backend", &o.backend);
-    if !o.tracers.is_empty() {
-        args.push(format!("--tracer={}", o.tracers.join(",")));
-    }
-    if !o.stack_tracers.is_empty() {
-        args.push(format!("--stack-tracer={}", o.stack_tracers.join(",")));
-    }
-    for (on, flag) in [
-        (o.timeline, "--timeline"),
-        (o.skb_mode, "--skb-mode"),
-        (o.ret, "--ret"),
-        (o.stack, "--stack"),
-        (o.force_stack, "--force-stack"),
-    ] {
-        if on {
-            args.push(flag.to_string());
-        }
-    }
-    if let Some(c) = o.count {
-        args.push(format!("--count={c}"));
-    }
-    if let Some(r) = o.rate_limit {
-        args.push(format!("--rate-limit={r}"));
-    }
-    args.push("--output=json".to_string());
-    let cli = Cli::try_parse_from(&args)
-        .map_err(|e| anyhow::anyhow!("{}", crate::cli::one_line_error(&e)))
-        .context("spec options")?;
-    if cli.wants_tracer_list() {
-        bail!("spec options: the tracer list (\"?\") is not available in agent mode");
-    }
-    Ok(cli)
-}
-
 /// Scoping and annotation of events for the targets of a spec.
 pub struct AgentSink {
     /// How events are scoped.
@@ -572,22 +527,92 @@ mod tests {
         assert_eq!(kernel_version("weird"), (0, 0));
     }
 
+    /// A spec line carrying `options`, read back as the agent reads it.
+    fn spec_through_the_wire(options: &nettrace_common::TraceOptions) -> Spec {
+        let spec = Spec {
+            options: protocol::SpecOptions {
+                trace: options.clone(),
+                follow_host: false,
+            },
+            ..Spec::default()
+        };
+        match Message::parse(&Message::Spec(spec).to_line()) {
+            Ok(Message::Spec(spec)) => spec,
+            other => panic!("{other:?}"),
+        }
+    }
+
     #[test]
-    fn spec_options_become_the_cli() {
-        let mut spec = Spec::default();
-        spec.options.proto = Some("icmp".into());
-        spec.options.addr = Some("10.0.0.2".into());
-        spec.options.tracers = vec!["link".into(), "kfree_skb".into()];
-        spec.options.timeline = true;
-        spec.options.count = Some(2);
-        let cli = cli_from_spec(&spec).expect("valid spec");
-        assert_eq!(cli.proto.as_deref(), Some("icmp"));
-        assert_eq!(cli.addr.as_deref(), Some("10.0.0.2"));
-        assert_eq!(cli.tracer, ["link", "kfree_skb"]);
-        assert!(cli.timeline && !cli.skb_mode);
-        assert_eq!(cli.count, Some(2));
-        assert_eq!(cli.netns, None);
-        spec.options.backend = Some("nope".into());
-        assert!(cli_from_spec(&spec).is_err());
+    fn spec_options_configure_the_agent_as_the_command_line_does_the_host() {
+        use clap::Parser;
+        let tree = crate::load_tree(None).expect("tree");
+        let (args, options) = nettrace_common::options::every_option();
+        let mut argv = vec!["nettrace"];
+        argv.extend(&args);
+        argv.extend(["-o", "json"]);
+        let cli = crate::cli::Cli::try_parse_from(&argv).expect("host command line");
+        assert_eq!(cli.trace, options);
+        let host_config = cli.trace.validate(&tree).expect("valid");
+
+        let spec = spec_through_the_wire(&options);
+        assert_eq!(
+            spec.options.trace, options,
+            "the options reach the agent unchanged"
+        );
+        let (config, host) = run_config(&spec, &tree).expect("valid spec");
+        assert_eq!(config, host_config);
+        assert_eq!(host, cli.host, "the agent runs as `nettrace -o json` does");
+
+        // And with nothing given: the defaults on both sides.
+        let cli = crate::cli::Cli::try_parse_from(["nettrace", "-o", "json"]).expect("parse");
+        let (config, host) =
+            run_config(&spec_through_the_wire(&cli.trace), &tree).expect("valid spec");
+        assert_eq!(config, cli.trace.validate(&tree).expect("valid"));
+        assert_eq!(host, cli.host);
+    }
+
+    #[test]
+    fn bad_spec_options_are_refused_with_the_validators_message() {
+        use nettrace_common::{OptionsError, TraceOptions};
+        let tree = crate::load_tree(None).expect("tree");
+        let refused = |o: nettrace_common::TraceOptions| {
+            let spec = spec_through_the_wire(&o);
+            let agent = run_config(&spec, &tree).map(|_| ()).expect_err("refused");
+            let validator = o.validate(&tree).map(|_| ()).expect_err("refused");
+            assert_eq!(format!("{agent:#}"), validator.to_string());
+            validator
+        };
+        assert_eq!(
+            refused(TraceOptions {
+                stack: true,
+                stack_tracers: vec!["kfree_skb".into()],
+                ..TraceOptions::default()
+            }),
+            OptionsError::CostlyStack
+        );
+        assert_eq!(
+            refused(TraceOptions {
+                tracers: vec!["?".into()],
+                ..TraceOptions::default()
+            }),
+            OptionsError::TracerList
+        );
+        assert!(matches!(
+            refused(TraceOptions {
+                proto: Some("nope".into()),
+                ..TraceOptions::default()
+            }),
+            OptionsError::Value {
+                option: "--proto",
+                ..
+            }
+        ));
+        assert_eq!(
+            refused(TraceOptions {
+                rate_limit: Some(0),
+                ..TraceOptions::default()
+            }),
+            OptionsError::ZeroRateLimit
+        );
     }
 }

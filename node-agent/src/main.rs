@@ -16,14 +16,14 @@ mod system;
 mod watch;
 
 use std::collections::HashSet;
+use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use nettrace_common::format::TextOptions;
-use nettrace_common::{Leaf, LeafKind, Role, TracerTree};
+use nettrace_common::{Leaf, LeafKind, Role, TraceConfig, TracerTree};
 
-use crate::cli::Cli;
+use crate::cli::{Cli, HostArgs};
 use crate::plan::{backend_status, Backend, BackendChoice, Plan};
 use crate::session::Views;
 use crate::symbols::Symbols;
@@ -57,8 +57,9 @@ fn main() -> ExitCode {
     }
 }
 
-fn load_tree(cli: &Cli) -> Result<TracerTree> {
-    match &cli.tracer_file {
+/// The tracer tree: `--tracer-file`, else the built-in one.
+fn load_tree(tracer_file: Option<&Path>) -> Result<TracerTree> {
+    match tracer_file {
         Some(path) => {
             let text = resolve::read_tracer_file(path)?;
             TracerTree::parse(&text).with_context(|| format!("tracer file {}", path.display()))
@@ -70,12 +71,15 @@ fn load_tree(cli: &Cli) -> Result<TracerTree> {
 }
 
 fn run(cli: Cli) -> Result<()> {
-    let tree = load_tree(&cli)?;
-    if cli.wants_tracer_list() {
-        print_tracer_list(&tree, cli.backend);
+    let tree = load_tree(cli.host.tracer_file.as_deref())?;
+    if cli.trace.wants_tracer_list() {
+        print_tracer_list(&tree, cli.trace.backend);
         return Ok(());
     }
-    let mut prepared = prepare(&cli, &tree)?;
+    // Everything the user typed is checked before anything is loaded: the
+    // shared options by the validator kubectl nettrace and the agent use.
+    let config = cli.trace.validate(&tree)?;
+    let mut prepared = prepare(&config, &cli.host, &tree, &[])?;
     watch::start(std::mem::take(&mut prepared.scopes));
     eprintln!("begin tracing......");
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -107,56 +111,38 @@ pub struct Prepared {
     pub symbols: Symbols,
     /// How events are shown.
     pub views: Views,
-    /// What --netns, --ifname and --pid name, held while tracing.
+    /// What --netns, --ifname and --pid named, held while tracing.
     pub scopes: resolve::Scopes,
 }
 
-/// Checks the options, loads and attaches the tracers (the command line).
-pub fn prepare(cli: &Cli, tree: &TracerTree) -> Result<Prepared> {
-    prepare_scoped(cli, tree, &[])
-}
-
-/// [`prepare`] with a scope for the kernel filter (the agent's pods): keys
-/// `netns << 32 | ifindex` (ifindex 0: the whole namespace). With a scope,
-/// a packet that matched in it is followed wherever it goes next.
-pub fn prepare_scoped(cli: &Cli, tree: &TracerTree, scope: &[u64]) -> Result<Prepared> {
-    // Everything the user typed is checked before anything is loaded.
-    let mut filter = resolve::filter_from_cli(cli)?;
+/// Loads and attaches the tracers of a checked configuration: the shared
+/// options (from the command line, or from the agent's spec) and the host's
+/// own (`tree` is where the configuration's leaves come from). With a `scope` for the kernel filter (the agent's pods: keys
+/// `netns << 32 | ifindex`, ifindex 0 for the whole namespace), a packet
+/// that matched in it is followed wherever it goes next.
+pub fn prepare(
+    config: &TraceConfig<'_>,
+    host: &HostArgs,
+    tree: &TracerTree,
+    scope: &[u64],
+) -> Result<Prepared> {
+    resolve::check_host_args(host)?;
+    let mut filter = config.filter.clone();
+    filter.pid = host.pid;
     if !scope.is_empty() {
         filter.scope_map = true;
         filter.follow = true;
     }
-    let names: Vec<&str> = if cli.tracer.is_empty() {
-        vec!["all"]
-    } else {
-        cli.tracer.iter().map(String::as_str).collect()
-    };
-    let leaves = tree.select(&names)?;
-    let stack_only: HashSet<String> = if cli.stack_tracer.is_empty() {
-        HashSet::new()
-    } else {
-        let names: Vec<&str> = cli.stack_tracer.iter().map(String::as_str).collect();
-        tree.select(&names)?
-            .into_iter()
-            .map(|l| l.name.clone())
-            .collect()
-    };
-    if cli.stack && names.contains(&"all") && !cli.force_stack {
-        bail!("--stack with the whole \"all\" tracer is costly: pick tracers with -t, use --stack-tracer, or add --force-stack");
-    }
-    if cli.count == Some(0) {
-        bail!("-c/--count must be at least 1");
-    }
     let limits = loader::Limits {
-        ringbuf_bytes: ringbuf_size(cli.ringbuf_kb)?,
-        rate: rate_limit(cli.rate_limit)?,
+        ringbuf_bytes: ringbuf_size(host.ringbuf_kb)?,
+        rate: config.rate_limit,
     };
 
     system::require_root()?;
     system::require_btf()?;
-    let scopes = resolve::resolve_kernel_scopes(cli, &mut filter)?;
+    let scopes = resolve::resolve_kernel_scopes(host, &mut filter)?;
     let probing = std::time::Instant::now();
-    let mut kernel = Kernel::probe(&function_names(&leaves));
+    let mut kernel = Kernel::probe(&function_names(&config.leaves));
     let probe_time = probing.elapsed();
     if kernel.tracefs.is_none() {
         system::tracefs()?;
@@ -166,16 +152,21 @@ pub fn prepare_scoped(cli: &Cli, tree: &TracerTree, scope: &[u64]) -> Result<Pre
         .as_ref()
         .context("cannot read the kernel's BTF from /sys/kernel/btf/vmlinux")?;
 
-    if let Some(path) = &cli.tracer_file {
+    if let Some(path) = &host.tracer_file {
         resolve::check_tracepoint_leaves(&kernel, tree)
             .with_context(|| format!("tracer file {}", path.display()))?;
     }
-    let want_stack = |leaf: &Leaf| cli.stack || stack_only.contains(&leaf.name);
-    let mut plan = Plan::build(&kernel, &leaves, cli.backend, cli.ret, want_stack);
-    plan.raw_tracepoints = cli.raw_tp;
+    let mut plan = Plan::build(
+        &kernel,
+        &config.leaves,
+        config.backend,
+        config.ret,
+        |leaf| config.wants_stack(leaf),
+    );
+    plan.raw_tracepoints = config.raw_tp;
     let loaded = loader::load_and_attach(&mut plan, btf, &filter, limits, scope)?;
-    report_plan(cli, &plan, &loaded);
-    if cli.verbose {
+    report_plan(config, host.verbose, &plan, &loaded);
+    if host.verbose {
         let phases: Vec<String> = std::iter::once(("kernel probe", probe_time))
             .chain(loaded.phases.iter().copied())
             .map(|(name, d)| format!("{name} {} ms", d.as_millis()))
@@ -185,7 +176,7 @@ pub fn prepare_scoped(cli: &Cli, tree: &TracerTree, scope: &[u64]) -> Result<Pre
     if loaded.attached.is_empty() {
         bail!("none of the selected tracers can be attached on this kernel (see `nettrace -t ?`); run with -v for the reasons");
     }
-    if cli.ret && !plan.tracers.iter().any(|t| t.has_ret()) {
+    if config.ret && !plan.tracers.iter().any(|t| t.has_ret()) {
         eprintln!(
             "note: --ret shows return values of kernel-function tracers, and none is attached here"
         );
@@ -195,14 +186,11 @@ pub fn prepare_scoped(cli: &Cli, tree: &TracerTree, scope: &[u64]) -> Result<Pre
     let any_stack = plan.attachable().any(|(_, t)| t.stack);
     let symbols = Symbols::load(&mut kernel, any_drop || any_stack, any_drop);
     let views = Views {
-        text: TextOptions {
-            detail: cli.detail,
-            timeline: cli.timeline,
-        },
-        timeline: cli.timeline,
-        output: cli.output,
-        count: cli.count,
-        verbose: cli.verbose,
+        text: config.text_options(),
+        timeline: config.timeline,
+        output: host.output,
+        count: config.count,
+        verbose: host.verbose,
     };
     Ok(Prepared {
         loaded,
@@ -224,15 +212,6 @@ fn function_names<'a>(leaves: &[&'a Leaf]) -> Vec<&'a str> {
         .collect()
 }
 
-/// The machine-wide `--rate-limit` (the kernel keeps one window for all CPUs).
-fn rate_limit(limit: Option<u32>) -> Result<u32> {
-    match limit {
-        None => Ok(0),
-        Some(0) => bail!("--rate-limit must be at least 1 event per second"),
-        Some(n) => Ok(n),
-    }
-}
-
 fn ringbuf_size(kib: u32) -> Result<u32> {
     if kib < 4 || !kib.is_power_of_two() || kib > 1024 * 1024 {
         bail!("--ringbuf-kb must be a power of two between 4 and 1048576, got {kib}");
@@ -242,10 +221,10 @@ fn ringbuf_size(kib: u32) -> Result<u32> {
 
 /// With -v, says what was attached and what not (always says it for
 /// tracers the user named that could not attach).
-fn report_plan(cli: &Cli, plan: &Plan, loaded: &loader::Loaded) {
+fn report_plan(config: &TraceConfig<'_>, verbose: bool, plan: &Plan, loaded: &loader::Loaded) {
     let prog_ids: std::collections::HashMap<u32, u32> =
         loaded.attached.iter().map(|a| (a.id, a.prog_id)).collect();
-    let named: HashSet<&str> = cli.tracer.iter().map(String::as_str).collect();
+    let named: HashSet<&str> = config.tracers.iter().map(String::as_str).collect();
     for (id, t) in plan.tracers.iter().enumerate() {
         let prog = prog_ids.get(&(id as u32)).copied().unwrap_or(0);
         let how = match &t.backend {
@@ -261,18 +240,18 @@ fn report_plan(cli: &Cli, plan: &Plan, loaded: &loader::Loaded) {
                 if *ret { " + kretprobe" } else { "" }
             ),
             Backend::Unavailable(why) => {
-                if cli.verbose || named.contains(t.name.as_str()) {
+                if verbose || named.contains(t.name.as_str()) {
                     eprintln!("unavailable {}: {why}", t.name);
                 }
                 continue;
             }
             Backend::Function(_) => continue,
         };
-        if cli.verbose {
+        if verbose {
             eprintln!("attached {}: {how} (prog id {prog})", t.name);
         }
     }
-    if cli.verbose {
+    if verbose {
         eprintln!(
             "attached {} of {} tracers in {} ms",
             loaded.attached.len(),

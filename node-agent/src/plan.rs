@@ -7,7 +7,6 @@
 //! variants). Program slots are assigned by the loader, which may still fall
 //! back from fentry to kprobe when a load fails.
 
-use clap::ValueEnum;
 use nettrace_common::{Leaf, LeafKind, Role};
 
 use crate::slots::{kprobe_program, Family, Slot};
@@ -19,18 +18,9 @@ use crate::system::{FunctionSymbol, Kernel};
 /// which took 45 s for 79 functions on a 6.12 guest under emulation.
 pub const AUTO_FENTRY_MAX: usize = 8;
 
-/// Which backend to use for kernel-function leaves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum BackendChoice {
-    /// The best one available: fentry, else kprobe.
-    Auto,
-    /// fentry/fexit only.
-    Fentry,
-    /// kprobe/kretprobe only.
-    Kprobe,
-    /// Tracepoints only (function leaves are left out).
-    Tracepoint,
-}
+/// Which backend to use for kernel-function leaves (`--backend`, one of
+/// the shared options).
+pub use nettrace_common::Backend as BackendChoice;
 
 /// How one tracer is traced (or why it is not).
 #[derive(Debug, Clone)]

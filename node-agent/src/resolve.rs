@@ -14,53 +14,23 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
-use nettrace_common::filter::{parse_addr, parse_netns, parse_port, parse_proto};
+use nettrace_common::filter::parse_netns;
 use nettrace_common::tracer::MAX_FILE_BYTES;
 use nettrace_common::{Filter, Leaf, LeafKind, NetnsArg, TracerTree};
 
-use crate::cli::Cli;
+use crate::cli::HostArgs;
 use crate::system::Kernel;
 
-/// Parses and checks every filter option; no system lookups yet.
-pub fn filter_from_cli(cli: &Cli) -> Result<Filter> {
-    let port = |opt: &Option<String>, name: &str| -> Result<Option<u16>> {
-        opt.as_deref()
-            .map(|v| parse_port(v).with_context(|| format!("--{name}")))
-            .transpose()
-    };
-    let addr = |opt: &Option<String>, name: &str| {
-        opt.as_deref()
-            .map(|v| parse_addr(v).with_context(|| format!("--{name}")))
-            .transpose()
-    };
-    let filter = Filter {
-        saddr: addr(&cli.saddr, "saddr")?,
-        daddr: addr(&cli.daddr, "daddr")?,
-        addr: addr(&cli.addr, "addr")?,
-        proto: cli
-            .proto
-            .as_deref()
-            .map(parse_proto)
-            .transpose()
-            .context("--proto")?,
-        sport: port(&cli.sport, "sport")?,
-        dport: port(&cli.dport, "dport")?,
-        port: port(&cli.port, "port")?,
-        netns: None,
-        ifindex: None,
-        pid: cli.pid,
-        skb_mode: cli.skb_mode,
-        scope_map: false,
-        follow: false,
-    };
-    filter.validate()?;
-    if let Some(netns) = &cli.netns {
+/// Checks the host-only filter values (the shared ones are checked by
+/// [`nettrace_common::TraceOptions::validate`]); no system lookups yet.
+pub fn check_host_args(host: &HostArgs) -> Result<()> {
+    if let Some(netns) = &host.netns {
         parse_netns(netns).context("--netns")?;
     }
-    if cli.pid == Some(0) {
+    if host.pid == Some(0) {
         bail!("--pid must be a process id above 0");
     }
-    Ok(filter)
+    Ok(())
 }
 
 /// What the kernel filter's netns, ifindex and pid name, held for as long
@@ -132,9 +102,9 @@ pub struct HeldPid {
 
 /// Opens what `--netns`, `--ifname` and `--pid` name, fills the filter's
 /// netns inode and interface index, and hands back what must stay held.
-pub fn resolve_kernel_scopes(cli: &Cli, filter: &mut Filter) -> Result<Scopes> {
+pub fn resolve_kernel_scopes(host: &HostArgs, filter: &mut Filter) -> Result<Scopes> {
     let mut scopes = Scopes::default();
-    if let Some(value) = &cli.netns {
+    if let Some(value) = &host.netns {
         let ns = match parse_netns(value).context("--netns")? {
             NetnsArg::Inode(ino) => open_netns_inode(ino)?,
             NetnsArg::Path(p) => open_netns_path(&p)?,
@@ -142,7 +112,7 @@ pub fn resolve_kernel_scopes(cli: &Cli, filter: &mut Filter) -> Result<Scopes> {
         filter.netns = Some(u32::try_from(ns.ino).context("--netns: inode out of range")?);
         scopes.netns = Some(ns);
     }
-    if let Some(name) = &cli.ifname {
+    if let Some(name) = &host.ifname {
         let index = match &scopes.netns {
             Some(ns) => ifindex_in_netns(name, ns)?,
             None => {
@@ -160,7 +130,7 @@ pub fn resolve_kernel_scopes(cli: &Cli, filter: &mut Filter) -> Result<Scopes> {
             index,
         });
     }
-    if let Some(pid) = cli.pid {
+    if let Some(pid) = host.pid {
         scopes.pid = Some(hold_pid(pid)?);
     }
     Ok(scopes)

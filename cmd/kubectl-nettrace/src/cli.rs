@@ -1,12 +1,14 @@
-//! The command line: host `nettrace`'s filter and view options, plus the
-//! Kubernetes ones. Everything is checked here, before the cluster is touched.
+//! The command line: host `nettrace`'s trace options (the same type,
+//! [`TraceOptions`], flattened in), plus the Kubernetes ones. Everything is
+//! checked here, before the cluster is touched, by the validator host
+//! `nettrace` and the agent use.
 
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use nettrace_common::filter::{parse_addr, parse_port, parse_proto, Filter};
-use nettrace_common::protocol::TraceOptions;
-use nettrace_common::TracerTree;
+use nettrace_common::options::OUTPUT;
+use nettrace_common::protocol::SpecOptions;
+use nettrace_common::{OptionsError, TraceOptions, TracerTree};
 use thiserror::Error;
 
 /// The tracer tree the agents ship (to check `-t` names up front).
@@ -21,35 +23,12 @@ pub enum OutputFormat {
     Json,
 }
 
-/// Backends for kernel-function tracers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Backend {
-    // fentry where possible, else kprobes.
-    Auto,
-    // fentry/fexit only.
-    Fentry,
-    // kprobes only.
-    Kprobe,
-    // Tracepoints only (kernel-function tracers left out).
-    Tracepoint,
-}
-
-impl Backend {
-    fn name(self) -> &'static str {
-        match self {
-            Backend::Auto => "auto",
-            Backend::Fentry => "fentry",
-            Backend::Kprobe => "kprobe",
-            Backend::Tracepoint => "tracepoint",
-        }
-    }
-}
-
 const AFTER_HELP: &str = "\
 Targets: pod/NAME or NAME (a pod in -n NAMESPACE), node/NAME (the whole node, no pod scoping).
 Differences from host nettrace: -c is the container (kubectl's convention), so the event
 count is --count N only; --netns, --ifname, --pid, --tracer-file and --ringbuf-kb are not
-available (the agent scopes to the pods' network namespaces).
+available (the agent scopes to the pods' network namespaces). The other options are host
+nettrace's own, checked here as nettrace checks them.
 
 For each node involved, an agent pod (privileged, host PID and network) is created in
 --agent-namespace, attached to, and deleted when tracing stops (Ctrl-C, --count, --timeout).
@@ -73,7 +52,10 @@ Examples:
     version,
     about = "Trace the packets of Kubernetes pods through the Linux network stack of their nodes",
     max_term_width = 110,
-    after_help = AFTER_HELP
+    after_help = AFTER_HELP,
+    mut_arg("count", |a| a.help("Stop after COUNT events (COUNT skbs with --timeline), over all nodes")),
+    mut_arg("rate_limit", |a| a.help("At most this many events per second per node, enforced in the kernel")),
+    mut_arg("tracers", |a| a.help("Tracers (groups or kernel functions/tracepoints), comma separated (default: all); `nettrace -t ?` on a node lists them"))
 )]
 pub struct Cli {
     /// What to trace: pod/NAME, NAME (a pod) or node/NAME; several allowed
@@ -136,197 +118,47 @@ pub struct Cli {
     #[arg(long = "follow-host", help_heading = "Kubernetes")]
     pub follow_host: bool,
 
-    /// IP source address (IPv4 or IPv6)
-    #[arg(
-        short = 's',
-        long = "saddr",
-        value_name = "SADDR",
-        help_heading = "Filters"
-    )]
-    pub saddr: Option<String>,
-    /// IP destination address
-    #[arg(
-        short = 'd',
-        long = "daddr",
-        value_name = "DADDR",
-        help_heading = "Filters"
-    )]
-    pub daddr: Option<String>,
-    /// IP source or destination address
-    #[arg(long, value_name = "ADDR", help_heading = "Filters")]
-    pub addr: Option<String>,
-    /// Protocol: ip, ip6, arp, tcp, udp, icmp, icmp6, sctp
-    #[arg(
-        short = 'p',
-        long = "proto",
-        value_name = "PROTO",
-        help_heading = "Filters"
-    )]
-    pub proto: Option<String>,
-    /// TCP/UDP destination port
-    #[arg(long, value_name = "DPORT", help_heading = "Filters")]
-    pub dport: Option<String>,
-    /// TCP/UDP source port
-    #[arg(long, value_name = "SPORT", help_heading = "Filters")]
-    pub sport: Option<String>,
-    /// TCP/UDP source or destination port
-    #[arg(long, value_name = "PORT", help_heading = "Filters")]
-    pub port: Option<String>,
-    /// Tracers (groups or kernel functions/tracepoints), comma separated (`nettrace -t ?` on a node lists them)
-    #[arg(
-        short = 't',
-        long = "tracer",
-        value_name = "TRACER",
-        value_delimiter = ',',
-        help_heading = "Filters"
-    )]
-    pub tracer: Vec<String>,
-    /// Keep tracing an skb once it matched, even after NAT rewrites it
-    #[arg(long = "skb-mode", help_heading = "Filters")]
-    pub skb_mode: bool,
-    /// At most this many events per second per node, enforced in the kernel
-    #[arg(
-        long = "rate-limit",
-        value_name = "EVENTS_PER_SEC",
-        help_heading = "Filters"
-    )]
-    pub rate_limit: Option<u32>,
-    /// Backend for kernel-function tracers
-    #[arg(
-        long,
-        value_enum,
-        default_value = "auto",
-        value_name = "BACKEND",
-        help_heading = "Filters"
-    )]
-    pub backend: Backend,
+    /// The options host `nettrace` takes too.
+    #[command(flatten)]
+    pub trace: TraceOptions,
 
-    /// Show more per event: skb address, interface, pid and task name, tracer group
-    #[arg(long, help_heading = "Output")]
-    pub detail: bool,
-    /// Group events per skb and print each group when the skb is freed
-    #[arg(long, help_heading = "Output")]
-    pub timeline: bool,
-    /// Stop after COUNT events (COUNT skbs with --timeline), over all nodes
-    #[arg(long, value_name = "COUNT", help_heading = "Output")]
-    pub count: Option<u64>,
-    /// Print the return value of kernel functions
-    #[arg(long, help_heading = "Output")]
-    pub ret: bool,
-    /// Print the kernel call stack of each event
-    #[arg(long, help_heading = "Output")]
-    pub stack: bool,
-    /// Print the kernel call stack only for these tracers (comma separated)
-    #[arg(
-        long = "stack-tracer",
-        value_name = "STACK_TRACER",
-        value_delimiter = ',',
-        help_heading = "Output"
-    )]
-    pub stack_tracer: Vec<String>,
-    /// Allow --stack together with the whole "all" tracer
-    #[arg(long = "force-stack", help_heading = "Output")]
-    pub force_stack: bool,
     /// Output format
     #[arg(
         short = 'o',
         long = "output",
         value_enum,
         default_value = "text",
-        help_heading = "Output"
+        help_heading = OUTPUT
     )]
     pub output: OutputFormat,
     /// Say more: agent pods, what each target resolved to, how events are scoped
-    #[arg(short = 'v', long, help_heading = "Output")]
+    #[arg(short = 'v', long, help_heading = OUTPUT)]
     pub verbose: bool,
 }
 
 /// A command-line value that cannot be used.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum OptionError {
-    /// A filter value or combination.
+    /// A trace option, as host `nettrace` and the agent would refuse it.
     #[error("{0}")]
-    Filter(#[from] nettrace_common::FilterError),
-    /// An unknown tracer name.
-    #[error("{0}")]
-    Tracer(String),
-    /// `-t ?` is a host feature.
-    #[error("the tracer list is printed by the agent binary: run `nettrace -t ?` on a node (or in the agent image)")]
-    TracerList,
-    /// `--stack` on every tracer without `--force-stack`.
-    #[error("--stack with the whole \"all\" tracer is costly: pick tracers with -t, use --stack-tracer, or add --force-stack")]
-    CostlyStack,
-    /// `--count 0`.
-    #[error("--count must be at least 1")]
-    ZeroCount,
+    Trace(#[from] OptionsError),
     /// A zero `--timeout`.
     #[error("--timeout must be at least one second")]
     ZeroTimeout,
 }
 
 impl Cli {
-    /// Checks the filter and view options as host nettrace does and turns
-    /// them into the spec's options.
-    pub fn trace_options(&self) -> Result<TraceOptions, OptionError> {
-        let filter = Filter {
-            saddr: self.saddr.as_deref().map(parse_addr).transpose()?,
-            daddr: self.daddr.as_deref().map(parse_addr).transpose()?,
-            addr: self.addr.as_deref().map(parse_addr).transpose()?,
-            proto: self.proto.as_deref().map(parse_proto).transpose()?,
-            sport: self.sport.as_deref().map(parse_port).transpose()?,
-            dport: self.dport.as_deref().map(parse_port).transpose()?,
-            port: self.port.as_deref().map(parse_port).transpose()?,
-            skb_mode: self.skb_mode,
-            ..Filter::default()
-        };
-        filter.validate()?;
-        let tracers: Vec<String> = self.tracer.iter().map(|t| t.trim().to_string()).collect();
-        let stack_tracers: Vec<String> = self
-            .stack_tracer
-            .iter()
-            .map(|t| t.trim().to_string())
-            .collect();
-        if tracers.iter().any(|t| t == "?") {
-            return Err(OptionError::TracerList);
-        }
-        let tree = TracerTree::parse(TRACER_TREE)
-            .map_err(|e| OptionError::Tracer(format!("built-in tracer.json: {e}")))?;
-        for list in [&tracers, &stack_tracers] {
-            let names: Vec<&str> = list.iter().map(String::as_str).collect();
-            if !names.is_empty() {
-                tree.select(&names)
-                    .map_err(|e| OptionError::Tracer(e.to_string()))?;
-            }
-        }
-        let all = tracers.is_empty() || tracers.iter().any(|t| t == "all");
-        if self.stack && stack_tracers.is_empty() && all && !self.force_stack {
-            return Err(OptionError::CostlyStack);
-        }
-        if self.count == Some(0) {
-            return Err(OptionError::ZeroCount);
-        }
+    /// Checks the trace options with the validator host `nettrace` and the
+    /// agent use (against the tracer tree the agents ship), and the
+    /// plugin's own; gives the spec's options.
+    pub fn spec_options(&self) -> Result<SpecOptions, OptionError> {
+        let tree = TracerTree::parse(TRACER_TREE).map_err(OptionsError::Tracer)?;
+        self.trace.validate(&tree)?;
         if self.timeout.as_secs() == 0 {
             return Err(OptionError::ZeroTimeout);
         }
-        Ok(TraceOptions {
-            proto: self.proto.clone(),
-            saddr: self.saddr.clone(),
-            daddr: self.daddr.clone(),
-            addr: self.addr.clone(),
-            sport: self.sport.clone(),
-            dport: self.dport.clone(),
-            port: self.port.clone(),
-            tracers,
-            detail: self.detail,
-            timeline: self.timeline,
-            count: self.count,
-            skb_mode: self.skb_mode,
-            ret: self.ret,
-            stack: self.stack,
-            stack_tracers,
-            force_stack: self.force_stack,
-            backend: (self.backend != Backend::Auto).then(|| self.backend.name().to_string()),
-            rate_limit: self.rate_limit,
+        Ok(SpecOptions {
+            trace: self.trace.clone(),
             follow_host: self.follow_host,
         })
     }
@@ -404,6 +236,12 @@ mod tests {
     }
 
     #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
     fn options_become_the_spec_options() {
         let c = cli(&[
             "pod/a",
@@ -446,23 +284,60 @@ mod tests {
             5
         );
         assert!(c.image.starts_with("ghcr.io/nettrace/nettrace:"));
-        let o = c.trace_options().unwrap_or_else(|e| panic!("{e}"));
+        let o = c.spec_options().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(o.trace, c.trace);
+        let o = o.trace;
         assert_eq!(o.proto.as_deref(), Some("tcp"));
         assert_eq!(o.port.as_deref(), Some("8080"));
         assert_eq!(o.tracers, ["link", "kfree_skb"]);
         assert_eq!(o.stack_tracers, ["kfree_skb"]);
         assert_eq!(o.count, Some(3));
-        assert_eq!(o.backend.as_deref(), Some("kprobe"));
+        assert_eq!(o.backend, nettrace_common::Backend::Kprobe);
         assert_eq!(o.rate_limit, Some(100));
-        assert!(o.timeline && o.detail && o.ret && o.stack && !o.skb_mode && !o.follow_host);
-        assert_eq!(cli(&["a"]).trace_options().map(|o| o.backend), Ok(None));
+        assert!(o.timeline && o.detail && o.ret && o.stack && !o.skb_mode);
+        assert!(!c.spec_options().is_ok_and(|o| o.follow_host));
+        assert!(cli(&["a", "--follow-host"])
+            .spec_options()
+            .is_ok_and(|o| o.follow_host));
+        assert_eq!(
+            cli(&["a"]).spec_options().map(|o| o.trace),
+            Ok(TraceOptions::default())
+        );
+    }
+
+    #[test]
+    fn every_shared_option_parses_here_and_reaches_the_agent_unchanged() {
+        use nettrace_common::protocol::{Message, Spec};
+        let (args, options) = nettrace_common::options::every_option();
+        let mut argv = vec!["pod/a", "-c", "app"];
+        argv.extend(&args);
+        let c = cli(&argv);
+        assert_eq!(c.trace, options);
+        assert_eq!(c.container.as_deref(), Some("app"));
+        let sent = c.spec_options().unwrap_or_else(|e| panic!("{e}"));
+        let line = Message::Spec(Spec {
+            options: sent.clone(),
+            ..Spec::default()
+        })
+        .to_line();
+        let Ok(Message::Spec(got)) = Message::parse(&line) else {
+            panic!("{line}");
+        };
+        assert_eq!(got.options, sent);
+        // What the agent checks is what was checked here.
+        let tree = TracerTree::parse(TRACER_TREE).expect("tree");
+        assert_eq!(
+            got.options.trace.validate(&tree),
+            c.trace.validate(&tree),
+            "{line}"
+        );
     }
 
     #[test]
     fn bad_options_are_refused_before_the_cluster() {
         let err = |args: &[&str]| {
             cli(args)
-                .trace_options()
+                .spec_options()
                 .map(|_| ())
                 .unwrap_err()
                 .to_string()
@@ -476,11 +351,16 @@ mod tests {
         assert!(err(&["a", "-t", "?"]).contains("nettrace -t ?"));
         assert!(err(&["a", "--stack"]).contains("--force-stack"));
         assert!(err(&["a", "--count", "0"]).contains("at least 1"));
+        assert!(err(&["a", "--rate-limit", "0"]).contains("at least 1"));
+        assert!(err(&["a", "--timeout", "0"]).contains("--timeout"));
         assert!(cli(&["a", "--stack", "--force-stack"])
-            .trace_options()
+            .spec_options()
             .is_ok());
         assert!(cli(&["a", "--stack", "-t", "kfree_skb"])
-            .trace_options()
+            .spec_options()
+            .is_ok());
+        assert!(cli(&["a", "--stack-tracer", "kfree_skb"])
+            .spec_options()
             .is_ok());
         let parse = |args: &[&str]| {
             let mut v = vec!["kubectl-nettrace"];
@@ -493,5 +373,28 @@ mod tests {
         assert!(parse(&["a", "--backend", "ebpf"]).is_err());
         assert!(parse(&["a", "--agent-idle-timeout", "0"]).is_err());
         assert!(parse(&["a", "--agent-idle-timeout", "soon"]).is_err());
+        // Host-only options stay on the host.
+        for host_only in [
+            "--netns",
+            "--ifname",
+            "--pid",
+            "--tracer-file",
+            "--ringbuf-kb",
+        ] {
+            assert!(parse(&["a", host_only, "1"]).is_err(), "{host_only}");
+        }
+    }
+
+    #[test]
+    fn stack_with_stack_tracer_on_every_tracer_is_refused_as_the_host_refuses_it() {
+        // Before: accepted here, then refused by each agent once its pod ran.
+        assert_eq!(
+            cli(&["pod/a", "--stack", "--stack-tracer", "kfree_skb"]).spec_options(),
+            Err(OptionError::Trace(OptionsError::CostlyStack))
+        );
+        assert_eq!(
+            OptionError::Trace(OptionsError::CostlyStack).to_string(),
+            "--stack with the whole \"all\" tracer is costly: pick tracers with -t, use --stack-tracer without --stack, or add --force-stack"
+        );
     }
 }

@@ -58,7 +58,7 @@ use kube::api::Api;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 use nettrace_common::format::TextOptions;
-use nettrace_common::protocol::TraceOptions;
+use nettrace_common::protocol::SpecOptions;
 use tokio::sync::{mpsc, watch};
 
 use crate::agent_pod::AgentPod;
@@ -90,7 +90,7 @@ fn plugin_main() -> ExitCode {
         }
         Err(e) => return fail(cli::one_line_error(&e)),
     };
-    let options = match cli.trace_options() {
+    let options = match cli.spec_options() {
         Ok(o) => o,
         Err(e) => return fail(e.to_string()),
     };
@@ -238,7 +238,7 @@ fn print_manifests(pods: &[Pod]) -> Result<End> {
     Ok(End::Ok)
 }
 
-async fn run(cli: &Cli, options: TraceOptions, targets: Vec<TargetArg>) -> Result<End> {
+async fn run(cli: &Cli, options: SpecOptions, targets: Vec<TargetArg>) -> Result<End> {
     let session = agent_pod::session_id();
     let node_names: Vec<String> = targets
         .iter()
@@ -338,7 +338,7 @@ struct Run<'a> {
     client: &'a Client,
     /// Pods of the agent namespace.
     api: &'a Api<Pod>,
-    options: &'a TraceOptions,
+    options: &'a SpecOptions,
     /// Per node, what to trace there.
     plans: &'a [(String, NodePlan)],
     /// The agent pods, in the order of `plans`.
@@ -368,11 +368,11 @@ async fn trace(
     let output = output::Output::new(
         cli.output,
         TextOptions {
-            detail: cli.detail,
-            timeline: cli.timeline,
+            detail: cli.trace.detail,
+            timeline: cli.trace.timeline,
         },
         nodes.clone(),
-        cli.count,
+        cli.trace.count,
         run.stdout.clone(),
     );
     let end = Session {

@@ -12,8 +12,8 @@ use anyhow::{Context, Result};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, AttachParams};
 use nettrace_common::protocol::{
-    Annotation, ByeReason, Hello, LineSplitter, Lost, Message, Ping, Ready, Resolved, Spec, Split,
-    Target, TraceOptions, MAX_AGENT_LINE_BYTES, MAX_LINE_BYTES, VERSION,
+    Annotation, ByeReason, Hello, LineSplitter, Lost, Message, Ping, Ready, Resolved, Spec,
+    SpecOptions, Split, Target, MAX_AGENT_LINE_BYTES, MAX_LINE_BYTES, VERSION,
 };
 use nettrace_common::remote::RemoteEvent;
 use serde::Deserialize;
@@ -37,7 +37,7 @@ pub fn ping_every(idle_secs: u64) -> Duration {
 pub fn build_spec(
     plan: &NodePlan,
     peers: Vec<Target>,
-    options: &TraceOptions,
+    options: &SpecOptions,
     timeout: Duration,
     idle_secs: u64,
 ) -> Spec {
@@ -377,10 +377,13 @@ mod tests {
             whole_node: false,
             labels: vec!["pod/shop/client".into()],
         };
-        let opts = TraceOptions {
-            proto: Some("icmp".into()),
-            count: Some(2),
-            ..TraceOptions::default()
+        let opts = SpecOptions {
+            trace: nettrace_common::TraceOptions {
+                proto: Some("icmp".into()),
+                count: Some(2),
+                ..nettrace_common::TraceOptions::default()
+            },
+            follow_host: false,
         };
         let spec = build_spec(&plan, vec![t.clone()], &opts, Duration::from_secs(3600), 60);
         assert_eq!(spec.targets, std::slice::from_ref(&t));
