@@ -21,30 +21,14 @@ use tokio::sync::oneshot;
 
 use crate::cli::HostArgs;
 use crate::containers;
+use crate::session::{Control, Stop};
+use crate::sink::{LossReport, Sink};
 use crate::system::Backends;
 
 /// Where the agent finds processes.
 const PROC: &str = "/proc";
 /// The agent's own network namespace: "host side" is relative to it.
 const HOST_NETNS: &str = "/proc/self/ns/net";
-
-/// Why a session ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stop {
-    /// SIGINT or SIGTERM.
-    Signal,
-    /// `count` reached.
-    Count,
-    /// The spec's deadline passed.
-    Deadline,
-    /// Stdin closed.
-    InputClosed,
-    /// No line from the plugin within the idle timeout.
-    Idle,
-    /// A line on stdin longer than [`protocol::MAX_LINE_BYTES`]: a protocol
-    /// error (`error`, then `bye` with reason `error`, exit status 1).
-    LineTooLong,
-}
 
 impl From<Stop> for ByeReason {
     fn from(s: Stop) -> ByeReason {
@@ -148,10 +132,9 @@ fn run() -> Result<Stop> {
         scope: sink.scope,
     }))?;
 
-    let ctl = Control {
-        sink,
+    let control = Control {
         deadline,
-        input_ended: watch_input(lines, idle),
+        input_ended: Some(watch_input(lines, idle)),
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -162,7 +145,8 @@ fn run() -> Result<Stop> {
         prepared.plan,
         prepared.symbols,
         prepared.views,
-        Some(ctl),
+        sink,
+        control,
     ))
 }
 
@@ -251,16 +235,6 @@ fn watch_input(lines: mpsc::Receiver<Input>, idle: Duration) -> oneshot::Receive
         let _ = tx.send(stop);
     });
     rx
-}
-
-/// The agent's side of a session: how to stop, what to keep, how to annotate.
-pub struct Control {
-    /// Scoping and annotations.
-    pub sink: AgentSink,
-    /// When to stop.
-    pub deadline: Option<tokio::time::Instant>,
-    /// Fires when stdin is closed or the plugin has gone quiet.
-    pub input_ended: oneshot::Receiver<Stop>,
 }
 
 fn hello() -> Hello {
@@ -446,9 +420,11 @@ impl AgentSink {
         }
         None
     }
+}
 
-    /// Appends the `event` line of an event (its `-o json` object, annotated).
-    pub fn write_event(&mut self, out: &mut String, ev: &Event, ann: &Annotations<'_>) {
+impl Sink for AgentSink {
+    /// The `event` line of an event (its `-o json` object, annotated).
+    fn event(&mut self, out: &mut String, ev: &Event, ann: &Annotations<'_>) {
         self.scratch.clear();
         json::write_event_json(&mut self.scratch, ev, ann);
         out.push_str(&protocol::event_line(
@@ -458,8 +434,8 @@ impl AgentSink {
         out.push('\n');
     }
 
-    /// Appends the `timeline` line of one skb's events.
-    pub fn write_timeline<'a, I>(&mut self, out: &mut String, skb: u64, items: I)
+    /// The `timeline` line of one skb's events.
+    fn timeline<'a, I>(&mut self, out: &mut String, skb: u64, items: I)
     where
         I: IntoIterator<Item = (&'a Event, Annotations<'a>)>,
     {
@@ -477,10 +453,23 @@ impl AgentSink {
         ));
         out.push('\n');
     }
+
+    /// A `lost` line when the kernel's counters grew, and at the end.
+    fn lost(&mut self, out: &mut String, r: &LossReport<'_>) {
+        if r.kernel_grew || r.at_exit {
+            out.push_str(&lost_msg(r.now).to_line());
+            out.push('\n');
+        }
+    }
+
+    /// The plugin gets the counters in `lost` lines.
+    fn losses_on_stderr(&self) -> bool {
+        false
+    }
 }
 
 /// The `lost` message of the loss counters.
-pub fn lost_msg(s: &LossStats) -> Message {
+fn lost_msg(s: &LossStats) -> Message {
     Message::Lost(Lost {
         events: s.ringbuf_full,
         skb_map_full: s.skb_map_full,

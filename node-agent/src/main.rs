@@ -10,6 +10,7 @@ mod output;
 mod plan;
 mod resolve;
 mod session;
+mod sink;
 mod slots;
 mod symbols;
 mod system;
@@ -86,13 +87,15 @@ fn run(cli: Cli) -> Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
+    let sink = sink::Lines::new(cli.host.output, config.text_options());
     runtime
         .block_on(session::run(
             prepared.loaded,
             prepared.plan,
             prepared.symbols,
             prepared.views,
-            None,
+            sink,
+            session::Control::default(),
         ))
         .map(|_| ())?;
     match watch::vanished_message() {
@@ -109,7 +112,7 @@ pub struct Prepared {
     pub plan: Plan,
     /// Kernel symbols and drop reasons.
     pub symbols: Symbols,
-    /// How events are shown.
+    /// How events are grouped and when to stop.
     pub views: Views,
     /// What --netns, --ifname and --pid named, held while tracing.
     pub scopes: resolve::Scopes,
@@ -186,9 +189,7 @@ pub fn prepare(
     let any_stack = plan.attachable().any(|(_, t)| t.stack);
     let symbols = Symbols::load(&mut kernel, any_drop || any_stack, any_drop);
     let views = Views {
-        text: config.text_options(),
         timeline: config.timeline,
-        output: host.output,
         count: config.count,
         verbose: host.verbose,
     };

@@ -1,5 +1,6 @@
 //! The tracing session: reads events from the ring buffer until told to stop,
-//! and prints them (directly, or grouped per skb in timeline mode).
+//! and prints them (directly, or grouped per skb in timeline mode) through a
+//! [`Sink`]: the command line's text or JSON lines, or the agent's protocol.
 //!
 //! Stdout is written by a thread behind a bounded queue ([`crate::output`]):
 //! a reader that stops reading never blocks the loop. What does not fit is
@@ -11,31 +12,55 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use aya::maps::{MapData, RingBuf};
-use nettrace_common::format::{self, Annotations, LossStats, TextOptions};
-use nettrace_common::{json, Block, Event, RawEvent, Role, Timeline};
+use nettrace_common::format::{Annotations, LossStats};
+use nettrace_common::{Block, Event, RawEvent, Role, Timeline};
 use tokio::io::unix::AsyncFd;
 use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::oneshot;
 
-use crate::agent::{self, Control, Stop};
-use crate::cli::OutputFormat;
 use crate::loader::{stat, Loaded, Stats};
 use crate::output::{Finish, Output};
 use crate::plan::Plan;
+use crate::sink::{LossReport, Sink};
 use crate::symbols::Symbols;
 
-/// How events are shown.
+/// How events are grouped, and when to stop (how they look is the sink's).
 #[derive(Debug, Clone, Copy)]
 pub struct Views {
-    /// Text layout options.
-    pub text: TextOptions,
     /// Group events per skb.
     pub timeline: bool,
-    /// Text or JSON lines.
-    pub output: OutputFormat,
     /// Stop after this many timeline blocks (or events without --timeline).
     pub count: Option<u64>,
     /// Report detach time at exit.
     pub verbose: bool,
+}
+
+/// Why a session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// SIGINT, SIGTERM or SIGHUP.
+    Signal,
+    /// `count` reached.
+    Count,
+    /// The deadline passed.
+    Deadline,
+    /// The input closed (the agent's stdin), or what --netns, --ifname or
+    /// --pid named is gone.
+    InputClosed,
+    /// No line from the plugin within the idle timeout.
+    Idle,
+    /// A line on the agent's stdin longer than the protocol allows.
+    LineTooLong,
+}
+
+/// What else ends a session besides signals and `count` (the agent's
+/// deadline and stdin; nothing for the command line).
+#[derive(Debug, Default)]
+pub struct Control {
+    /// When to stop.
+    pub deadline: Option<tokio::time::Instant>,
+    /// Fires, with the reason, when the input has ended.
+    pub input_ended: Option<oneshot::Receiver<Stop>>,
 }
 
 /// An event with what had to be resolved on arrival (stacks are read from a
@@ -64,17 +89,18 @@ const DRAIN_TIME: Duration = Duration::from_millis(20);
 const STOP_BUDGET: Duration = Duration::from_millis(700);
 
 /// Runs the session until SIGINT/SIGTERM/SIGHUP, or until `count` is reached
-/// (in agent mode also until the deadline or the end of stdin).
+/// (or `control` says so), writing what `sink` formats to stdout.
 ///
 /// After a signal, returns (or exits the process, when stdout is blocked)
 /// within a second: the programs are detached first, then the final counters
 /// go to stderr.
-pub async fn run(
+pub async fn run<S: Sink>(
     mut loaded: Loaded,
     plan: Plan,
     symbols: Symbols,
     views: Views,
-    control: Option<Control>,
+    sink: S,
+    control: Control,
 ) -> Result<Stop> {
     let ring = loaded.take_ring_buffer()?;
     let stats = loaded.take_stats()?;
@@ -86,10 +112,10 @@ pub async fn run(
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sighup = signal(SignalKind::hangup())?;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let (sink, deadline, input_ended) = match control {
-        Some(c) => (Some(c.sink), c.deadline, Some(c.input_ended)),
-        None => (None, None, None),
-    };
+    let Control {
+        deadline,
+        input_ended,
+    } = control;
     let deadline = async move {
         match deadline {
             Some(d) => tokio::time::sleep_until(d).await,
@@ -197,7 +223,7 @@ pub async fn run(
         .map(|()| stop)
 }
 
-struct Printer<'a> {
+struct Printer<'a, S> {
     plan: &'a Plan,
     symbols: &'a Symbols,
     views: Views,
@@ -216,11 +242,11 @@ struct Printer<'a> {
     decode_errors: u64,
     /// Finished blocks waiting for return values, oldest first.
     parked: std::collections::VecDeque<(Block<Record>, std::time::Instant)>,
-    /// Agent mode: scoping, annotations, protocol lines.
-    sink: Option<agent::AgentSink>,
+    /// Formats events for stdout.
+    sink: S,
 }
 
-impl<'a> Printer<'a> {
+impl<'a, S: Sink> Printer<'a, S> {
     /// Handles the events available now (with `bounded`, at most a batch);
     /// returns whether `count` is reached and whether events were left.
     fn drain(&mut self, ring: &mut RingBuf<MapData>, bounded: bool) -> Result<(bool, bool)> {
@@ -447,7 +473,7 @@ impl<'a> Resolver<'a> {
     }
 }
 
-impl<'a> Printer<'a> {
+impl<'a, S: Sink> Printer<'a, S> {
     fn write_record(&mut self, rec: &Record) {
         if !self.out.has_room(WRITE_CHUNK) {
             // The reader does not keep up: don't format what would be
@@ -457,16 +483,7 @@ impl<'a> Printer<'a> {
         }
         let (mut loc, mut reason) = (String::new(), String::new());
         let ann = self.resolver().annotations(rec, &mut loc, &mut reason);
-        let mut buf = std::mem::take(&mut self.buf);
-        if let Some(sink) = self.sink.as_mut() {
-            sink.write_event(&mut buf, &rec.ev, &ann);
-        } else {
-            match self.views.output {
-                OutputFormat::Text => format::write_event(&mut buf, &rec.ev, &ann, self.views.text),
-                OutputFormat::Json => json::write_event_json(&mut buf, &rec.ev, &ann),
-            }
-        }
-        self.buf = buf;
+        self.sink.event(&mut self.buf, &rec.ev, &ann);
         self.buf_events += 1;
     }
 
@@ -490,17 +507,7 @@ impl<'a> Printer<'a> {
             .map(|(r, (l, d))| resolver.annotations(r, l, d))
             .collect();
         let items = block.records.iter().zip(anns).map(|(r, a)| (&r.ev, a));
-        if let Some(sink) = self.sink.as_mut() {
-            sink.write_timeline(&mut buf, block.skb, items);
-            self.buf = buf;
-            return;
-        }
-        match self.views.output {
-            OutputFormat::Text => {
-                format::write_timeline_block(&mut buf, block.skb, items, self.views.text)
-            }
-            OutputFormat::Json => json::write_timeline_json(&mut buf, block.skb, items),
-        }
+        self.sink.timeline(&mut buf, block.skb, items);
         self.buf = buf;
     }
 
@@ -560,16 +567,16 @@ impl<'a> Printer<'a> {
         // What was formatted goes first (or is counted as dropped first).
         self.write_out()?;
         let mut line = String::new();
-        if self.sink.is_some() {
-            if kernel_grew || at_exit {
-                line.push_str(&agent::lost_msg(now).to_line());
-                line.push('\n');
-            }
-        } else if self.views.output == OutputFormat::Json
-            && (grew || (at_exit && (!now.is_clean() || self.stalled > 0)))
-        {
-            json::write_lost_json_stalled(&mut line, now, self.stalled);
-        }
+        self.sink.lost(
+            &mut line,
+            &LossReport {
+                now,
+                stalled: self.stalled,
+                kernel_grew,
+                grew,
+                at_exit,
+            },
+        );
         if !line.is_empty() {
             self.out
                 .send_control(line)
@@ -584,7 +591,7 @@ impl<'a> Printer<'a> {
     fn report_loss_stderr(&mut self, now: &LossStats) {
         // The agent's losses go on stdout; stderr only says why stdout
         // itself lost some.
-        if self.sink.is_some() && self.stalled == 0 {
+        if !self.sink.losses_on_stderr() && self.stalled == 0 {
             return;
         }
         let Some(msg) = loss_message(now, self.stalled) else {
