@@ -485,35 +485,57 @@ struct nt_where {
 	__u32 netns;
 };
 
+/* Which pointers a body may read with direct loads (compile-time flags). */
+#define NT_TYPED_SKB 1 /* the skb argument is BTF-typed (tp_btf, fentry) */
+#define NT_TYPED_DEV 2 /* so is the hook's device argument */
+
+/*
+ * Whether p can be a kernel object: skb->dev shares its storage with
+ * dev_scratch (UDP keeps lengths and flags there once the skb is queued to a
+ * socket), which is no pointer; a direct load from such a value faults, and a
+ * fault costs a microsecond. Kernel addresses have the top bit set.
+ */
+static __always_inline int kernel_ptr(const void *p)
+{
+	return (long)p < 0;
+}
+
 /*
  * The hook's own device argument, when it has one, names where the packet is
- * (after a veth transmit, skb->dev is already the peer). Only the skb is
- * typed: the hook's other arguments are read with bpf_probe_read_kernel.
+ * (after a veth transmit, skb->dev is already the peer).
  */
 static __always_inline void read_where(struct nt_where *w, struct sk_buff *skb, __u64 dev_arg,
 				       const int typed)
 {
+	const int tskb = typed & NT_TYPED_SKB;
 	struct net_device *dev;
 	struct sock *sk;
 
 	if (dev_arg) {
 		dev = (struct net_device *)dev_arg;
 		w->dev = dev;
-		w->ifindex = BPF_CORE_READ(dev, ifindex);
-		w->netns = BPF_CORE_READ(dev, nd_net.net, ns.inum);
+		if (typed & NT_TYPED_DEV) {
+			w->ifindex = dev->ifindex;
+			w->netns = dev->nd_net.net->ns.inum;
+		} else {
+			w->ifindex = BPF_CORE_READ(dev, ifindex);
+			w->netns = BPF_CORE_READ(dev, nd_net.net, ns.inum);
+		}
 		return;
 	}
-	dev = NT_RD(typed, skb, dev);
+	dev = NT_RD(tskb, skb, dev);
+	if (dev && !kernel_ptr(dev))
+		dev = 0;
 	w->dev = dev;
 	if (dev) {
-		w->ifindex = NT_RD(typed, dev, ifindex);
-		w->netns = typed ? dev->nd_net.net->ns.inum : BPF_CORE_READ(dev, nd_net.net, ns.inum);
+		w->ifindex = NT_RD(tskb, dev, ifindex);
+		w->netns = tskb ? dev->nd_net.net->ns.inum : BPF_CORE_READ(dev, nd_net.net, ns.inum);
 		return;
 	}
-	sk = NT_RD(typed, skb, sk);
+	sk = NT_RD(tskb, skb, sk);
 	if (sk)
-		w->netns = typed ? sk->__sk_common.skc_net.net->ns.inum
-				 : BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+		w->netns = tskb ? sk->__sk_common.skc_net.net->ns.inum
+				: BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
 }
 
 static __always_inline int in_scope(const struct nt_where *w)
@@ -601,7 +623,7 @@ static __always_inline int nt_body(void *ctx, struct nt_args *a, struct nt_slot 
 			return 0;
 	}
 
-	if (read_meta(skb, &m, typed))
+	if (read_meta(skb, &m, typed & NT_TYPED_SKB))
 		return 0;
 	/* skb-mode follows a remembered skb whatever its headers became;
 	 * following alone only lifts the scope, the packet filter still holds. */
@@ -651,7 +673,7 @@ static __always_inline int nt_body(void *ctx, struct nt_args *a, struct nt_slot 
 	e->stack_id = -1;
 	e->drop_reason = a->reason;
 	e->flags = flags;
-	e->pkt_len = NT_RD(typed, skb, len);
+	e->pkt_len = NT_RD(typed & NT_TYPED_SKB, skb, len);
 	e->pkt = p;
 	if (w.dev) {
 		if (bpf_probe_read_kernel_str(e->ifname, sizeof(e->ifname), w.dev->name) < 0)
@@ -693,7 +715,13 @@ static __noinline int nt_handle(void *ctx, struct nt_args *a, struct nt_slot *sl
 /* The body for BTF-typed skb pointers (tp_btf, fentry). */
 static __noinline int nt_handle_typed(void *ctx, struct nt_args *a, struct nt_slot *slot)
 {
-	return nt_body(ctx, a, slot, 1);
+	return nt_body(ctx, a, slot, NT_TYPED_SKB);
+}
+
+/* The body for BTF-typed skb and device arguments (tp_btf with a device). */
+static __noinline int nt_handle_typed_dev(void *ctx, struct nt_args *a, struct nt_slot *slot)
+{
+	return nt_body(ctx, a, slot, NT_TYPED_SKB | NT_TYPED_DEV);
 }
 
 /*
@@ -860,30 +888,43 @@ static __always_inline __u64 btf_arg(unsigned long long *ctx, __u8 i, const int 
 }
 
 static __always_inline int btf_entry(unsigned long long *ctx, __u32 slot_idx, const int max,
-				     const int skb)
+				     const int skb, const int dev_last)
 {
 	struct nt_args a = {};
 	struct nt_slot *slot = bpf_map_lookup_elem(&nt_slots, &slot_idx);
 
 	if (!slot)
 		return 0;
-	/* The skb at a constant index keeps its BTF type (the verifier would
-	 * otherwise try every argument as the skb). */
+	/* The skb (and a device that is the last argument read) at constant
+	 * indexes keep their BTF types; the verifier would otherwise try every
+	 * argument as each. */
 	a.skb = ctx[skb];
 	if (slot->sk_arg != NT_ARG_NONE)
 		a.sk = btf_arg(ctx, slot->sk_arg, max);
+	if (dev_last) {
+		a.dev = ctx[max];
+		return nt_handle_typed_dev(ctx, &a, slot);
+	}
 	if (slot->dev_arg != NT_ARG_NONE)
 		a.dev = btf_arg(ctx, slot->dev_arg, max);
 	return nt_handle_typed(ctx, &a, slot);
 }
 
 /* nt_bt_a<max>_s<skb>_<n>: the twin of raw slot nt_a<max>_<n> for a
- * tracepoint whose skb is argument <skb>. */
+ * tracepoint whose skb is argument <skb>; nt_bt_a<max>_s<skb>d_<n> for one
+ * whose device is argument <max>. */
 #define BTF_SLOT(fam, skb, n)                                                    \
 	SEC("tp_btf")                                                            \
 	int nt_bt_a##fam##_s##skb##_##n(unsigned long long *ctx)                 \
 	{                                                                        \
-		return btf_entry(ctx, NT_SLOT_BASE_A##fam + n, fam, skb);        \
+		return btf_entry(ctx, NT_SLOT_BASE_A##fam + n, fam, skb, 0);     \
+	}
+
+#define BTF_DEV_SLOT(fam, skb, n)                                                \
+	SEC("tp_btf")                                                            \
+	int nt_bt_a##fam##_s##skb##d_##n(unsigned long long *ctx)                \
+	{                                                                        \
+		return btf_entry(ctx, NT_SLOT_BASE_A##fam + n, fam, skb, 1);     \
 	}
 
 #define BTF_DROP_SLOT(n)                                                         \
@@ -923,6 +964,17 @@ BTF_SLOT(3, 0, 0) BTF_SLOT(3, 0, 1) BTF_SLOT(3, 0, 2) BTF_SLOT(3, 0, 3)
 BTF_SLOT(3, 1, 0) BTF_SLOT(3, 1, 1) BTF_SLOT(3, 1, 2) BTF_SLOT(3, 1, 3)
 BTF_SLOT(3, 2, 0) BTF_SLOT(3, 2, 1) BTF_SLOT(3, 2, 2) BTF_SLOT(3, 2, 3)
 BTF_SLOT(3, 3, 0) BTF_SLOT(3, 3, 1) BTF_SLOT(3, 3, 2) BTF_SLOT(3, 3, 3)
+BTF_DEV_SLOT(1, 0, 0) BTF_DEV_SLOT(1, 0, 1) BTF_DEV_SLOT(1, 0, 2) BTF_DEV_SLOT(1, 0, 3)
+BTF_DEV_SLOT(1, 0, 4) BTF_DEV_SLOT(1, 0, 5) BTF_DEV_SLOT(1, 0, 6) BTF_DEV_SLOT(1, 0, 7)
+BTF_DEV_SLOT(1, 0, 8) BTF_DEV_SLOT(1, 0, 9) BTF_DEV_SLOT(1, 0, 10) BTF_DEV_SLOT(1, 0, 11)
+BTF_DEV_SLOT(1, 0, 12) BTF_DEV_SLOT(1, 0, 13) BTF_DEV_SLOT(1, 0, 14) BTF_DEV_SLOT(1, 0, 15)
+BTF_DEV_SLOT(2, 0, 0) BTF_DEV_SLOT(2, 0, 1) BTF_DEV_SLOT(2, 0, 2) BTF_DEV_SLOT(2, 0, 3)
+BTF_DEV_SLOT(2, 0, 4) BTF_DEV_SLOT(2, 0, 5) BTF_DEV_SLOT(2, 0, 6) BTF_DEV_SLOT(2, 0, 7)
+BTF_DEV_SLOT(2, 1, 0) BTF_DEV_SLOT(2, 1, 1) BTF_DEV_SLOT(2, 1, 2) BTF_DEV_SLOT(2, 1, 3)
+BTF_DEV_SLOT(2, 1, 4) BTF_DEV_SLOT(2, 1, 5) BTF_DEV_SLOT(2, 1, 6) BTF_DEV_SLOT(2, 1, 7)
+BTF_DEV_SLOT(3, 0, 0) BTF_DEV_SLOT(3, 0, 1) BTF_DEV_SLOT(3, 0, 2) BTF_DEV_SLOT(3, 0, 3)
+BTF_DEV_SLOT(3, 1, 0) BTF_DEV_SLOT(3, 1, 1) BTF_DEV_SLOT(3, 1, 2) BTF_DEV_SLOT(3, 1, 3)
+BTF_DEV_SLOT(3, 2, 0) BTF_DEV_SLOT(3, 2, 1) BTF_DEV_SLOT(3, 2, 2) BTF_DEV_SLOT(3, 2, 3)
 BTF_DROP_SLOT(0) BTF_DROP_SLOT(1)
 
 /* ---- Kernel functions ---- */

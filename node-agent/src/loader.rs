@@ -169,7 +169,7 @@ pub fn load_and_attach(
                     let typed = *typed;
                     write_slot(&mut ebpf, slot.index, RawSlot::new(id32, &tracer, false))
                         .and_then(|()| {
-                            attach_tracepoint(&mut ebpf, slot, tracer.skb_arg, event, typed)
+                            attach_tracepoint(&mut ebpf, slot, &tracer, event, typed)
                         })
                         .map(|prog| {
                             let backend = Backend::Tracepoint {
@@ -269,13 +269,23 @@ fn write_slot(ebpf: &mut Ebpf, index: u32, raw: RawSlot) -> Result<()> {
 }
 
 /// The tp_btf twin of a raw tracepoint slot program (same slot, typed body):
-/// `nt_a<max>_<n>` becomes `nt_bt_a<max>_s<skb_arg>_<n>`, `nt_drop_<n>`
-/// becomes `nt_bt_drop_<n>`.
-fn typed_program(raw: &str, skb_arg: u8) -> String {
+/// `nt_a<max>_<n>` becomes `nt_bt_a<max>_s<skb_arg>_<n>`, or
+/// `nt_bt_a<max>_s<skb_arg>d_<n>` when the tracer's device is argument `<max>`;
+/// `nt_drop_<n>` becomes `nt_bt_drop_<n>`. A device at another position has
+/// no twin (the raw program serves it).
+fn typed_program(raw: &str, t: &PlannedTracer) -> Option<String> {
     let rest = raw.trim_start_matches("nt_");
     match rest.split_once('_') {
-        Some((family, n)) if family.starts_with('a') => format!("nt_bt_{family}_s{skb_arg}_{n}"),
-        _ => format!("nt_bt_{rest}"),
+        Some((family, n)) if family.starts_with('a') => {
+            let max: u8 = family[1..].parse().ok()?;
+            let skb = t.skb_arg;
+            match t.dev_arg {
+                None => Some(format!("nt_bt_{family}_s{skb}_{n}")),
+                Some(d) if d == max && skb < max => Some(format!("nt_bt_{family}_s{skb}d_{n}")),
+                Some(_) => None,
+            }
+        }
+        _ => Some(format!("nt_bt_{rest}")),
     }
 }
 
@@ -310,10 +320,9 @@ fn preload_tracepoints(
         .tracers
         .iter()
         .filter_map(|t| match &t.backend {
-            Backend::Tracepoint { slot, .. } => Some((
-                typed_program(&slot.program, t.skb_arg),
-                slot.program.clone(),
-            )),
+            Backend::Tracepoint { slot, .. } => {
+                Some((typed_program(&slot.program, t)?, slot.program.clone()))
+            }
             _ => None,
         })
         .collect();
@@ -369,12 +378,13 @@ fn preload_tracepoints(
 fn attach_tracepoint(
     ebpf: &mut Ebpf,
     slot: &Slot,
-    skb_arg: u8,
+    tracer: &PlannedTracer,
     event: &str,
     typed: bool,
 ) -> Result<u32> {
     if typed {
-        let name = typed_program(&slot.program, skb_arg);
+        let name = typed_program(&slot.program, tracer)
+            .ok_or_else(|| anyhow!("{} has no tp_btf twin", slot.program))?;
         let prog: &mut BtfTracePoint = program(ebpf, &name)?.try_into()?;
         prog.attach()
             .with_context(|| format!("attaching tp_btf to {event}"))?;
