@@ -605,10 +605,16 @@ m() { median ${RES[$1]:-}; }
 declare -A MED=()
 while read -r k v; do MED[$k]=$v; done < <(
     for k in "${!RES[@]}"; do echo "$k ${RES[$k]}"; done | python3 -c 'import sys, statistics
+def num(x):
+    try:
+        return float(x)
+    except ValueError:
+        return None
 for line in sys.stdin:
-    k, *v = line.split()
-    v = [float(x) for x in v if x != "nan"]
-    print(k, statistics.median(v) if v else "nan")'
+    k, *raw = line.split()
+    v = [f for f in map(num, raw) if f is not None and f == f]
+    # non-numeric samples (yes/no flags) pass through as the last one given
+    print(k, statistics.median(v) if v else (raw[-1] if raw else "nan"))'
 )
 # mf int|ratio|num KEY: MED[KEY] formatted (1,234 / 0.123 / 1,234.5)
 mf() {
@@ -625,8 +631,10 @@ mf() {
 commit=$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)
 dirty=$(cd "$ROOT" && git status --porcelain 2>/dev/null | grep -qv '^??' && echo " (with uncommitted changes)" || true)
 keep=
+vm_section= # "## e." comes from scripts/bench-vm.sh (the 6.12 guest): carried over as it is
 if [[ -f $OUT ]]; then
     keep=$(awk '/^<!-- keep -->$/ {k=1} k {print} /^<!-- \/keep -->$/ {k=0}' "$OUT")
+    vm_section=$(awk '/^<!-- keep -->$/ || /^## / {k=0} /^## e\. Kernel-function backends/ {k=1} k {print}' "$OUT")
 fi
 label() {
     case $1 in
@@ -782,6 +790,10 @@ label() {
         echo '```'
         echo
         echo "Goal: ≥ 1M events/s per core (a well-known peer needs ~2.7 µs per event)."
+        echo
+    fi
+    if [[ -n $vm_section ]]; then
+        echo "$vm_section"
         echo
     fi
     if [[ -n $keep ]]; then
