@@ -575,7 +575,17 @@ fn agent_rejects_bad_specs_with_one_error_line() {
         ),
         (
             json!({"v": 1, "type": "spec", "options": {"proto": "nope"}}).to_string(),
-            "--proto",
+            "--proto: unknown protocol 'nope'",
+        ),
+        // The validator's line, as `nettrace` and `kubectl nettrace` print it.
+        (
+            json!({"v": 1, "type": "spec", "options": {"stack": true, "stack_tracers": ["kfree_skb"]}})
+                .to_string(),
+            "--stack with the whole \"all\" tracer is costly: pick tracers with -t, use --stack-tracer without --stack, or add --force-stack",
+        ),
+        (
+            json!({"v": 1, "type": "spec", "options": {"backend": "ebpf"}}).to_string(),
+            "unknown variant `ebpf`",
         ),
     ] {
         let mut agent = Agent::spawn_host();

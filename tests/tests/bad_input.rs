@@ -324,3 +324,24 @@ fn tracepoint_skb_index_of_another_type_is_refused() {
         &format!("nettrace: tracer file {p}: tracer 'net_dev_xmit': \"skb\" is argument 1 of tracepoint net/net_dev_xmit, whose type is int, not struct sk_buff *"),
     );
 }
+
+#[test]
+fn stack_on_every_tracer_is_refused_in_the_words_kubectl_nettrace_uses() {
+    preflight();
+    // The same validator, and so the same line, as `kubectl nettrace pod/a --stack
+    // --stack-tracer kfree_skb` (kube_e2e.rs); --stack-tracer does not make --stack cheaper.
+    let line = "nettrace: --stack with the whole \"all\" tracer is costly: pick tracers with -t, use --stack-tracer without --stack, or add --force-stack";
+    assert_refused(&["-p", "icmp", "--stack"], line);
+    assert_refused(
+        &["-p", "icmp", "--stack", "--stack-tracer", "kfree_skb"],
+        line,
+    );
+    assert_refused(
+        &["-p", "icmp", "--count", "0"],
+        "nettrace: --count must be at least 1",
+    );
+    assert_refused(
+        &["-p", "icmp", "--rate-limit", "0"],
+        "nettrace: --rate-limit must be at least 1 event per second",
+    );
+}

@@ -19,6 +19,9 @@ const AGENT_IMAGE: &str = "nettrace-agent:e2e";
 /// Where the plugin creates its agent pods.
 const AGENT_NS: &str = fakekube::AGENT_NAMESPACE;
 
+/// What host nettrace and the plugin both say to `--stack` on every tracer.
+const COSTLY_STACK: &str = "--stack with the whole \"all\" tracer is costly: pick tracers with -t, use --stack-tracer without --stack, or add --force-stack";
+
 /// A fake cluster with a privileged agent namespace and a kubeconfig for it.
 struct Kube {
     cluster: FakeCluster,
@@ -218,7 +221,17 @@ fn bad_input_is_one_clear_line() {
             vec!["pod/a", "-c", "web"],
             "error: container \"web\" not found in pod \"default/a\"; its containers: app",
         ),
-        (vec!["pod/a", "-p", "nope"], "error: "),
+        (
+            vec!["pod/a", "-p", "nope"],
+            "error: --proto: unknown protocol 'nope'",
+        ),
+        // Before: accepted by the plugin, which created the agent pods, and then
+        // refused by each agent. Now refused by the validator host nettrace uses, with
+        // host nettrace's words (bad_input.rs checks the host's line).
+        (
+            vec!["pod/a", "--stack", "--stack-tracer", "kfree_skb"],
+            &*format!("error: {COSTLY_STACK}"),
+        ),
     ] {
         let fin = kube.run(&args);
         assert_eq!(fin.status.code(), Some(1), "{args:?}\n{}", fin.describe());
