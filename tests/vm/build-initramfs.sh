@@ -11,7 +11,10 @@
 #   - the kernel modules the scenarios need, with their dependencies (read from each
 #     module's .modinfo `depends=`; the packages ship no modules.dep), decompressed, and
 #     loaded in dependency order by /init,
-#   - tests/vm/lib.sh as /vm/lib.sh, the scenario as /scenario.sh, and /init.
+#   - tests/vm/lib.sh as /vm/lib.sh, the scenario as /scenario.sh, and /init,
+#   - the extra files a scenario needs: $NT_VM_EXTRA, space-separated SRC[:DEST] (DEST, an
+#     absolute path in the guest, defaults to /bin/<name of SRC>); static programs, since
+#     their libraries are not copied.
 set -euo pipefail
 
 kdir="${1:?usage: build-initramfs.sh KERNEL_DIR SCENARIO OUT.cpio.gz}"
@@ -119,6 +122,15 @@ else
     put_with_libs "$bin"
     ln -sf "$bin" "$stage/bin/nettrace"
 fi
+
+# --- extra files ($NT_VM_EXTRA)
+for x in ${NT_VM_EXTRA:-}; do
+    src="${x%%:*}" dst="/bin/$(basename "${x%%:*}")"
+    [ "$x" = "$src" ] || dst="${x#*:}"
+    [ -f "$src" ] || die "NT_VM_EXTRA: no file $src"
+    mkdir -p "$stage$(dirname "$dst")"
+    cp -L "$src" "$stage$dst"
+done
 
 # --- kernel modules
 # Path of module NAME (relative to moddir), or nothing if it is not a module file.
