@@ -168,9 +168,7 @@ pub fn load_and_attach(
                 Some(Ok(typed)) => {
                     let typed = *typed;
                     write_slot(&mut ebpf, slot.index, RawSlot::new(id32, &tracer, false))
-                        .and_then(|()| {
-                            attach_tracepoint(&mut ebpf, slot, &tracer, event, typed)
-                        })
+                        .and_then(|()| attach_tracepoint(&mut ebpf, slot, &tracer, event, typed))
                         .map(|prog| {
                             let backend = Backend::Tracepoint {
                                 tp: tp.clone(),
