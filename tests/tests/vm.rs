@@ -383,12 +383,60 @@ fn static_nettrace() -> Result<PathBuf, String> {
     Ok(bin)
 }
 
-fn boot_one(k: &Kernel, bin: &Path) -> Result<Boot, String> {
+/// Tests of the host suite whose expectations come from probing the kernel; they run in
+/// every guest too (scenario step `suite-NAME`), to show they hold on kernels with kprobes
+/// and fentry as well as on the build host.
+const GUEST_SUITE: &[&str] = &["tracer_list", "lifecycle"];
+
+/// Static builds of the [`GUEST_SUITE`] test executables, as `SRC:/bin/nt-test-NAME` entries
+/// for build-initramfs.sh's `NT_VM_EXTRA`.
+fn static_suite() -> Result<String, String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(workspace_dir())
+        .env("RUSTFLAGS", "-C target-feature=+crt-static")
+        .env("CARGO_TARGET_DIR", target_vm().join("cargo"))
+        .args([
+            "test",
+            "--no-run",
+            "-p",
+            "nettrace-tests",
+            "--target",
+            "x86_64-unknown-linux-gnu",
+            "--message-format=json",
+        ]);
+    for t in GUEST_SUITE {
+        cmd.args(["--test", t]);
+    }
+    let out = run_checked("building the guest suite", &mut cmd)?;
+    let mut extra = Vec::new();
+    for line in out.lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let (Some(exe), Some(name)) = (v["executable"].as_str(), v["target"]["name"].as_str())
+        else {
+            continue;
+        };
+        if GUEST_SUITE.contains(&name) {
+            extra.push(format!("{exe}:/bin/nt-test-{name}"));
+        }
+    }
+    if extra.len() != GUEST_SUITE.len() {
+        return Err(format!(
+            "the guest suite build gave {extra:?}, expected {GUEST_SUITE:?}"
+        ));
+    }
+    Ok(extra.join(" "))
+}
+
+fn boot_one(k: &Kernel, bin: &Path, extra: &str) -> Result<Boot, String> {
     let initrd = target_vm().join(format!("initramfs-{}.cpio.gz", k.series));
     run_checked(
         &format!("building the {} initramfs", k.series),
         Command::new(vm_dir().join("build-initramfs.sh"))
             .env("NETTRACE_VM_BIN", bin)
+            .env("NT_VM_EXTRA", extra)
             .arg(&k.dir)
             .arg(vm_dir().join("scenarios/bench.sh"))
             .arg(&initrd),
@@ -453,6 +501,7 @@ fn boot_all() -> Result<Vec<Boot>, String> {
         .map(|s| fetch_kernel(s))
         .collect::<Result<_, _>>()?;
     let bin = static_nettrace()?;
+    let extra = static_suite()?;
     eprintln!(
         "vm: kernels and static nettrace ready in {:.1} s",
         t0.elapsed().as_secs_f64()
@@ -461,8 +510,8 @@ fn boot_all() -> Result<Vec<Boot>, String> {
         let handles: Vec<_> = kernels
             .iter()
             .map(|k| {
-                let bin = &bin;
-                sc.spawn(move || boot_one(k, bin))
+                let (bin, extra) = (&bin, &extra);
+                sc.spawn(move || boot_one(k, bin, extra))
             })
             .collect();
         handles
@@ -933,13 +982,39 @@ fn check_ret_idle(series: &str, backend: &str) {
             .unwrap_or_else(|| panic!("{series}/{backend}: no {k} in {line:?}"))
     };
     // 2 flows x 600 pings: requests in B and replies in A each enter ip_rcv once.
-    assert!(field("entries") >= 2000, "{series}/{backend}: too few entries: {line}");
+    assert!(
+        field("entries") >= 2000,
+        "{series}/{backend}: too few entries: {line}"
+    );
     assert!(
         field("pid0") > 0,
         "{series}/{backend}: no event in the idle loop (pid 0): the scenario did not run as designed: {line}"
     );
     assert_eq!(field("unpaired"), 0, "{series}/{backend}: {line}");
-    assert_eq!(field("entries"), field("returns"), "{series}/{backend}: {line}");
+    assert_eq!(
+        field("entries"),
+        field("returns"),
+        "{series}/{backend}: {line}"
+    );
+}
+
+/// The host suite's kernel-dependent tests, run in the guest: every test passed.
+fn check_suite(series: &str, name: &str) {
+    let b = boot(series);
+    let s = b.step(&format!("suite-{name}"));
+    assert_eq!(
+        s.rc,
+        Some(0),
+        "{series}: {name} failed in the guest\n{}",
+        s.describe()
+    );
+    assert!(
+        s.lines
+            .iter()
+            .any(|l| l.starts_with("test result: ok.") && l.contains(" 0 failed")),
+        "{series}: no passing `test result` line of {name}\n{}",
+        s.describe()
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -998,6 +1073,16 @@ macro_rules! vm_tests {
             #[test]
             fn kprobe_dnat() {
                 check_dnat($series, "kprobe");
+            }
+
+            #[test]
+            fn suite_tracer_list() {
+                check_suite($series, "tracer_list");
+            }
+
+            #[test]
+            fn suite_lifecycle() {
+                check_suite($series, "lifecycle");
             }
 
             #[test]

@@ -6,7 +6,8 @@
 # SCENARIO and powers off. It holds:
 #   - busybox-static (every applet as a symlink),
 #   - the static nettrace ($NETTRACE_VM_BIN, default target/vm/cargo/x86_64-unknown-linux-gnu/release/nettrace),
-#   - Debian's ip (iproute2), ping (iputils) and iptables (nft flavour, xtables-nft-multi)
+#   - Debian's ip (iproute2), ping (iputils), iptables (nft flavour, xtables-nft-multi) and
+#     bpftool
 #     with their shared libraries (from ldd) and the xtables extensions,
 #   - the kernel modules the scenarios need, with their dependencies (read from each
 #     module's .modinfo `depends=`; the packages ship no modules.dep), decompressed, and
@@ -109,6 +110,11 @@ done
 for so in "$xt_ext"/*.so; do
     put_with_libs "$so"
 done
+# bpftool: the host suite's tests run in the guest check programs with it.
+bpftool_bin="$(command -v bpftool || true)"; [ -n "$bpftool_bin" ] || bpftool_bin=/usr/sbin/bpftool
+[ -x "$bpftool_bin" ] || die "$bpftool_bin not found (apt-get install bpftool)"
+put_with_libs "$(readlink -f "$bpftool_bin")"
+[ -e "$stage/usr/sbin/bpftool" ] || ln -sf "$(readlink -f "$bpftool_bin")" "$stage/usr/sbin/bpftool"
 [ -f /etc/protocols ] && cp /etc/protocols "$stage/etc/protocols"
 [ -f /etc/ethertypes ] && cp /etc/ethertypes "$stage/etc/ethertypes"
 echo "root:x:0:0:root:/root:/bin/sh" >"$stage/etc/passwd"

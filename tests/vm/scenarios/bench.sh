@@ -104,3 +104,10 @@ for be in $BACKENDS; do
     #    that is not sending, which is idle between two pings.
     step "$be-ret-idle" ret_pairs "$be"
 done
+
+# 3. The host suite's tests whose expectations come from probing the kernel (what attaches),
+#    on this kernel: /bin/nt-test-NAME, built static by tests/tests/vm.rs.
+for t in /bin/nt-test-*; do
+    [ -x "$t" ] || continue
+    step "suite-${t#/bin/nt-test-}" env NETTRACE_BIN=/bin/nettrace RUST_BACKTRACE=0 "$t" --test-threads=1
+done
