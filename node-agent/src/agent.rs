@@ -56,22 +56,63 @@ pub fn emit(msg: &Message) -> Result<()> {
 /// The agent's entry point.
 pub fn main() -> ExitCode {
     let result = run();
-    let (reason, code) = match result {
-        Ok(Stop::LineTooLong) => {
-            let _ = emit(&Message::Error(ErrorMsg {
-                message: too_long_message(),
-            }));
-            (ByeReason::Error, ExitCode::FAILURE)
-        }
-        Ok(stop) => (stop.into(), ExitCode::SUCCESS),
+    let (last, code) = match result {
+        Ok(Stop::LineTooLong) => (
+            vec![
+                Message::Error(ErrorMsg {
+                    message: too_long_message(),
+                }),
+                Message::Bye(Bye {
+                    reason: ByeReason::Error,
+                }),
+            ],
+            ExitCode::FAILURE,
+        ),
+        Ok(stop) => (
+            vec![Message::Bye(Bye {
+                reason: stop.into(),
+            })],
+            ExitCode::SUCCESS,
+        ),
         Err(e) => {
             let message = format!("{e:#}").replace('\n', " ");
-            let _ = emit(&Message::Error(ErrorMsg { message }));
-            (ByeReason::Error, ExitCode::FAILURE)
+            (
+                vec![
+                    Message::Error(ErrorMsg { message }),
+                    Message::Bye(Bye {
+                        reason: ByeReason::Error,
+                    }),
+                ],
+                ExitCode::FAILURE,
+            )
         }
     };
-    let _ = emit(&Message::Bye(Bye { reason }));
+    emit_last(last);
     code
+}
+
+/// How long the last lines may wait for a reader that stopped reading: the
+/// programs are detached already, and the agent must end within a second.
+const LAST_LINES_WAIT: Duration = Duration::from_millis(300);
+
+/// Writes the agent's last lines (`error`, `bye`) from a thread of their own
+/// and waits for them at most [`LAST_LINES_WAIT`]: a plugin that stopped
+/// reading must not keep the agent alive.
+fn emit_last(msgs: Vec<Message>) {
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let spawned = std::thread::Builder::new()
+        .name("last-lines".into())
+        .spawn(move || {
+            for m in &msgs {
+                if emit(m).is_err() {
+                    break;
+                }
+            }
+            let _ = done_tx.send(());
+        });
+    if spawned.is_ok() {
+        let _ = done_rx.recv_timeout(LAST_LINES_WAIT);
+    }
 }
 
 fn run() -> Result<Stop> {

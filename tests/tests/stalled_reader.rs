@@ -421,3 +421,74 @@ fn a_stall_is_reported_while_it_lasts_and_counted_exactly() {
         "the last stderr loss line does not match the last lost record {last}: {final_line:?}\n{describe}"
     );
 }
+
+/// The agent too: a plugin that stops reading (its stdout a full pipe) under a flood, then
+/// SIGTERM: the agent is gone within [`EXIT_LIMIT`], even though its last lines (`bye`)
+/// cannot be written.
+#[test]
+fn sigterm_ends_an_agent_whose_stdout_is_not_read() {
+    preflight();
+    let t = Topology::bridged(174);
+    let b = t.b_addr.to_string();
+    let bin = nettrace_bin();
+    let mut child = Command::new(&bin)
+        .arg("agent")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {} agent: {e}", bin.display()));
+    let mut stdin = child.stdin.take().expect("agent stdin");
+    // The whole node (no targets), UDP to B: every datagram of the flood matches.
+    let spec = format!(
+        "{{\"v\":1,\"type\":\"spec\",\"targets\":[],\"options\":{{\"proto\":\"udp\",\"addr\":\"{b}\"}},\"deadline_secs\":60}}\n"
+    );
+    std::io::Write::write_all(&mut stdin, spec.as_bytes()).expect("write the spec");
+    // Read up to `ready`, then stop reading.
+    let mut out = BufReader::new(child.stdout.take().expect("agent stdout"));
+    let deadline = Instant::now() + READY_TIMEOUT;
+    let mut seen = Vec::new();
+    loop {
+        let mut line = String::new();
+        let n = out.read_line(&mut line).expect("read the agent's stdout");
+        assert!(
+            n > 0,
+            "the agent closed its stdout before `ready`: {seen:?}"
+        );
+        let ready = line.contains("\"type\":\"ready\"");
+        seen.push(line);
+        if ready {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no `ready` within {READY_TIMEOUT:?}: {seen:?}"
+        );
+    }
+    let flood = Flood::start(&t, PORT);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(flood.sent() > 0, "the flood sent nothing");
+    let pid = Pid::from_raw(child.id() as i32);
+    let sent = Instant::now();
+    kill(pid, Signal::SIGTERM).expect("SIGTERM the agent");
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait for the agent") {
+            break s;
+        }
+        if sent.elapsed() > KILL_AFTER {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the agent still ran {KILL_AFTER:?} after SIGTERM with a stalled stdout");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let took = sent.elapsed();
+    drop(flood);
+    drop(stdin);
+    drop(out);
+    eprintln!("agent exited {took:?} after SIGTERM ({status})");
+    assert!(
+        took < EXIT_LIMIT,
+        "the agent took {took:?} to exit after SIGTERM with a stalled stdout"
+    );
+}
