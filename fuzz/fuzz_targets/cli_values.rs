@@ -69,6 +69,8 @@ fuzz_target!(|data: &[u8]| {
         ifindex: (flags_byte & 1 != 0).then_some(u32::from(flags_byte)),
         pid: (flags_byte & 2 != 0).then_some(u32::from(flags_byte) * 7),
         skb_mode: flags_byte & 4 != 0,
+        scope_map: flags_byte & 8 != 0,
+        follow: flags_byte & 16 != 0,
     };
     let valid = filter.validate().is_ok();
     let b = filter.encode();
