@@ -266,6 +266,21 @@ fn write_slot(ebpf: &mut Ebpf, index: u32, raw: RawSlot) -> Result<()> {
         .context("writing the slot configuration")
 }
 
+/// Keys a kernel function's configuration by its address in `nt_funcs`, where
+/// the kprobe and kprobe-multi programs find it with `bpf_get_func_ip`.
+/// Kernels with IBT report the address after the ENDBR (+4): both are keyed,
+/// so one lookup finds it.
+fn write_func(ebpf: &mut Ebpf, addr: u64, raw: RawSlot) -> Result<()> {
+    let map = ebpf
+        .map_mut("nt_funcs")
+        .ok_or_else(|| anyhow!("the eBPF object has no nt_funcs map"))?;
+    let mut funcs: BpfHashMap<&mut MapData, u64, RawSlot> = BpfHashMap::try_from(map)?;
+    for key in [addr, addr + 4] {
+        funcs.insert(key, raw, 0).context("writing nt_funcs")?;
+    }
+    Ok(())
+}
+
 /// The tp_btf twin of a raw tracepoint slot program (same slot, typed body):
 /// `nt_a<max>_<n>` becomes `nt_bt_a<max>_s<skb_arg>_<n>`, or
 /// `nt_bt_a<max>_s<skb_arg>d_<n>` when the tracer's device is argument `<max>`;
@@ -649,7 +664,10 @@ impl FunctionAttacher {
         }
         for (i, job) in jobs.iter().enumerate() {
             let raw = RawSlot::new(job.id, &job.tracer, ret_ok.contains(&i));
-            if let Err(e) = write_slot(ebpf, slots[i], raw) {
+            let addr = job.target.kprobe.as_ref().map_or(0, |(s, _)| s.addr);
+            if let Err(e) =
+                write_slot(ebpf, slots[i], raw).and_then(|()| write_func(ebpf, addr, raw))
+            {
                 return (Vec::new(), all, Some(e));
             }
         }
@@ -754,19 +772,7 @@ impl FunctionAttacher {
         } else {
             None
         };
-        {
-            let map = ebpf
-                .map_mut("nt_funcs")
-                .ok_or_else(|| anyhow!("the eBPF object has no nt_funcs map"))?;
-            let mut funcs: BpfHashMap<&mut MapData, u64, RawSlot> = BpfHashMap::try_from(map)?;
-            // Kernels with IBT report the address after the ENDBR (+4): key
-            // both, so the kprobe finds its slot in one lookup.
-            for key in [addr, addr + 4] {
-                funcs
-                    .insert(key, RawSlot::new(id, t, ret.is_some()), 0)
-                    .context("writing nt_funcs")?;
-            }
-        }
+        write_func(ebpf, addr, RawSlot::new(id, t, ret.is_some()))?;
         let prog: &mut KProbe = program(ebpf, entry)?.try_into()?;
         if !self.kprobe_loaded.contains_key(entry) {
             prog.load()?;
