@@ -757,20 +757,20 @@ static __noinline int nt_handle_ret(struct nt_slot *slot, __u64 retval)
 }
 
 /*
- * Reads raw tracepoint argument i, never touching an index above max (a
- * compile-time constant), so the program attaches to any tracepoint with
- * more than max arguments.
+ * Reads argument i of a raw tracepoint or tp_btf context (both an array of
+ * u64), never touching an index above max (a compile-time constant), so the
+ * program attaches to any tracepoint with more than max arguments.
  */
-static __always_inline __u64 rtp_arg(struct bpf_raw_tracepoint_args *ctx, __u8 i, const int max)
+static __always_inline __u64 ctx_arg(unsigned long long *ctx, __u8 i, const int max)
 {
 	/*
 	 * Load every allowed argument at a constant offset first: selecting the
 	 * pointer instead lets clang emit ctx+8*i, which the verifier rejects.
 	 */
-	__u64 a0 = ctx->args[0];
-	__u64 a1 = max >= 1 ? ctx->args[1] : 0;
-	__u64 a2 = max >= 2 ? ctx->args[2] : 0;
-	__u64 a3 = max >= 3 ? ctx->args[3] : 0;
+	__u64 a0 = ctx[0];
+	__u64 a1 = max >= 1 ? ctx[1] : 0;
+	__u64 a2 = max >= 2 ? ctx[2] : 0;
+	__u64 a3 = max >= 3 ? ctx[3] : 0;
 
 	asm volatile("" : "+r"(a0), "+r"(a1), "+r"(a2), "+r"(a3));
 	if (i == 0)
@@ -782,6 +782,11 @@ static __always_inline __u64 rtp_arg(struct bpf_raw_tracepoint_args *ctx, __u8 i
 	if (i == 3)
 		return a3;
 	return 0;
+}
+
+static __always_inline __u64 rtp_arg(struct bpf_raw_tracepoint_args *ctx, __u8 i, const int max)
+{
+	return ctx_arg((unsigned long long *)ctx->args, i, max);
 }
 
 static __always_inline int rtp_entry(struct bpf_raw_tracepoint_args *ctx, __u32 slot_idx,
@@ -868,25 +873,6 @@ RTP_DROP_SLOT(0) RTP_DROP_SLOT(1)
  * kernel hands them BTF-typed arguments, so the body reads the skb with
  * direct loads instead of bpf_probe_read_kernel.
  */
-static __always_inline __u64 btf_arg(unsigned long long *ctx, __u8 i, const int max)
-{
-	__u64 a0 = ctx[0];
-	__u64 a1 = max >= 1 ? ctx[1] : 0;
-	__u64 a2 = max >= 2 ? ctx[2] : 0;
-	__u64 a3 = max >= 3 ? ctx[3] : 0;
-
-	asm volatile("" : "+r"(a0), "+r"(a1), "+r"(a2), "+r"(a3));
-	if (i == 0)
-		return a0;
-	if (i == 1)
-		return a1;
-	if (i == 2)
-		return a2;
-	if (i == 3)
-		return a3;
-	return 0;
-}
-
 static __always_inline int btf_entry(unsigned long long *ctx, __u32 slot_idx, const int max,
 				     const int skb, const int dev_last)
 {
@@ -900,13 +886,13 @@ static __always_inline int btf_entry(unsigned long long *ctx, __u32 slot_idx, co
 	 * argument as each. */
 	a.skb = ctx[skb];
 	if (slot->sk_arg != NT_ARG_NONE)
-		a.sk = btf_arg(ctx, slot->sk_arg, max);
+		a.sk = ctx_arg(ctx, slot->sk_arg, max);
 	if (dev_last) {
 		a.dev = ctx[max];
 		return nt_handle_typed_dev(ctx, &a, slot);
 	}
 	if (slot->dev_arg != NT_ARG_NONE)
-		a.dev = btf_arg(ctx, slot->dev_arg, max);
+		a.dev = ctx_arg(ctx, slot->dev_arg, max);
 	return nt_handle_typed(ctx, &a, slot);
 }
 

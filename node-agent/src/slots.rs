@@ -225,20 +225,10 @@ mod tests {
                 .collect()
         };
         let mut a = SlotAllocator::default();
-        for family in [
-            Family::Args(0),
-            Family::Args(1),
-            Family::Args(2),
-            Family::Args(3),
-            Family::Drop,
-            Family::Fentry(0),
-            Family::Fentry(1),
-            Family::Fentry(2),
-            Family::Fentry(3),
-            Family::Fentry(4),
-            Family::Fexit,
-            Family::Kretprobe,
-        ] {
+        for family in ALL_FAMILIES
+            .into_iter()
+            .filter(|f| *f != Family::KprobeMulti)
+        {
             let (_, len, _, _) = family.layout();
             let mut last = None;
             while let Some(slot) = a.take(family) {
