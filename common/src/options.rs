@@ -143,6 +143,10 @@ pub struct TraceOptions {
     #[arg(long = "raw-tp", help_heading = FILTERS)]
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub raw_tp: bool,
+    /// Read skbs and packet headers with bpf_probe_read_kernel even where the kernel can cast them to typed pointers (bpf_rdonly_cast, Linux 6.2+); for comparison and for kernels where the cast misbehaves
+    #[arg(long = "probe-read", help_heading = FILTERS)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub probe_read: bool,
 
     /// Show more per event: skb address, interface, pid and task name, tracer group
     #[arg(long, help_heading = OUTPUT)]
@@ -223,6 +227,8 @@ pub struct TraceConfig<'t> {
     pub ret: bool,
     /// `--raw-tp`.
     pub raw_tp: bool,
+    /// `--probe-read`.
+    pub probe_read: bool,
     /// `--backend`.
     pub backend: Backend,
     /// `--rate-limit`, events per second (0: none).
@@ -327,6 +333,7 @@ impl TraceOptions {
             stack_leaves,
             ret: self.ret,
             raw_tp: self.raw_tp,
+            probe_read: self.probe_read,
             backend: self.backend,
             rate_limit,
             count: self.count,
@@ -366,6 +373,7 @@ pub fn every_option() -> (Vec<&'static str>, TraceOptions) {
         "--backend",
         "kprobe",
         "--raw-tp",
+        "--probe-read",
         "--detail",
         "--timeline",
         "--count",
@@ -389,6 +397,7 @@ pub fn every_option() -> (Vec<&'static str>, TraceOptions) {
         rate_limit: Some(100),
         backend: Backend::Kprobe,
         raw_tp: true,
+        probe_read: true,
         detail: true,
         timeline: true,
         count: Some(3),
@@ -448,6 +457,7 @@ mod tests {
             rate_limit,
             backend,
             raw_tp,
+            probe_read,
             detail,
             timeline,
             count,
@@ -469,6 +479,7 @@ mod tests {
             rate_limit.is_some(),
             !backend.is_auto(),
             *raw_tp,
+            *probe_read,
             *detail,
             *timeline,
             count.is_some(),

@@ -108,6 +108,21 @@ enum nt_role {
 	NT_ROLE_CLONE = 3,    /* returns a clone of the skb */
 };
 
+/*
+ * Calls the loader rewrites before loading (node-agent/src/kfunc.rs): the
+ * programs call these helper numbers, which no kernel has; the loader turns
+ * each call into a call of the kernel function it stands for, or, where the
+ * kernel lacks it, into "r0 = 0" on a path its global nt_kfuncs disables.
+ */
+enum nt_kfunc_mark {
+	NT_MARK_RDONLY_CAST = 0x6e740001, /* void *bpf_rdonly_cast(void *, u32 btf_id) (6.2+) */
+};
+
+/* Bits of the global nt_kfuncs: the kernel functions the loader provided. */
+enum nt_kfunc_bits {
+	NT_KF_RDONLY_CAST = 0x1,
+};
+
 /* nt_slot.sk_arg and dev_arg */
 enum nt_arg {
 	NT_ARG_NONE = 0xff,   /* no such argument */
@@ -191,6 +206,8 @@ struct nt_abi_enums {
 	enum nt_arg arg;
 	enum nt_stat stat;
 	enum nt_slot_base slot_base;
+	enum nt_kfunc_mark kfunc_mark;
+	enum nt_kfunc_bits kfunc_bits;
 };
 
 const volatile struct nt_abi_enums nt_abi_anchor __attribute__((used)) = {};

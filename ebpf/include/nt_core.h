@@ -65,4 +65,61 @@ struct sk_buff {
 
 #pragma clang attribute pop
 
+/*
+ * Header layouts, fixed by the wire formats (no CO-RE needed), read through
+ * bpf_rdonly_cast: the ___nt suffix makes bpf_core_type_id_kernel() name the
+ * kernel's iphdr, ipv6hdr, ... whose BTF the verifier checks each load
+ * against (member by member: so each load here is one whole member there,
+ * and IPv6 addresses are read as the kernel's 32-bit words).
+ */
+struct iphdr___nt {
+	__u8 ver_ihl;
+	__u8 tos;
+	__be16 tot_len;
+	__be16 id;
+	__be16 frag_off;
+	__u8 ttl;
+	__u8 protocol;
+	__u16 check;
+	__be32 saddr;
+	__be32 daddr;
+};
+
+struct ipv6hdr___nt {
+	__u8 ver_prio;
+	__u8 flow_lbl[3];
+	__be16 payload_len;
+	__u8 nexthdr;
+	__u8 hop_limit;
+	__be32 saddr[4];
+	__be32 daddr[4];
+};
+
+struct tcphdr___nt {
+	__be16 source;
+	__be16 dest;
+	__be32 seq;
+	__be32 ack_seq;
+	__u8 doff_res;
+	__u8 flags;
+	__be16 window;
+	__u16 check;
+	__be16 urg_ptr;
+};
+
+struct udphdr___nt {
+	__be16 source;
+	__be16 dest;
+	__be16 len;
+	__u16 check;
+};
+
+struct icmphdr___nt {
+	__u8 type;
+	__u8 code;
+	__u16 checksum;
+	__be16 id;
+	__be16 sequence;
+};
+
 #endif

@@ -162,9 +162,36 @@ struct nt_args {
 };
 
 /*
- * Reads field f of pointer p. Typed bodies (tp_btf, fentry: the kernel hands
- * over a BTF-typed pointer) load it directly; the others copy it with
- * bpf_probe_read_kernel. `typed` is a compile-time constant.
+ * The kernel functions the loader provided (NT_KF_*, see nt_abi.h), frozen
+ * in .rodata: the verifier keeps only the paths they allow.
+ */
+const volatile __u32 nt_kfuncs = 0;
+
+/*
+ * bpf_rdonly_cast(obj, btf_id) (Linux 6.2+): obj as a read-only pointer to
+ * the kernel type btf_id, read with plain loads that the JIT makes
+ * fault-safe. Called by a marker number that the loader rewrites into the
+ * kfunc call (aya 0.14 cannot link kfuncs). The kernel turns the call itself
+ * into a register move, so the cast costs nothing at run time.
+ */
+static void *(*const nt_rdonly_cast)(const void *obj, __u32 btf_id) = (void *)NT_MARK_RDONLY_CAST;
+
+#define NT_CAST() (nt_kfuncs & NT_KF_RDONLY_CAST)
+
+/*
+ * A read-only view of the kernel memory at p as `type`: where the kernel has
+ * bpf_rdonly_cast, p itself, typed; else a copy in *buf (NULL when p can't
+ * be read).
+ */
+#define NT_VIEW(type, p, buf)                                                    \
+	(NT_CAST() ? (const type *)nt_rdonly_cast((p), bpf_core_type_id_kernel(type)) \
+		   : (bpf_probe_read_kernel((buf), sizeof(type), (p)) ? (const type *)0 \
+								       : (const type *)(buf)))
+
+/*
+ * Reads field f of pointer p. Typed pointers (tp_btf and fentry arguments,
+ * and any pointer after bpf_rdonly_cast) are read with direct loads; the
+ * others copied with bpf_probe_read_kernel. `typed` is a constant.
  */
 #define NT_RD(typed, p, f) ((typed) ? (p)->f : BPF_CORE_READ((p), f))
 
@@ -326,37 +353,53 @@ static __always_inline int packet_matches(const struct nt_pkt *p, __u32 flags)
  */
 static __always_inline int parse_l4(struct nt_pkt *p, __u32 *flags, unsigned char *l4, int check)
 {
-	__u8 h[14];
+	union {
+		struct tcphdr___nt tcp;
+		struct udphdr___nt udp;
+		struct icmphdr___nt icmp;
+	} buf;
 
 	switch (p->l4_proto) {
-	case IPPROTO_TCP:
-		if (bpf_probe_read_kernel(h, 14, l4))
+	case IPPROTO_TCP: {
+		const struct tcphdr___nt *th = NT_VIEW(struct tcphdr___nt, l4, &buf);
+
+		if (!th)
 			goto bad;
-		p->tcp_flags = h[13];
-		p->seq = ((__u32)h[4] << 24) | ((__u32)h[5] << 16) | ((__u32)h[6] << 8) | h[7];
-		p->ack = ((__u32)h[8] << 24) | ((__u32)h[9] << 16) | ((__u32)h[10] << 8) | h[11];
-		break;
-	case IPPROTO_UDP:
-		if (bpf_probe_read_kernel(h, 4, l4))
-			goto bad;
-		break;
-	case IPPROTO_ICMP:
-	case IPPROTO_ICMPV6:
-		if (bpf_probe_read_kernel(h, 8, l4))
-			goto bad;
-		p->icmp_type = h[0];
-		p->icmp_code = h[1];
-		p->icmp_id = ((__u16)h[4] << 8) | h[5];
-		p->icmp_seq = ((__u16)h[6] << 8) | h[7];
+		p->sport = bpf_ntohs(th->source);
+		p->dport = bpf_ntohs(th->dest);
+		if (check && has_port_filter() && !ports_match(p))
+			return NT_REJECT;
+		p->tcp_flags = th->flags;
+		p->seq = bpf_ntohl(th->seq);
+		p->ack = bpf_ntohl(th->ack_seq);
 		return NT_PARSED;
+	}
+	case IPPROTO_UDP: {
+		const struct udphdr___nt *uh = NT_VIEW(struct udphdr___nt, l4, &buf);
+
+		if (!uh)
+			goto bad;
+		p->sport = bpf_ntohs(uh->source);
+		p->dport = bpf_ntohs(uh->dest);
+		if (check && has_port_filter() && !ports_match(p))
+			return NT_REJECT;
+		return NT_PARSED;
+	}
+	case IPPROTO_ICMP:
+	case IPPROTO_ICMPV6: {
+		const struct icmphdr___nt *ih = NT_VIEW(struct icmphdr___nt, l4, &buf);
+
+		if (!ih)
+			goto bad;
+		p->icmp_type = ih->type;
+		p->icmp_code = ih->code;
+		p->icmp_id = bpf_ntohs(ih->id);
+		p->icmp_seq = bpf_ntohs(ih->sequence);
+		return NT_PARSED;
+	}
 	default:
 		return NT_PARSED;
 	}
-	p->sport = ((__u16)h[0] << 8) | h[1];
-	p->dport = ((__u16)h[2] << 8) | h[3];
-	if (check && has_port_filter() && !ports_match(p))
-		return NT_REJECT;
-	return NT_PARSED;
 bad:
 	*flags |= NT_F_L4_BAD;
 	return (check && has_port_filter()) ? NT_REJECT : NT_PARSED;
@@ -370,9 +413,13 @@ bad:
 static __always_inline int parse_pkt(struct nt_pkt *p, __u32 *flags, const struct nt_meta *m,
 				     int check)
 {
+	union {
+		struct iphdr___nt v4;
+		struct ipv6hdr___nt v6;
+		__u8 arp[28];
+	} buf;
 	__u16 proto = m->proto;
 	unsigned char *l3;
-	__u8 h[40];
 
 	/*
 	 * The network header offset is only trustworthy once set past the MAC
@@ -386,71 +433,87 @@ static __always_inline int parse_pkt(struct nt_pkt *p, __u32 *flags, const struc
 	else
 		l3 = m->data;
 
-	if (proto == ETH_P_IP) {
-		if (check && !l3_may_match(proto))
-			return NT_REJECT;
-		if (bpf_probe_read_kernel(h, 20, l3))
-			return NT_NOHDR;
-	} else if (proto == ETH_P_IPV6 || proto == 0) {
-		if (check && proto && !l3_may_match(proto))
-			return NT_REJECT;
-		if (bpf_probe_read_kernel(h, 40, l3))
-			return NT_NOHDR;
+	if (!proto) {
 		/* Local output before skb->protocol is set: trust the version. */
-		if (!proto) {
-			if ((h[0] >> 4) == 4)
-				proto = ETH_P_IP;
-			else if ((h[0] >> 4) == 6)
-				proto = ETH_P_IPV6;
-			else
-				return NT_NOHDR;
-			if (check && !l3_may_match(proto))
-				return NT_REJECT;
-		}
-	} else {
+		const struct iphdr___nt *vh = NT_VIEW(struct iphdr___nt, l3, &buf.v4);
+		__u8 ver = vh ? vh->ver_ihl >> 4 : 0;
+
+		if (ver == 4)
+			proto = ETH_P_IP;
+		else if (ver == 6)
+			proto = ETH_P_IPV6;
+		else
+			return NT_NOHDR;
+	}
+	if (proto != ETH_P_IP && proto != ETH_P_IPV6) {
 		p->l3_proto = proto;
 		if (check && !l3_may_match(proto))
 			return NT_REJECT;
 		if (proto == ETH_P_ARP) {
 			/* Ethernet/IPv4 ARP: op at 6, sender IP at 14, target IP at 24. */
-			if (bpf_probe_read_kernel(h, 28, l3))
+			if (bpf_probe_read_kernel(buf.arp, sizeof(buf.arp), l3))
 				return NT_PARSED;
-			p->arp_op = ((__u16)h[6] << 8) | h[7];
-			__builtin_memcpy(p->saddr, &h[14], 4);
-			__builtin_memcpy(p->daddr, &h[24], 4);
+			p->arp_op = ((__u16)buf.arp[6] << 8) | buf.arp[7];
+			__builtin_memcpy(p->saddr, &buf.arp[14], 4);
+			__builtin_memcpy(p->daddr, &buf.arp[24], 4);
 			if (check && !addrs_match(p))
 				return NT_REJECT;
 		}
 		return NT_PARSED;
 	}
+	if (check && !l3_may_match(proto))
+		return NT_REJECT;
 
 	if (proto == ETH_P_IP) {
-		__u16 frag;
+		const struct iphdr___nt *ih = NT_VIEW(struct iphdr___nt, l3, &buf.v4);
+		__be32 sa, da;
+		__u8 vihl;
 
-		if ((h[0] >> 4) != 4)
+		if (!ih)
+			return NT_NOHDR;
+		vihl = ih->ver_ihl;
+		if ((vihl >> 4) != 4)
 			return NT_NOHDR;
 		p->l3_proto = proto;
-		p->l4_proto = h[9];
-		__builtin_memcpy(p->saddr, &h[12], 4);
-		__builtin_memcpy(p->daddr, &h[16], 4);
-		if (check && (!addrs_match(p) || !l4_may_match(p->l4_proto)))
+		p->l4_proto = ih->protocol;
+		if (check && !l4_may_match(p->l4_proto))
 			return NT_REJECT;
-		frag = ((__u16)(h[6] & 0x1f) << 8) | h[7];
-		if (frag) {
+		sa = ih->saddr;
+		da = ih->daddr;
+		__builtin_memcpy(p->saddr, &sa, 4);
+		__builtin_memcpy(p->daddr, &da, 4);
+		if (check && !addrs_match(p))
+			return NT_REJECT;
+		if (bpf_ntohs(ih->frag_off) & 0x1fff) {
 			*flags |= NT_F_L4_BAD;
 			return (check && has_port_filter()) ? NT_REJECT : NT_PARSED;
 		}
-		return parse_l4(p, flags, l3 + (h[0] & 0xf) * 4, check);
+		return parse_l4(p, flags, l3 + (vihl & 0xf) * 4, check);
 	}
-	if ((h[0] >> 4) != 6)
-		return NT_NOHDR;
-	p->l3_proto = proto;
-	p->l4_proto = h[6];
-	__builtin_memcpy(p->saddr, &h[8], 16);
-	__builtin_memcpy(p->daddr, &h[24], 16);
-	if (check && (!addrs_match(p) || !l4_may_match(p->l4_proto)))
-		return NT_REJECT;
-	return parse_l4(p, flags, l3 + 40, check);
+
+	{
+		const struct ipv6hdr___nt *h6 = NT_VIEW(struct ipv6hdr___nt, l3, &buf.v6);
+		__be32 w;
+		int i;
+
+		if (!h6)
+			return NT_NOHDR;
+		if ((h6->ver_prio >> 4) != 6)
+			return NT_NOHDR;
+		p->l3_proto = proto;
+		p->l4_proto = h6->nexthdr;
+		if (check && !l4_may_match(p->l4_proto))
+			return NT_REJECT;
+		for (i = 0; i < 4; i++) {
+			w = h6->saddr[i];
+			__builtin_memcpy(&p->saddr[4 * i], &w, 4);
+			w = h6->daddr[i];
+			__builtin_memcpy(&p->daddr[4 * i], &w, 4);
+		}
+		if (check && !addrs_match(p))
+			return NT_REJECT;
+		return parse_l4(p, flags, l3 + 40, check);
+	}
 }
 
 /* Fills the packet from the socket, for skbs whose headers are not built yet. */
@@ -488,6 +551,10 @@ struct nt_where {
 /* Which pointers a body may read with direct loads (compile-time flags). */
 #define NT_TYPED_SKB 1 /* the skb argument is BTF-typed (tp_btf, fentry) */
 #define NT_TYPED_DEV 2 /* so is the hook's device argument */
+#define NT_LATE_SLOT 4 /* kprobes: the tracer is found by function address, once a packet matched */
+
+/* The skb as a typed pointer where the kernel can cast (see NT_VIEW). */
+#define NT_SKB_TYPED(typed) (((typed) & NT_TYPED_SKB) || NT_CAST())
 
 /*
  * Whether p can be a kernel object: skb->dev shares its storage with
@@ -507,14 +574,16 @@ static __always_inline int kernel_ptr(const void *p)
 static __always_inline void read_where(struct nt_where *w, struct sk_buff *skb, __u64 dev_arg,
 				       const int typed)
 {
-	const int tskb = typed & NT_TYPED_SKB;
+	const int tskb = NT_SKB_TYPED(typed);
 	struct net_device *dev;
 	struct sock *sk;
 
 	if (dev_arg) {
 		dev = (struct net_device *)dev_arg;
+		if (!(typed & NT_TYPED_DEV) && NT_CAST())
+			dev = nt_rdonly_cast(dev, bpf_core_type_id_kernel(struct net_device));
 		w->dev = dev;
-		if (typed & NT_TYPED_DEV) {
+		if ((typed & NT_TYPED_DEV) || NT_CAST()) {
 			w->ifindex = dev->ifindex;
 			w->netns = dev->nd_net.net->ns.inum;
 		} else {
@@ -581,8 +650,9 @@ static __always_inline struct nt_stash_key stash_key(__u64 pid_tgid, __u32 trace
 /*
  * The shared body: filters cheaply first (configuration decides what is
  * read; nothing is copied or looked up for a packet the filter rejects),
- * then builds and emits the event. `typed` (a constant) says whether the
- * skb is a BTF-typed pointer that can be read directly.
+ * then builds and emits the event. `typed` (NT_TYPED_*, NT_LATE_SLOT: a
+ * constant) says which pointers the kernel handed over typed, and whether
+ * the tracer (slot) is still to be found.
  */
 static __always_inline int nt_body(void *ctx, struct nt_args *a, struct nt_slot *slot,
 				   const int typed)
@@ -599,8 +669,12 @@ static __always_inline int nt_body(void *ctx, struct nt_args *a, struct nt_slot 
 	int remembered = 0, where_read = 0, follow_any = 0, v;
 	long n;
 
-	if (!skb || !slot || !slot->enabled)
+	if (!skb)
 		return 0;
+	if (!(typed & NT_LATE_SLOT) && (!slot || !slot->enabled))
+		return 0;
+	if (!(typed & NT_TYPED_SKB) && NT_CAST())
+		skb = nt_rdonly_cast(skb, bpf_core_type_id_kernel(struct sk_buff));
 
 	if (nt_cfg.flags & NT_FL_REMEMBER)
 		remembered = bpf_map_lookup_elem(&nt_skbs, &skb_key) != 0;
@@ -623,7 +697,7 @@ static __always_inline int nt_body(void *ctx, struct nt_args *a, struct nt_slot 
 			return 0;
 	}
 
-	if (read_meta(skb, &m, typed & NT_TYPED_SKB))
+	if (read_meta(skb, &m, NT_SKB_TYPED(typed)))
 		return 0;
 	/* skb-mode follows a remembered skb whatever its headers became;
 	 * following alone only lifts the scope, the packet filter still holds. */
@@ -633,11 +707,21 @@ static __always_inline int nt_body(void *ctx, struct nt_args *a, struct nt_slot 
 	if (v == NT_NOHDR && a->sk)
 		parse_sock(&p, &flags, (struct sock *)a->sk);
 
+	if (!follow_any && !packet_matches(&p, flags))
+		return 0;
+	if (typed & NT_LATE_SLOT) {
+		/* User space keys each function by its address and, for kernels
+		 * with IBT that report the address after the ENDBR, that
+		 * address + 4. */
+		__u64 ip = bpf_get_func_ip(ctx);
+
+		slot = bpf_map_lookup_elem(&nt_funcs, &ip);
+		if (!slot || !slot->enabled)
+			return 0;
+	}
 	if (follow_any) {
 		flags |= NT_F_SKB_MODE;
 	} else {
-		if (!packet_matches(&p, flags))
-			return 0;
 		if (!remembered && (nt_cfg.flags & NT_FL_REMEMBER) &&
 		    slot->role != NT_ROLE_CONSUME && slot->role != NT_ROLE_DROP) {
 			__u8 one = 1;
@@ -673,7 +757,7 @@ static __always_inline int nt_body(void *ctx, struct nt_args *a, struct nt_slot 
 	e->stack_id = -1;
 	e->drop_reason = a->reason;
 	e->flags = flags;
-	e->pkt_len = NT_RD(typed & NT_TYPED_SKB, skb, len);
+	e->pkt_len = NT_RD(NT_SKB_TYPED(typed), skb, len);
 	e->pkt = p;
 	if (w.dev) {
 		if (bpf_probe_read_kernel_str(e->ifname, sizeof(e->ifname), w.dev->name) < 0)
@@ -710,6 +794,12 @@ static __always_inline int nt_body(void *ctx, struct nt_args *a, struct nt_slot 
 static __noinline int nt_handle(void *ctx, struct nt_args *a, struct nt_slot *slot)
 {
 	return nt_body(ctx, a, slot, 0);
+}
+
+/* The body for kprobes: the tracer is found by function address after the filter. */
+static __noinline int nt_handle_kp(void *ctx, struct nt_args *a)
+{
+	return nt_body(ctx, a, 0, NT_LATE_SLOT);
 }
 
 /* The body for BTF-typed skb pointers (tp_btf, fentry). */
@@ -967,16 +1057,15 @@ BTF_DROP_SLOT(0) BTF_DROP_SLOT(1)
 
 /*
  * kprobe entries: one program per position of the skb argument, attached to
- * many functions; the function is found by its address in nt_funcs.
+ * many functions; the function is found by its address in nt_funcs, and
+ * only for packets that pass the filter (most hits are rejected without
+ * knowing which function fired).
  */
 static __always_inline int kp_entry(struct pt_regs *ctx, __u64 skb)
 {
-	/* User space keys each function by its address and, for kernels with
-	 * IBT that report the address after the ENDBR, that address + 4. */
-	__u64 ip = bpf_get_func_ip(ctx);
 	struct nt_args a = { .skb = skb };
 
-	return nt_handle(ctx, &a, bpf_map_lookup_elem(&nt_funcs, &ip));
+	return nt_handle_kp(ctx, &a);
 }
 
 /*

@@ -18,6 +18,8 @@ use aya::maps::Map;
 use aya::{Btf, Ebpf};
 use aya_obj::Object;
 
+use crate::loader::Image;
+
 const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_LINK_CREATE: libc::c_long = 28;
@@ -109,12 +111,18 @@ fn map_fd(map: &Map) -> Option<RawFd> {
 const PROGRAM_PREFIX: &str = "nt_kpm_";
 
 impl MultiLoader {
-    /// Relocates a copy of the object against `ebpf`'s maps and `btf`;
-    /// `globals` must be the values the loader gave aya.
-    pub fn new(ebpf: &Ebpf, btf: &Btf, globals: &[(&str, &[u8])]) -> Result<MultiLoader> {
-        let mut obj = Object::parse(nettrace_ebpf::object()).context("parsing the eBPF object")?;
-        obj.patch_map_data(globals.iter().map(|(k, v)| (*k, (*v, true))).collect())
-            .context("setting the object's globals")?;
+    /// Relocates a copy of the object `image` (the one given to aya, with
+    /// the same globals) against `ebpf`'s maps and `btf`.
+    pub fn new(ebpf: &Ebpf, btf: &Btf, image: &Image<'_>) -> Result<MultiLoader> {
+        let mut obj = Object::parse(image.object).context("parsing the eBPF object")?;
+        obj.patch_map_data(
+            image
+                .globals
+                .iter()
+                .map(|(k, v)| (*k, (*v, true)))
+                .collect(),
+        )
+        .context("setting the object's globals")?;
         obj.relocate_btf(btf).context("CO-RE relocation")?;
         // Only the kprobe-multi programs are loaded from this copy. Drop the
         // hundreds of others before linking, which copies the shared

@@ -12,6 +12,7 @@ use aya::{Btf, Ebpf, EbpfLoader, Pod};
 use nettrace_common::filter::FILTER_SIZE;
 use nettrace_common::{Filter, Role};
 
+use crate::kfunc;
 use crate::kprobe_multi::{self, MultiLoader};
 use crate::plan::{Backend, FunctionTarget, Plan, PlannedTracer};
 use crate::slots::{Family, Slot, SlotAllocator};
@@ -120,6 +121,9 @@ pub struct Loaded {
     pub elapsed: Duration,
     /// How long each phase of it took (object, tracepoints and fentry, kprobes).
     pub phases: Vec<(&'static str, Duration)>,
+    /// Whether the programs read skbs and headers through `bpf_rdonly_cast`
+    /// (else with `bpf_probe_read_kernel`).
+    pub cast: bool,
 }
 
 /// Bounds on what tracing may cost.
@@ -145,12 +149,14 @@ pub fn load_and_attach(
     let started = Instant::now();
     let raw = RawFilter(filter.encode());
     let ringbuf_bytes = limits.ringbuf_bytes;
+    let linked = kfunc::link(nettrace_ebpf::object(), btf, !plan.probe_read)?;
     let mut ebpf = EbpfLoader::new()
         .btf(Some(btf))
         .override_global("nt_cfg", &raw, true)
         .override_global("nt_rate", &limits.rate, true)
+        .override_global("nt_kfuncs", &linked.kfuncs, true)
         .map_max_entries("nt_events", ringbuf_bytes)
-        .load(nettrace_ebpf::object())
+        .load(&linked.object)
         .context("loading the eBPF object failed")?;
     fill_scope(&mut ebpf, scope)?;
     let mut phases = vec![("object", started.elapsed())];
@@ -204,9 +210,16 @@ pub fn load_and_attach(
             }
         }
     }
-    let globals: [(&str, &[u8]); 2] = [("nt_cfg", &raw.0), ("nt_rate", &limits.rate.to_ne_bytes())];
+    let image = Image {
+        object: &linked.object,
+        globals: [
+            ("nt_cfg", &raw.0),
+            ("nt_rate", &limits.rate.to_ne_bytes()),
+            ("nt_kfuncs", &linked.kfuncs.to_ne_bytes()),
+        ],
+    };
     phases.push(("tracepoints and fentry", started.elapsed()));
-    let links = functions.attach_kprobes(&mut ebpf, btf, &globals, plan, &mut attached);
+    let links = functions.attach_kprobes(&mut ebpf, btf, &image, plan, &mut attached);
     phases.push(("kprobes", started.elapsed()));
     if filter.skb_mode || filter.follow {
         attach_forget(&mut ebpf)?;
@@ -221,7 +234,15 @@ pub fn load_and_attach(
             .map(|w| (w[1].0, w[1].1 - w[0].1))
             .chain(phases.first().copied())
             .collect(),
+        cast: linked.cast(),
     })
+}
+
+/// What the kprobe-multi loader needs to load programs the way aya did: the
+/// linked object and the globals given to aya.
+pub(crate) struct Image<'a> {
+    pub(crate) object: &'a [u8],
+    pub(crate) globals: [(&'a str, &'a [u8]); 3],
 }
 
 /// The tracepoints where skbs are freed, where remembered ones are forgotten.
@@ -476,7 +497,7 @@ impl FunctionAttacher {
         &mut self,
         ebpf: &mut Ebpf,
         btf: &Btf,
-        globals: &[(&str, &[u8])],
+        image: &Image<'_>,
         plan: &mut Plan,
         attached: &mut Vec<Attached>,
     ) -> Vec<OwnedFd> {
@@ -491,7 +512,7 @@ impl FunctionAttacher {
             }
         }
         if !multi.is_empty() {
-            let (done, left, error) = self.attach_multi(ebpf, btf, globals, &multi, &mut fds);
+            let (done, left, error) = self.attach_multi(ebpf, btf, image, &multi, &mut fds);
             for (i, prog_id, ret) in done {
                 let job = &multi[i];
                 let symbol = job
@@ -572,12 +593,12 @@ impl FunctionAttacher {
         &mut self,
         ebpf: &mut Ebpf,
         btf: &Btf,
-        globals: &[(&str, &[u8])],
+        image: &Image<'_>,
         jobs: &[KprobeJob],
         fds: &mut Vec<OwnedFd>,
     ) -> (Vec<(usize, u32, bool)>, Vec<usize>, Option<anyhow::Error>) {
         let all: Vec<usize> = (0..jobs.len()).collect();
-        let loader = match MultiLoader::new(ebpf, btf, globals) {
+        let loader = match MultiLoader::new(ebpf, btf, image) {
             Ok(l) => l,
             Err(e) => return (Vec::new(), all, Some(e)),
         };

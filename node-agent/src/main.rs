@@ -3,6 +3,7 @@
 mod agent;
 mod cli;
 mod containers;
+mod kfunc;
 mod kprobe_multi;
 mod loader;
 mod netlink;
@@ -167,6 +168,7 @@ pub fn prepare(
         |leaf| config.wants_stack(leaf),
     );
     plan.raw_tracepoints = config.raw_tp;
+    plan.probe_read = config.probe_read;
     let loaded = loader::load_and_attach(&mut plan, btf, &filter, limits, scope)?;
     report_plan(config, host.verbose, &plan, &loaded);
     if host.verbose {
@@ -258,6 +260,14 @@ fn report_plan(config: &TraceConfig<'_>, verbose: bool, plan: &Plan, loaded: &lo
             loaded.attached.len(),
             plan.tracers.len(),
             loaded.elapsed.as_millis()
+        );
+        eprintln!(
+            "packet reads: {}",
+            if loaded.cast {
+                "typed loads through bpf_rdonly_cast"
+            } else {
+                "bpf_probe_read_kernel"
+            }
         );
     }
 }

@@ -112,6 +112,9 @@ pub struct Plan {
     pub tracers: Vec<PlannedTracer>,
     /// Attach tracepoints as raw tracepoints only, never tp_btf (`--raw-tp`).
     pub raw_tracepoints: bool,
+    /// Read skbs and headers with `bpf_probe_read_kernel` even where the
+    /// kernel has `bpf_rdonly_cast` (`--probe-read`).
+    pub probe_read: bool,
 }
 
 /// How `leaf` would be traced on `kernel` with `choice`, for `-t ?` and
@@ -294,6 +297,7 @@ impl Plan {
         Plan {
             tracers,
             raw_tracepoints: false,
+            probe_read: false,
         }
     }
 

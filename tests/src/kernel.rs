@@ -29,6 +29,15 @@ impl FunctionTracing {
     }
 }
 
+/// Whether the kernel has the kfunc `bpf_rdonly_cast` (Linux 6.2+; its BTF names the
+/// function), through which nettrace reads packets with typed loads.
+pub fn has_rdonly_cast() -> bool {
+    std::fs::read("/sys/kernel/btf/vmlinux")
+        .ok()
+        .and_then(|btf| func_btf_id(&btf, "bpf_rdonly_cast"))
+        .is_some()
+}
+
 const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_PROG_TYPE_TRACING: u32 = 26;
 const BPF_TRACE_FENTRY: u32 = 24;

@@ -19,8 +19,10 @@
 //!   lengths the filtered run printed. They must be equal, for every filter;
 //! - the unfiltered run must also have parsed every frame as built (addresses, protocol,
 //!   ports, fragments), so that the reference itself is right;
-//! - all of it twice: tracepoints attached the default way (BTF-typed `tp_btf`) and with
-//!   `--raw-tp`, two code paths of the kernel side.
+//! - all of it three times: tracepoints attached the default way (BTF-typed `tp_btf`), with
+//!   `--raw-tp`, and with `--raw-tp --probe-read`: the kernel side's code paths (where the
+//!   kernel has `bpf_rdonly_cast`, the first two read headers through it, the third copies
+//!   everything with `bpf_probe_read_kernel`; elsewhere all three copy).
 //!
 //! The model is the real `nettrace_common::Filter::matches`, on the `Event`s the unfiltered
 //! run printed.
@@ -54,10 +56,15 @@ const FRAMES: usize = 200;
 const FIRST_FRAME_LEN: usize = 200;
 /// How many filtered runs watch one injection (plus the unfiltered one).
 const BATCH: usize = 10;
-/// How the tracepoint is attached: the default (BTF-typed `tp_btf` where the kernel loads
-/// it) and `--raw-tp` (raw tracepoint, every field read with `bpf_probe_read_kernel`); two
-/// kernel code paths, each checked on every filter.
-const ATTACH: &[(&str, &[&str])] = &[("default", &[]), ("--raw-tp", &["--raw-tp"])];
+/// How the tracepoint is attached and read: the default (BTF-typed `tp_btf` where the kernel
+/// loads it, headers through `bpf_rdonly_cast` where it has it), `--raw-tp` (an untyped skb,
+/// cast where the kernel can) and `--raw-tp --probe-read` (every field copied with
+/// `bpf_probe_read_kernel`); the kernel side's code paths, each checked on every filter.
+const ATTACH: &[(&str, &[&str])] = &[
+    ("default", &[]),
+    ("--raw-tp", &["--raw-tp"]),
+    ("--raw-tp --probe-read", &["--raw-tp", "--probe-read"]),
+];
 /// How long the events of one injection may take to show up in the reference run.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long the filtered runs may then take to print what Filter::matches expects of them

@@ -1,4 +1,5 @@
-//! Scenario 8: programs are loaded while running and all gone after SIGINT / SIGTERM.
+//! Scenario 8: programs are loaded while running and all gone after SIGINT / SIGTERM; -v
+//! says how packets are read (typed casts where the kernel has them, or `--probe-read`).
 
 use std::time::Duration;
 
@@ -11,9 +12,14 @@ const PROG_PREFIX: &str = "nt_";
 /// Time allowed for the kernel to free programs after the process exited.
 const GRACE: Duration = Duration::from_secs(10);
 
-fn lifecycle(sig: Signal, addr: &str) {
+/// Runs `nettrace -v -p icmp --addr ADDR [--probe-read]` and stops it with `sig`.
+fn lifecycle(sig: Signal, addr: &str, probe_read: bool) {
     preflight();
-    let nt = Nettrace::spawn(&["-v", "-p", "icmp", "--addr", addr]);
+    let mut args = vec!["-v", "-p", "icmp", "--addr", addr];
+    if probe_read {
+        args.push("--probe-read");
+    }
+    let nt = Nettrace::spawn(&args);
     let stderr = nt.stderr_lines();
     let ids = prog_ids_from_verbose(&stderr);
     assert!(
@@ -31,6 +37,18 @@ fn lifecycle(sig: Signal, addr: &str) {
                 .any(|k| l.contains(k))
     });
     let unavailable = stderr.iter().any(|l| l.starts_with("unavailable"));
+    // Packets are read through bpf_rdonly_cast exactly where the kernel has it, unless
+    // --probe-read says not to.
+    let reads = if nettrace_tests::kernel::has_rdonly_cast() && !probe_read {
+        "packet reads: typed loads through bpf_rdonly_cast"
+    } else {
+        "packet reads: bpf_probe_read_kernel"
+    };
+    assert!(
+        stderr.iter().any(|l| l == reads),
+        "-v does not say `{reads}`:\n{}",
+        stderr.join("\n")
+    );
     if ft.any() {
         assert!(
             function_attached,
@@ -67,10 +85,10 @@ fn lifecycle(sig: Signal, addr: &str) {
 
 #[test]
 fn sigint_unloads_everything() {
-    lifecycle(Signal::SIGINT, "10.250.80.2");
+    lifecycle(Signal::SIGINT, "10.250.80.2", false);
 }
 
 #[test]
 fn sigterm_unloads_everything() {
-    lifecycle(Signal::SIGTERM, "10.250.81.2");
+    lifecycle(Signal::SIGTERM, "10.250.81.2", true);
 }

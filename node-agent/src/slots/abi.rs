@@ -739,6 +739,23 @@ fn stat_indexes_match_the_object() {
     check("enum nt_stat", errors);
 }
 
+#[test]
+fn kfunc_markers_match_the_object() {
+    let mut errors = compare_enum(
+        "nt_kfunc_mark",
+        "node-agent/src/kfunc.rs",
+        &[("NT_MARK_RDONLY_CAST", crate::kfunc::MARK_RDONLY_CAST.into())],
+        &[],
+    );
+    errors.extend(compare_enum(
+        "nt_kfunc_bits",
+        "node-agent/src/kfunc.rs",
+        &[("NT_KF_RDONLY_CAST", crate::kfunc::KF_RDONLY_CAST.into())],
+        &[],
+    ));
+    check("enum nt_kfunc_mark / nt_kfunc_bits", errors);
+}
+
 /// The `enum nt_slot_base` enumerator of a family's first slot.
 fn base_name(f: Family) -> String {
     match f {
