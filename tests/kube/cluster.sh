@@ -472,11 +472,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
 EOF
     start "containerd-$n" "$n" containerd --config "$d/containerd.toml"
     wait_for "containerd of $n" 30 "containerd-$n" ctr -a "$r/containerd.sock" version
-    local t
-    for t in pause busybox agent; do
-        ctr -a "$r/containerd.sock" -n k8s.io images import "$IMAGES/$t.tar" >/dev/null \
-            || die "importing $IMAGES/$t.tar into $n's containerd failed"
-    done
+    import_images "$i"
 
     cat >"$d/kubelet.yaml" <<EOF
 apiVersion: kubelet.config.k8s.io/v1beta1
@@ -534,6 +530,20 @@ EOF
         --metrics-bind-address=127.0.0.1:10249 --healthz-bind-address=127.0.0.1:10256 --v=1
 }
 
+# import_images [NODE-INDEX...]: the image archives into the nodes' containerd (all nodes
+# by default); an image already there under the same name is replaced
+import_images() {
+    local i t n
+    [ "$#" -gt 0 ] || set -- "${NODES[@]}"
+    for i in "$@"; do
+        n="$(node_name "$i")"
+        for t in pause busybox agent; do
+            ctr -a "$(node_sock "$i")" -n k8s.io images import "$IMAGES/$t.tar" >/dev/null \
+                || die "importing $IMAGES/$t.tar into $n's containerd failed"
+        done
+    done
+}
+
 node_ready() {
     [ "$(kc get node "$1" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}')" = True ]
 }
@@ -545,7 +555,9 @@ is_up() { [ -f "$RUN/up" ] && alive kube-apiserver && kc get --raw /readyz >/dev
 cmd_up() {
     check_tools
     if is_up; then
-        say "already up (./dev cluster down to stop it)"
+        say "already up (./dev cluster down to stop it); refreshing the images"
+        build_images
+        import_images
         echo "KUBECONFIG=$DATA/admin.kubeconfig"
         return 0
     fi
