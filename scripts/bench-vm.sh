@@ -234,19 +234,24 @@ L.append("how the program learns which function fired (`bpf_get_attach_cookie` f
 L.append("`bpf_get_func_ip` for kprobe; nothing for fentry, bound to one function when loaded), *lookup* =")
 L.append("+ the slot's map lookup (an array indexed by the cookie, or by a constant for fentry; for kprobe a")
 L.append("hash keyed by the address, as nettrace's `nt_funcs`), *read* = + one `bpf_probe_read_kernel` of 48")
-L.append("bytes, *read2* = + a second one of 20 bytes. Before its filter rejects a packet, nettrace's")
-L.append("kprobe-multi programs do entry, lookup and two probe reads (the skb's header fields, then the IP")
-L.append("header); its fentry programs a constant-index lookup, direct loads of the skb's fields and one probe")
-L.append("read (the IP header); both then call their shared body (a BPF-to-BPF call) and run the filter")
-L.append("logic. *cast* = entry and lookup, then, instead of the two probe reads, direct loads of five")
-L.append("fields through `bpf_rdonly_cast` (a kfunc since Linux 6.2: a pointer cast to `struct sk_buff`,")
-L.append("then to `struct iphdr`). ns per hit, and × the empty program of the same load (median over rounds):")
+L.append("bytes, *read2* = + a second one of 20 bytes; *cast* = entry and lookup, then, instead of the two")
+L.append("probe reads, direct loads of five fields through `bpf_rdonly_cast` (a kfunc since Linux 6.2: a")
+L.append("pointer cast to `struct sk_buff`, then to `struct iphdr`). Before its filter rejects a packet,")
+L.append("nettrace's kprobe-multi programs now do neither entry nor lookup (the function is looked up only")
+L.append("for a packet that matched) and read the skb's fields and the IP header with direct loads through")
+L.append("`bpf_rdonly_cast`; its fentry programs a constant-index lookup, direct loads of the skb's fields")
+L.append("and of the IP header through the cast; both then call their shared body (a BPF-to-BPF call) and")
+L.append("run the filter logic. *--probe-read* = nettrace non-matching with `--probe-read`, in the same")
+L.append("load: the headers copied with `bpf_probe_read_kernel` instead (kprobe-multi: the skb's fields in")
+L.append("one 48-byte copy, then the IP header; fentry: the IP header), as on kernels before 6.2. ns per")
+L.append("hit, and × the empty program of the same load (median over rounds):")
 L.append("")
-L.append("| backend | empty | + entry | + lookup | + read | + read2 | nettrace non-matching | cast (instead of read, read2) |")
-L.append("|---|---:|---:|---:|---:|---:|---:|---:|")
+L.append("| backend | empty | + entry | + lookup | + read | + read2 | cast (instead of read, read2) | nettrace non-matching | nettrace non-matching, --probe-read |")
+L.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
 for be in backends:
-    cells = [cell(be, c) for c in ["floor-empty", "floor-entry", "floor-lookup", "floor-read", "floor-read2", "nettrace-nonmatch", "floor-cast"]]
+    cells = [cell(be, c) for c in ["floor-empty", "floor-entry", "floor-lookup", "floor-read", "floor-read2", "floor-cast", "nettrace-nonmatch", "nettrace-nonmatch-pr"]]
     if be == "kprobe":
+        cells[-1] = "n/a ¹"
         cells[-2] = "n/a ¹"
     L.append(f"| {be} | " + " | ".join(cells) + " |")
 L.append("")

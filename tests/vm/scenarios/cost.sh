@@ -14,6 +14,8 @@
 #                      for kprobe-multi also floor-lookup-byip (--body lookup --by-ip:
 #                      the function found by bpf_get_func_ip and a hash, not the cookie);
 #   nettrace-nonmatch  nettrace --backend B -t FUNCS -p tcp --port 1 (matches nothing);
+#   nettrace-nonmatch-pr  the same with --probe-read (headers copied with
+#                      bpf_probe_read_kernel, not read through bpf_rdonly_cast);
 #   nettrace-match     nettrace --backend B -t FUNCS --addr 10.250.60.2 (every packet;
 #                      its output counted by wc).
 # Side by side, literally: the cases of one set are attached AT ONCE to the same functions
@@ -119,7 +121,7 @@ declare -A PID ATT DET WC
 # start_case BACKEND CASE: starts what CASE names (files /tmp/c.CASE.*), waits until it
 # is attached; sets PID[CASE] and ATT[CASE] (seconds to attach).
 start_case() {
-    local be=$1 c=$2 d=/tmp/c.$2 t0 pid ready where body byip ntbe filter out
+    local be=$1 c=$2 d=/tmp/c.$2 t0 pid ready where body byip ntbe filter out pr
     rm -f "$d".*
     t0=$(uptime_s)
     case $c in
@@ -131,7 +133,8 @@ start_case() {
         pid=$! ready="^ready" where=$d.out
         ;;
     nettrace-*)
-        ntbe=$be filter="-p tcp --port 1" out=$d.out
+        ntbe=$be filter="-p tcp --port 1" out=$d.out pr=
+        [ "$c" = nettrace-nonmatch-pr ] && pr=--probe-read
         [ "$be" = kprobe-multi ] && ntbe=kprobe
         if [ "$c" = nettrace-match ]; then
             filter="--addr $DST" out=$d.fifo
@@ -140,7 +143,7 @@ start_case() {
             WC[$c]=$!
         fi
         # shellcheck disable=SC2086 # word lists
-        $NT --backend "$ntbe" -v -t "$FUNCS_COMMA" $filter >"$out" 2>"$d.err" &
+        $NT --backend "$ntbe" -v -t "$FUNCS_COMMA" $filter $pr >"$out" 2>"$d.err" &
         pid=$! ready="begin tracing" where=$d.err
         ;;
     esac
@@ -228,7 +231,7 @@ r=1
 while [ "$r" -le "$ROUNDS" ]; do
     for be in $BACKENDS; do
         cases=
-        [ "$be" != kprobe ] && cases=nettrace-nonmatch
+        [ "$be" != kprobe ] && cases="nettrace-nonmatch nettrace-nonmatch-pr"
         for b in $BODIES; do
             cases="$cases floor-$b"
             [ "$b" = lookup ] && [ "$be" = kprobe-multi ] && cases="$cases floor-lookup-byip"
