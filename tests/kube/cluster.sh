@@ -7,6 +7,7 @@
 #   tests/kube/cluster.sh down     remove everything `up` made (processes, namespaces,
 #                                  mounts, cgroups, iptables rules, sysctls, files)
 #   tests/kube/cluster.sh status   say whether it is up, and list the nodes
+#   tests/kube/cluster.sh leftovers  list anything of a cluster still on the host (exit 1 if so)
 #
 # Layout (everything is named nt-* so that `down` finds it):
 #   host bridge nt-br0 10.240.0.1/24 (the "bench address": API server, scheduler,
@@ -54,6 +55,12 @@ STATIC_NETTRACE="$ROOT/target/vm/cargo/x86_64-unknown-linux-gnu/release/nettrace
 
 # What kubelet writes into the host's sysctls (unless protectKernelDefaults); saved at up
 # and restored at down.
+# Host directories that containerd (shim sockets), libcni (result cache) and kubelet
+# (/var/log/containers links, the device-plugin socket, whose path is fixed) use whatever
+# their configuration says; the ones missing at up are removed at down (deepest first).
+HOST_DIRS=(/run/containerd/s /run/containerd /var/lib/cni/results /var/lib/cni
+    /var/lib/kubelet/device-plugins /var/lib/kubelet /var/log/containers)
+
 KUBELET_SYSCTLS=(vm.overcommit_memory vm.panic_on_oom kernel.panic kernel.panic_on_oops
     kernel.keys.root_maxkeys kernel.keys.root_maxbytes)
 
@@ -133,8 +140,10 @@ newer() { # newer A B: A missing or B newer than A
 }
 
 build_images() {
-    local s0 ctx
+    local s0 ctx cache_existed=1
     s0="$(date +%s)"
+    # podman save writes a blob-info cache to /var/lib/containers/cache whatever its --root
+    [ -e /var/lib/containers ] || cache_existed=0
     # pause: our own static program in a scratch image
     if newer "$IMAGES/pause.tar" "$ROOT/tests/kube/images/pause/pause.c" \
         || newer "$IMAGES/pause.tar" "$ROOT/tests/kube/images/pause/Containerfile"; then
@@ -177,6 +186,7 @@ build_images() {
         build_image "$AGENT_IMAGE" "$ctx" "$ROOT/manifests/Containerfile" "$IMAGES/agent.tar" \
             --build-arg BINARY=nettrace
     fi
+    [ "$cache_existed" = 1 ] || rm -rf /var/lib/containers
     say "images ready ($(($(date +%s) - s0)) s)"
 }
 
@@ -373,7 +383,8 @@ start_control_plane() {
         --service-account-private-key-file="$PKI/sa.key" --root-ca-file="$PKI/ca.crt" \
         --use-service-account-credentials=true --cluster-name=nt-kube \
         --allocate-node-cidrs=false --cluster-cidr="$CLUSTER_CIDR" \
-        --service-cluster-ip-range="$SERVICE_CIDR" --profiling=false --v=1
+        --service-cluster-ip-range="$SERVICE_CIDR" --profiling=false --v=1 \
+        --flex-volume-plugin-dir="$DATA/flex-volume"
     start kube-scheduler - "$HK" kube-scheduler \
         --kubeconfig="$DATA/scheduler.kubeconfig" \
         --authentication-kubeconfig="$DATA/scheduler.kubeconfig" \
@@ -576,6 +587,7 @@ cmd_up() {
     mkdir -p "$RUN/pids" "$LOGS"
     local s
     for s in "${KUBELET_SYSCTLS[@]}"; do echo "$s=$(sysctl -n "$s")"; done >"$RUN/sysctls.saved"
+    for s in "${HOST_DIRS[@]}"; do [ -e "$s" ] || echo "$s"; done >"$RUN/host-dirs.created"
     make_pki
     make_network
     start_control_plane
@@ -615,7 +627,8 @@ up_failed() {
     exit "$rc"
 }
 
-# pids of processes whose command line mentions our state directories
+# pids of processes whose command line mentions our state directories (the shims say
+# -address $RUN/...; every component names a file under $DATA)
 our_pids() {
     local p cmd
     for p in /proc/[0-9]*; do
@@ -667,7 +680,7 @@ cmd_down() {
     local node_procs=()
     for i in "${NODES[@]}"; do node_procs+=("kubelet-$(node_name "$i")" "kube-proxy-$(node_name "$i")"); done
     # shellcheck disable=SC2046
-    stop_pid 5 $(pidfile_pids "${node_procs[@]}")
+    stop_pid 2 $(pidfile_pids "${node_procs[@]}")
     say "down: killing the containers (cgroups /nt-node*)"
     for i in 1 2 3 4 5 6 7 8 9 10; do
         p="$(cgroup_pids)"
@@ -677,14 +690,12 @@ cmd_down() {
         sleep 0.3
     done
     say "down: stopping containerd, the control plane and anything else using $RUN or $DATA"
+    # Nothing needs a clean shutdown any more (the data is thrown away): all at once.
     # shellcheck disable=SC2046
-    stop_pid 5 $(pidfile_pids containerd-nt-node1 containerd-nt-node2)
+    stop_pid 2 $(pidfile_pids containerd-nt-node1 containerd-nt-node2 kube-scheduler \
+        kube-controller-manager kube-apiserver etcd) $(our_pids)
     # shellcheck disable=SC2046
-    stop_pid 10 $(pidfile_pids kube-scheduler kube-controller-manager kube-apiserver)
-    # shellcheck disable=SC2046
-    stop_pid 5 $(pidfile_pids etcd)
-    # shellcheck disable=SC2046
-    stop_pid 3 $(our_pids)
+    stop_pid 1 $(our_pids)
 
     say "down: mounts, network namespaces, links, iptables rules"
     local m
@@ -715,9 +726,45 @@ cmd_down() {
         while IFS='=' read -r s v; do sysctl -qw "$s=$v" 2>/dev/null || true; done <"$RUN/sysctls.saved"
     fi
     find /var/log/containers -maxdepth 1 -lname "$DATA/*" -delete 2>/dev/null || true
-    rm -f /var/lib/cni/results/nt-node[0-9]*-* 2>/dev/null || true
+    # libcni's result cache (ours name $RUN's pod namespaces; "cni-loopback-*" too)
+    local f
+    for f in /var/lib/cni/results/*; do
+        [ -f "$f" ] && grep -qF "$RUN/" "$f" && rm -f "$f"
+    done
+    if [ -f "$RUN/host-dirs.created" ]; then
+        local d
+        while read -r d; do
+            [ -e "$d" ] || continue
+            case "$d" in
+                /var/lib/kubelet*) rm -rf "$d" ;; # only our kubelets ran on this host
+                *) rmdir "$d" 2>/dev/null || say "warning: $d is not empty (another containerd?); left in place" ;;
+            esac
+        done <"$RUN/host-dirs.created"
+    fi
     rm -rf "$RUN" "$DATA"
     say "down in $(($(date +%s) - s0)) s"
+}
+
+# Lists whatever of a cluster is left on the host; exits 1 when anything is.
+cmd_leftovers() {
+    local out=() n l h d
+    for n in $(ip netns list | awk '{print $1}'); do
+        case "$n" in nt-node*) out+=("network namespace $n") ;; esac
+    done
+    for l in $(ip -o link show | awk -F': ' '{print $2}' | cut -d@ -f1); do
+        case "$l" in nt-*) out+=("link $l") ;; esac
+    done
+    while read -r l; do out+=("mount $l"); done < <(findmnt -rn -o TARGET | grep -E "^($RUN|$DATA)(/|$)" || true)
+    for h in /sys/fs/cgroup/*/nt-node*; do [ -d "$h" ] && out+=("cgroup $h"); done
+    while read -r l; do out+=("iptables: $l"); done < <(iptables -S 2>/dev/null | grep -- '--comment nt-kube' || true)
+    for l in $(our_pids); do out+=("process $l: $(tr '\0' ' ' <"/proc/$l/cmdline" 2>/dev/null | cut -c1-100)"); done
+    for d in "$RUN" "$DATA"; do [ -e "$d" ] && out+=("directory $d"); done
+    if [ "${#out[@]}" -eq 0 ]; then
+        say "nothing of the cluster is left"
+        return 0
+    fi
+    printf 'left: %s\n' "${out[@]}" >&2
+    return 1
 }
 
 cmd_status() {
@@ -734,5 +781,6 @@ case "${1:-}" in
     up) cmd_up ;;
     down) cmd_down ;;
     status) cmd_status ;;
-    *) die "usage: $0 up|down|status" ;;
+    leftovers) cmd_leftovers ;;
+    *) die "usage: $0 up|down|status|leftovers" ;;
 esac
