@@ -279,7 +279,8 @@ start() {
     if [ "$ns" != - ]; then
         set -- nsenter --net="/run/netns/$ns" -- "$@"
     fi
-    setsid "$@" </dev/null >>"$LOGS/$name.log" 2>&1 &
+    # 9>&-: the processes must not inherit (and hold) cluster.lock
+    setsid "$@" </dev/null >>"$LOGS/$name.log" 2>&1 9>&- &
     echo $! >"$RUN/pids/$name"
 }
 
@@ -561,10 +562,30 @@ node_ready() {
 
 # ---------------------------------------------------------------- up / down
 
-is_up() { [ -f "$RUN/up" ] && alive kube-apiserver && kc get --raw /readyz >/dev/null 2>&1; }
+# up: the marker, every process we started alive, and the API server ready
+is_up() {
+    [ -f "$RUN/up" ] || return 1
+    local f
+    for f in "$RUN"/pids/*; do alive "${f##*/}" || return 1; done
+    kc get --raw /readyz >/dev/null 2>&1
+}
+
+# One up/down at a time (tests may call up from several processes): the later one waits.
+LOCKED=0
+lock() {
+    [ "$LOCKED" = 0 ] || return 0
+    LOCKED=1
+    mkdir -p "$KDIR"
+    exec 9>"$KDIR/cluster.lock"
+    if ! flock -n 9; then
+        say "another cluster.sh up/down is running; waiting for it"
+        flock -w 900 9 || die "still locked after 900 s: is a cluster.sh stuck? (lock: $KDIR/cluster.lock)"
+    fi
+}
 
 cmd_up() {
     check_tools
+    lock
     if is_up; then
         say "already up (./dev cluster down to stop it); refreshing the images"
         build_images
@@ -674,6 +695,7 @@ pidfile_pids() {
 
 cmd_down() {
     [ "$(id -u)" -eq 0 ] || die "needs root: run \`sudo ./dev cluster down\`"
+    lock
     local s0 i n p
     s0="$(date +%s)"
     say "down: stopping kubelets and kube-proxies"
