@@ -25,6 +25,14 @@ const FATAL_WAITING: &[&str] = &[
     "RunContainerError",
 ];
 
+/// Waiting reasons that are about the image (`--image`).
+const IMAGE_REASONS: &[&str] = &[
+    "ErrImagePull",
+    "ImagePullBackOff",
+    "InvalidImageName",
+    "ErrImageNeverPull",
+];
+
 /// Where an agent pod stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PodState {
@@ -60,7 +68,23 @@ pub fn pod_state(pod: &Pod) -> PodState {
         if let Some(w) = &state.waiting {
             let reason = w.reason.clone().unwrap_or_else(|| "Waiting".into());
             if FATAL_WAITING.contains(&reason.as_str()) {
-                return PodState::Failed(reason);
+                // The kubelet's own words (the pull error...), on one line.
+                let message = w
+                    .message
+                    .as_deref()
+                    .unwrap_or("")
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                if message.is_empty() {
+                    return PodState::Failed(reason);
+                }
+                let hint = if IMAGE_REASONS.contains(&reason.as_str()) {
+                    "; pass --image with an image every node can pull"
+                } else {
+                    ""
+                };
+                return PodState::Failed(format!("{reason}: {message}{hint}"));
             }
             return PodState::Waiting(reason);
         }
@@ -123,12 +147,36 @@ pub async fn create(api: &Api<Pod>, pod: &Pod, namespace: &str) -> Result<()> {
         Err(kube::Error::Api(s)) if s.code == 404 => bail!(
             "namespace \"{namespace}\" does not exist; create it with `kubectl apply -f manifests/namespace.yaml` (or pass --agent-namespace)"
         ),
-        Err(kube::Error::Api(s)) if s.code == 403 => bail!(
-            "not allowed to create pods in namespace \"{namespace}\": {}; see manifests/rbac.yaml",
-            s.message
-        ),
+        Err(kube::Error::Api(s)) if s.code == 403 => match pod_security_level(&s.message) {
+            Some(level) => bail!(
+                "namespace \"{namespace}\" has Pod Security level \"{level}\", which forbids the privileged agent pod ({}); label it pod-security.kubernetes.io/enforce=privileged (as manifests/namespace.yaml does) or pass --agent-namespace with a namespace that is",
+                pod_security_violations(&s.message)
+            ),
+            None => bail!(
+                "not allowed to create pods in namespace \"{namespace}\": {}; see manifests/rbac.yaml",
+                s.message
+            ),
+        },
         Err(e) => Err(e).with_context(|| format!("cannot create an agent pod in namespace \"{namespace}\"")),
     }
+}
+
+/// The Pod Security level named by an admission refusal
+/// (`... violates PodSecurity "baseline:latest": ...`), without its version.
+pub fn pod_security_level(message: &str) -> Option<&str> {
+    let rest = message.split("violates PodSecurity \"").nth(1)?;
+    let level = rest.split('"').next()?;
+    Some(level.split(':').next().unwrap_or(level))
+}
+
+/// What the admission refusal lists after `violates PodSecurity "...": `.
+fn pod_security_violations(message: &str) -> &str {
+    message
+        .split("violates PodSecurity \"")
+        .nth(1)
+        .and_then(|r| r.split_once("\": "))
+        .map(|(_, v)| v.trim())
+        .unwrap_or(message)
 }
 
 /// Warning events of a pod, as lines (empty when they cannot be read).
@@ -155,7 +203,9 @@ pub async fn wait_running(
     let mut last = None;
     let failed = |reason: &str, lines: Vec<String>| {
         let mut msg = format!("agent pod {ns}/{name} on node {node} could not start: {reason}");
-        for l in lines {
+        // A reason with the kubelet's message says it all: the events would repeat it.
+        let explained = reason.contains(": ");
+        for l in lines.into_iter().filter(|_| !explained) {
             msg.push('\n');
             msg.push_str(&l);
         }
@@ -349,6 +399,36 @@ mod tests {
             "ready": true, "restartCount": 0, "state": {"running": {}}}]}),
         );
         assert_eq!(pod_state(&running), PodState::Running);
+    }
+
+    #[test]
+    fn pod_security_refusals_name_the_level() {
+        let m = "pods \"x\" is forbidden: violates PodSecurity \"baseline:latest\": host namespaces (hostNetwork=true), privileged (container \"agent\" must not set securityContext.privileged=true)";
+        assert_eq!(pod_security_level(m), Some("baseline"));
+        assert_eq!(
+            pod_security_violations(m),
+            "host namespaces (hostNetwork=true), privileged (container \"agent\" must not set securityContext.privileged=true)"
+        );
+        assert_eq!(
+            pod_security_level("pods is forbidden: User \"u\" cannot create"),
+            None
+        );
+    }
+
+    #[test]
+    fn an_image_failure_carries_the_kubelets_message_and_a_hint() {
+        let p = pod(
+            json!({"phase": "Pending", "containerStatuses": [{"name": "agent", "image": "i", "imageID": "",
+            "ready": false, "restartCount": 0, "state": {"waiting": {"reason": "ErrImagePull",
+            "message": "failed to pull\n image \"i\""}}}]}),
+        );
+        assert_eq!(
+            pod_state(&p),
+            PodState::Failed(
+                "ErrImagePull: failed to pull image \"i\"; pass --image with an image every node can pull"
+                    .into()
+            )
+        );
     }
 
     #[test]

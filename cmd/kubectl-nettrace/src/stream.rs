@@ -317,10 +317,17 @@ pub async fn attach(
         .stdout(true)
         .stderr(true);
     let ns = api.namespace().unwrap_or("").to_string();
-    let mut attached = api
-        .attach(pod, &ap)
-        .await
-        .with_context(|| format!("cannot attach to agent pod {ns}/{pod}"))?;
+    let mut attached = match api.attach(pod, &ap).await {
+        Ok(a) => a,
+        Err(kube::Error::UpgradeConnection(
+            kube::client::UpgradeConnectionError::ProtocolSwitch(status),
+        )) if status.as_u16() == 403 => anyhow::bail!(
+            "not allowed to attach to agent pod {ns}/{pod} (403 Forbidden): the pods/attach permission (verbs create and get) is missing in namespace \"{ns}\"; see manifests/rbac.yaml"
+        ),
+        Err(e) => {
+            return Err(e).with_context(|| format!("cannot attach to agent pod {ns}/{pod}"))
+        }
+    };
     let stdin = attached.stdin();
     let stdout = attached
         .stdout()
