@@ -206,7 +206,7 @@ cert() {
 }
 
 make_pki() {
-    say "certificates (openssl, P-256): CA, API server, kubelets, components, admin, nt-user"
+    say "certificates (openssl, P-256): CA, API server, kubelets, components, admin, nt-user, nt-noattach"
     mkdir -p "$PKI"
     chmod 700 "$PKI"
     openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$PKI/ca.key" 2>/dev/null
@@ -218,6 +218,7 @@ make_pki() {
     cert apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client" "extendedKeyUsage=clientAuth"
     cert admin "/O=system:masters/CN=nt-admin" "extendedKeyUsage=clientAuth"
     cert nt-user "/CN=nt-user" "extendedKeyUsage=clientAuth"
+    cert nt-noattach "/CN=nt-noattach" "extendedKeyUsage=clientAuth"
     cert controller-manager "/CN=system:kube-controller-manager" "extendedKeyUsage=clientAuth"
     cert scheduler "/CN=system:kube-scheduler" "extendedKeyUsage=clientAuth"
     cert kube-proxy "/CN=system:kube-proxy" "extendedKeyUsage=clientAuth"
@@ -234,6 +235,7 @@ make_pki() {
 
     kubeconfig admin admin
     kubeconfig nt-user nt-user
+    kubeconfig nt-noattach nt-noattach
     kubeconfig controller-manager controller-manager
     kubeconfig scheduler scheduler
     kubeconfig kube-proxy kube-proxy
@@ -392,9 +394,16 @@ start_control_plane() {
         --authorization-kubeconfig="$DATA/scheduler.kubeconfig" \
         --bind-address="$BENCH_IP" --leader-elect=false --profiling=false --v=1
 
-    say "applying manifests/namespace.yaml, manifests/rbac.yaml, tests/kube/manifests/nt-user-rbac.yaml"
+    apply_manifests
+}
+
+# The agent namespace, the users' roles and the bench users' bindings (also re-applied by an
+# `up` on a running cluster, so that a changed manifest takes effect).
+apply_manifests() {
+    say "applying manifests/namespace.yaml, manifests/rbac.yaml, tests/kube/manifests/nt-{user,noattach}-rbac.yaml"
     kc apply -f "$ROOT/manifests/namespace.yaml" -f "$ROOT/manifests/rbac.yaml" \
-        -f "$ROOT/tests/kube/manifests/nt-user-rbac.yaml" >&2
+        -f "$ROOT/tests/kube/manifests/nt-user-rbac.yaml" \
+        -f "$ROOT/tests/kube/manifests/nt-noattach-rbac.yaml" >&2
 }
 
 # ---------------------------------------------------------------- nodes
@@ -590,6 +599,13 @@ cmd_up() {
         say "already up (./dev cluster down to stop it); refreshing the images"
         build_images
         import_images
+        # a cluster started before nt-noattach existed: give it that user
+        if [ ! -e "$DATA/nt-noattach.kubeconfig" ]; then
+            cert nt-noattach "/CN=nt-noattach" "extendedKeyUsage=clientAuth"
+            chmod 600 "$PKI/nt-noattach.key"
+            kubeconfig nt-noattach nt-noattach
+        fi
+        apply_manifests
         echo "KUBECONFIG=$DATA/admin.kubeconfig"
         return 0
     fi
