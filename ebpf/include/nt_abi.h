@@ -163,8 +163,8 @@ enum nt_stat {
 /*
  * Slot numbering: the first index in nt_slots of each family of entry
  * programs (node-agent/src/slots.rs `Family`). A family's size is the number
- * of its programs below (nt_a0_0 .. nt_a0_23, ...); kprobe-multi slots have
- * no program of their own (the attach cookie is the slot).
+ * of its programs below (nt_a0_0 .. nt_a0_23, ...). kprobe and kprobe-multi
+ * programs have no slots: they find their tracer in nt_funcs by address.
  *   0..23  family a0 (reads arg 0)       24..39 family a1 (args 0-1)
  *  40..47  family a2 (args 0-2)          48..51 family a3 (args 0-3)
  *  52..53  drop (kfree_skb signature)
@@ -172,7 +172,6 @@ enum nt_stat {
  *  64..127 fentry a0   128..175 fentry a1   176..207 fentry a2
  * 208..215 fentry a3   216..223 fentry a4
  * 224..351 fexit      352..479 kretprobe
- * 480..991 kprobe-multi (one per function)
  */
 enum nt_slot_base {
 	NT_SLOT_BASE_A0 = 0,
@@ -187,8 +186,7 @@ enum nt_slot_base {
 	NT_SLOT_BASE_FE4 = 216,
 	NT_SLOT_BASE_FEXIT = 224,
 	NT_SLOT_BASE_KRET = 352,
-	NT_SLOT_BASE_KPM = 480,
-	NT_SLOT_END = 992,         /* past the last family */
+	NT_SLOT_END = 480,         /* past the last family */
 };
 
 _Static_assert(NT_SLOT_END <= NT_MAX_SLOTS, "slots fit in nt_slots");

@@ -1,5 +1,5 @@
 //! kprobe-multi (fprobe) links: one `bpf_link` attaches a program to many
-//! kernel functions at once, each with its own cookie.
+//! kernel functions at once.
 //!
 //! Attaching ~100 kprobes one by one costs a kprobe registration each, and
 //! detaching them an RCU grace period each (tens of seconds under
@@ -210,16 +210,13 @@ impl MultiLoader {
     }
 }
 
-/// Attaches `prog` to every symbol of `syms`, function `i` getting cookie
-/// `cookies[i]`; `retprobe` attaches to the functions' returns instead.
-pub fn attach(
-    prog: &OwnedFd,
-    syms: &[CString],
-    cookies: &[u64],
-    retprobe: bool,
-) -> Result<OwnedFd> {
-    if syms.len() != cookies.len() || syms.is_empty() {
-        bail!("kprobe-multi needs one cookie per symbol and at least one symbol");
+/// Attaches `prog` to every symbol of `syms`; `retprobe` attaches to the
+/// functions' returns instead. No cookies: the programs find their function
+/// by address (`bpf_get_func_ip`, the map `nt_funcs`), which costs less than
+/// the kernel's search for a cookie on every hit.
+pub fn attach(prog: &OwnedFd, syms: &[CString], retprobe: bool) -> Result<OwnedFd> {
+    if syms.is_empty() {
+        bail!("kprobe-multi needs at least one symbol");
     }
     let ptrs: Vec<*const c_char> = syms.iter().map(|s| s.as_ptr()).collect();
     let mut attr = LinkCreateAttr {
@@ -232,7 +229,6 @@ pub fn attach(
         },
         cnt: u32::try_from(syms.len()).context("too many symbols")?,
         syms: ptrs.as_ptr() as u64,
-        cookies: cookies.as_ptr() as u64,
         ..LinkCreateAttr::default()
     };
     let fd = sys_bpf(BPF_LINK_CREATE, &mut attr).context("creating a kprobe-multi link")?;

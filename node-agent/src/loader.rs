@@ -602,20 +602,6 @@ impl FunctionAttacher {
             Ok(l) => l,
             Err(e) => return (Vec::new(), all, Some(e)),
         };
-        // One slot (and cookie) per function, shared by its entry and return.
-        let mut slots = Vec::with_capacity(jobs.len());
-        for _ in jobs {
-            match self.slots.take(Family::KprobeMulti) {
-                Some(slot) => slots.push(slot.index),
-                None => {
-                    return (
-                        Vec::new(),
-                        all,
-                        Some(anyhow!("no free kprobe-multi slot left")),
-                    )
-                }
-            }
-        }
         let symbol = |job: &KprobeJob| -> CString {
             let s = job
                 .target
@@ -627,16 +613,13 @@ impl FunctionAttacher {
         };
         let syms_of =
             |set: &[usize]| -> Vec<CString> { set.iter().map(|&i| symbol(&jobs[i])).collect() };
-        let cookies_of =
-            |set: &[usize]| -> Vec<u64> { set.iter().map(|&i| u64::from(slots[i])).collect() };
         // One link for `set`; when that fails and module functions are in it
         // (kprobe-multi reaches modules only from Linux 6.2 on), one for the
         // core-kernel functions alone. Returns what got attached.
         let link_set = |name: &str, set: &[usize], retprobe: bool, fds: &mut Vec<OwnedFd>| {
             let try_once = |set: &[usize]| {
                 loader.load(name).and_then(|prog| {
-                    kprobe_multi::attach(&prog, &syms_of(set), &cookies_of(set), retprobe)
-                        .map(|link| (prog, link))
+                    kprobe_multi::attach(&prog, &syms_of(set), retprobe).map(|link| (prog, link))
                 })
             };
             let core: Vec<usize> = set
@@ -686,9 +669,7 @@ impl FunctionAttacher {
         for (i, job) in jobs.iter().enumerate() {
             let raw = RawSlot::new(job.id, &job.tracer, ret_ok.contains(&i));
             let addr = job.target.kprobe.as_ref().map_or(0, |(s, _)| s.addr);
-            if let Err(e) =
-                write_slot(ebpf, slots[i], raw).and_then(|()| write_func(ebpf, addr, raw))
-            {
+            if let Err(e) = write_func(ebpf, addr, raw) {
                 return (Vec::new(), all, Some(e));
             }
         }

@@ -23,13 +23,10 @@ pub enum Family {
     Fexit,
     /// kretprobe programs (return values).
     Kretprobe,
-    /// Configuration slots of kprobe-multi functions (the attach cookie; no
-    /// program of their own).
-    KprobeMulti,
 }
 
 /// Number of families, for the allocator's counters.
-const FAMILIES: usize = 13;
+const FAMILIES: usize = 12;
 
 /// Every family (each counter index once), for the tests.
 #[cfg(test)]
@@ -46,7 +43,6 @@ const ALL_FAMILIES: [Family; FAMILIES] = [
     Family::Fentry(4),
     Family::Fexit,
     Family::Kretprobe,
-    Family::KprobeMulti,
 ];
 
 impl Family {
@@ -65,7 +61,6 @@ impl Family {
             Family::Fentry(_) => (216, 8, "fe_a4", 9),
             Family::Fexit => (224, 128, "fx", 10),
             Family::Kretprobe => (352, 128, "kr", 11),
-            Family::KprobeMulti => (480, 512, "kpm", 12),
         }
     }
 
@@ -225,10 +220,7 @@ mod tests {
                 .collect()
         };
         let mut a = SlotAllocator::default();
-        for family in ALL_FAMILIES
-            .into_iter()
-            .filter(|f| *f != Family::KprobeMulti)
-        {
+        for family in ALL_FAMILIES {
             let (_, len, _, _) = family.layout();
             let mut last = None;
             while let Some(slot) = a.take(family) {

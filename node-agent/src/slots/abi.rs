@@ -764,7 +764,6 @@ fn base_name(f: Family) -> String {
         Family::Fentry(n) => format!("NT_SLOT_BASE_FE{n}"),
         Family::Fexit => "NT_SLOT_BASE_FEXIT".into(),
         Family::Kretprobe => "NT_SLOT_BASE_KRET".into(),
-        Family::KprobeMulti => "NT_SLOT_BASE_KPM".into(),
     }
 }
 
@@ -811,19 +810,17 @@ fn slot_families_match_the_object() {
                 break;
             }
         }
-        // Every family but kprobe-multi has one program per slot, numbered from 0.
-        if f != Family::KprobeMulti {
-            let in_object = (0..).take_while(|n| programs.contains(&format!("nt_{prefix}_{n}")));
-            let count = in_object.count();
-            if count != slots.len() {
-                errors.push(format!(
-                    "{f:?}: {rust} gives {} slots, the object has {count} programs nt_{prefix}_0..",
-                    slots.len()
-                ));
-            }
-            if let Some(s) = slots.iter().find(|s| !programs.contains(&s.program)) {
-                errors.push(format!("{f:?}: program {} is not in the object", s.program));
-            }
+        // Every family has one program per slot, numbered from 0.
+        let in_object = (0..).take_while(|n| programs.contains(&format!("nt_{prefix}_{n}")));
+        let count = in_object.count();
+        if count != slots.len() {
+            errors.push(format!(
+                "{f:?}: {rust} gives {} slots, the object has {count} programs nt_{prefix}_0..",
+                slots.len()
+            ));
+        }
+        if let Some(s) = slots.iter().find(|s| !programs.contains(&s.program)) {
+            errors.push(format!("{f:?}: program {} is not in the object", s.program));
         }
         ranges.push((base, base + i64::from(len), f));
     }
