@@ -18,8 +18,11 @@
 //! - [`kernel`]: what the running kernel offers for tracing functions (kprobes, fentry).
 //! - [`bpf`]: program ids from `-v` output and `bpftool` checks.
 //! - [`containerd`]: pods backed by real containers (private containerd, runc, CNI bridge).
+//! - [`cluster`]: the real two-node bench cluster (`tests/kube/cluster.sh`): namespaces, pods,
+//!   `kubectl exec`, the plugin run against it.
 
 pub mod bpf;
+pub mod cluster;
 pub mod containerd;
 pub mod env;
 pub mod fakekube;

@@ -1,117 +1,27 @@
-//! `kubectl nettrace` end to end: the real plugin against the fake control plane, whose
-//! kubelet runs the real `nettrace agent` as agent pods, tracing pods backed by real
-//! containers (containerd + runc + the CNI bridge) with real packets.
+//! `kubectl nettrace` end to end on the real bench cluster (`tests/kube/cluster.sh`): an
+//! upstream API server, two nodes with their own containerd, kubelet and kube-proxy, a VXLAN
+//! overlay between them, real RBAC and Pod Security admission. The plugin starts the real
+//! agent image on the nodes and traces busybox pods that send real packets.
 //!
-//! Needs root, containerd, runc, the CNI plugins and the built binaries (`./dev test` has
-//! them all); a missing piece fails the test.
+//! Needs root and the cluster's pieces (`./dev test` brings the cluster up first and takes it
+//! down after); a missing piece fails the test. Each test has a namespace of its own
+//! (`TestNs`); run as the admin, its agent pods go there too, so two tests can run at once.
+//! Both nodes share this host's kernel: an agent follows a matched skb into the other node's
+//! namespace too, so the assertions are exact about the lines that name a pod and do not
+//! assume an agent sees only its own node.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use nettrace_tests::containerd::{self, pod_json, Container, ContainerBench};
-use nettrace_tests::fakekube::{self, FakeCluster};
-use nettrace_tests::{plugin_bin, preflight, Finished, Nettrace};
+use nettrace_tests::cluster::{
+    agent_pods_named, assert_no_nettrace_progs, exclusive_host, shared_host, TestNs, AGENT_NS,
+    CONTAINER,
+};
+use nettrace_tests::Finished;
 use nix::sys::signal::Signal;
 use serde_json::{json, Value};
 
-/// The agent image the plugin is told to use; the fake kubelet maps it to `target/debug`.
-const AGENT_IMAGE: &str = "nettrace-agent:e2e";
-/// Where the plugin creates its agent pods.
-const AGENT_NS: &str = fakekube::AGENT_NAMESPACE;
-
 /// What host nettrace and the plugin both say to `--stack` on every tracer.
 const COSTLY_STACK: &str = "--stack with the whole \"all\" tracer is costly: pick tracers with -t, use --stack-tracer without --stack, or add --force-stack";
-
-/// A fake cluster with a privileged agent namespace and a kubeconfig for it.
-struct Kube {
-    cluster: FakeCluster,
-    kubeconfig: PathBuf,
-    dir: PathBuf,
-}
-
-impl Kube {
-    fn start(nodes: &[&str]) -> Kube {
-        preflight();
-        containerd::require_container_tools();
-        plugin_bin();
-        let cluster = FakeCluster::with_agent(nodes, AGENT_IMAGE);
-        let dir = std::env::temp_dir().join(format!(
-            "nettrace-e2e-{}-{}",
-            std::process::id(),
-            cluster.server().rsplit(':').next().unwrap_or("0")
-        ));
-        std::fs::create_dir_all(&dir).expect("create the test's directory");
-        let kubeconfig = dir.join("kubeconfig");
-        cluster.write_kubeconfig(&kubeconfig, "e2e", "default");
-        Kube {
-            cluster,
-            kubeconfig,
-            dir,
-        }
-    }
-
-    /// Registers a pod backed by real containers.
-    fn pod(&self, name: &str, node: &str, c: &Container) {
-        self.cluster
-            .insert_pod(pod_json("default", name, node, &[("app", c)], false));
-    }
-
-    fn args<'a>(&'a self, args: &[&'a str]) -> Vec<&'a str> {
-        let mut all = vec![
-            "--kubeconfig",
-            self.kubeconfig.to_str().expect("utf-8 path"),
-            "--image",
-            AGENT_IMAGE,
-        ];
-        all.extend_from_slice(args);
-        all
-    }
-
-    /// Starts the plugin and waits for `begin tracing`.
-    fn trace(&self, args: &[&str]) -> Nettrace {
-        Nettrace::spawn_bin(&plugin_bin(), &self.args(args))
-    }
-
-    /// Runs the plugin to its end (bad input).
-    fn run(&self, args: &[&str]) -> Finished {
-        Nettrace::start_bin(&plugin_bin(), &self.args(args)).wait_exit(Duration::from_secs(60))
-    }
-
-    fn agent_pods(&self) -> Vec<Value> {
-        self.cluster
-            .pods()
-            .into_iter()
-            .filter(|p| p["metadata"]["namespace"] == AGENT_NS)
-            .collect()
-    }
-
-    /// Asserts that no agent pod and no agent process is left, waiting up to `within`.
-    fn assert_no_agents(&self, within: Duration, what: &str) {
-        let deadline = Instant::now() + within;
-        loop {
-            let pods = self.agent_pods();
-            let procs = self.cluster.processes();
-            if pods.is_empty() && procs.is_empty() {
-                return;
-            }
-            if Instant::now() > deadline {
-                panic!(
-                    "{what}: agents left after {within:?}: pods {:?}, processes {procs:?}",
-                    pods.iter()
-                        .map(|p| (p["metadata"]["name"].clone(), p["status"]["phase"].clone()))
-                        .collect::<Vec<_>>()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-impl Drop for Kube {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 /// The timeline blocks of a text output: the lines between a header and the empty line.
 fn blocks(lines: &[String]) -> Vec<Vec<String>> {
@@ -153,256 +63,175 @@ fn assert_exit_ok(fin: &Finished) {
     assert!(fin.status.success(), "plugin failed\n{}", fin.describe());
 }
 
-#[test]
-fn pod_to_pod_ping_timeline_crosses_the_host_annotated_with_both_pods() {
-    let kube = Kube::start(&["node-1"]);
-    let bench = ContainerBench::start();
-    let (a, b) = (bench.run_pod("a"), bench.run_pod("b"));
-    kube.pod("a", "node-1", &a);
-    kube.pod("b", "node-1", &b);
+/// `pod: NS/POD/main`, the annotation of the lines of a test pod.
+fn pod_of(ns: &TestNs, pod: &str) -> String {
+    format!("pod: {}/{pod}/{CONTAINER}", ns.name)
+}
 
-    let nt = kube.trace(&["pod/a", "-p", "icmp", "--timeline", "--detail"]);
-    a.exec_ok(&["ping", "-c", "1", "-W", "2", &b.ip.to_string()]);
-    let request = format!("ICMP: {} -> {}, ping request", a.ip, b.ip);
+/// Every line that names `pod` names `node` right after it (`, pod: P[ via V], node: N`).
+fn assert_pod_lines_on(fin: &Finished, pod: &str, node: &str) -> usize {
+    let lines: Vec<&String> = fin
+        .stdout_lines
+        .iter()
+        .filter(|l| l.contains(&format!("{pod},")) || l.contains(&format!("{pod} via ")))
+        .collect();
+    for l in &lines {
+        assert!(
+            l.ends_with(&format!(", node: {node}")),
+            "a line of {pod} not from {node}: {l}\n{}",
+            fin.describe()
+        );
+    }
+    lines.len()
+}
+
+/// Packets sent by a node's VXLAN device.
+fn vxlan_tx_packets(node: &str) -> u64 {
+    let out = std::process::Command::new("ip")
+        .args(["-n", node, "-j", "-s", "link", "show", "nt-vx0"])
+        .output()
+        .expect("ip -s link show");
+    let v: Value = serde_json::from_slice(&out.stdout).expect("ip -j");
+    v[0]["stats64"]["tx"]["packets"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no tx counter for nt-vx0 in {node}: {v}"))
+}
+
+#[test]
+fn pod_to_pod_on_one_node_crosses_its_bridge_annotated_with_both_pods() {
+    let _host = shared_host();
+    let mut ns = TestNs::new("onenode");
+    ns.pods(&[("a", "nt-node1"), ("c", "nt-node1")]);
+    let (a_ip, c_ip) = (ns.ip("a"), ns.ip("c"));
+    let (a_veth, c_veth) = (ns.host_veth("a", "nt-node1"), ns.host_veth("c", "nt-node1"));
+
+    let nt = ns.trace(&["pod/a", "-p", "icmp", "--timeline", "--detail"]);
+    ns.exec_ok("a", &["ping", "-c", "1", "-W", "2", &c_ip]);
+    let (pa, pc) = (pod_of(&ns, "a"), pod_of(&ns, "c"));
     let fin = nt.stop_when(Duration::from_secs(20), |lines| {
         lines
             .iter()
-            .any(|l| l.contains("pod: default/b/app") && l.contains(":eth0]"))
+            .any(|l| l.contains("ping reply") && l.ends_with(&pa))
     });
     assert_exit_ok(&fin);
 
-    // The bridge itself shows up only through kernel-function tracers (br_*), which need
-    // kprobes or fentry: the VM bench covers those. Here the path crosses it from a's host
-    // veth to b's.
+    // One agent: no node suffix. The request leaves a's eth0, enters the node at a's veth,
+    // is bridged to c's veth and arrives on c's eth0, each hop named after its pod.
+    let request = format!("ICMP: {a_ip} -> {c_ip}, ping request");
     let path = [
-        step(&[":eth0]", &request, ", pod: default/a/app"]),
+        step(&["][2:eth0]", &request, &format!(", {pa}")]),
         step(&[
-            &format!(":{}]", a.host_veth),
+            &format!(":{a_veth}]"),
             &request,
-            &format!(", pod: default/a/app via {}", a.host_veth),
+            &format!(", {pa} via {a_veth}"),
         ]),
         step(&[
-            &format!(":{}]", b.host_veth),
+            &format!(":{c_veth}]"),
             &request,
-            &format!(", pod: default/b/app via {}", b.host_veth),
+            &format!(", {pc} via {c_veth}"),
         ]),
-        step(&[":eth0]", &request, ", pod: default/b/app"]),
+        step(&["][2:eth0]", &request, &format!(", {pc}")]),
     ];
     let all = blocks(&fin.stdout_lines);
     let found = all.iter().find_map(|b| find_path(b, &path));
-    assert!(
-        found.is_some(),
-        "no timeline block follows the request from a's eth0 over the host to b's eth0\n{}",
-        fin.describe()
-    );
-    kube.assert_no_agents(Duration::from_secs(10), "after Ctrl-C");
-}
-
-#[test]
-fn bad_input_is_one_clear_line() {
-    let kube = Kube::start(&["node-1"]);
-    let bench = ContainerBench::start();
-    let a = bench.run_pod("a");
-    kube.pod("a", "node-1", &a);
-    let mut done = pod_json("default", "done", "node-1", &[("app", &a)], false);
-    done["status"]["phase"] = json!("Succeeded");
-    kube.cluster.insert_pod(done);
-
-    for (args, want) in [
-        (
-            vec!["pod/nope", "-p", "icmp"],
-            "error: pod \"nope\" not found in namespace \"default\"",
-        ),
-        (
-            vec!["pod/done"],
-            "error: pod \"default/done\" is not running (phase: Succeeded)",
-        ),
-        (
-            vec!["pod/a", "-c", "web"],
-            "error: container \"web\" not found in pod \"default/a\"; its containers: app",
-        ),
-        (
-            vec!["pod/a", "-p", "nope"],
-            "error: --proto: unknown protocol 'nope'",
-        ),
-        // Before: accepted by the plugin, which created the agent pods, and then
-        // refused by each agent. Now refused by the validator host nettrace uses, with
-        // host nettrace's words (bad_input.rs checks the host's line).
-        (
-            vec!["pod/a", "--stack", "--stack-tracer", "kfree_skb"],
-            &*format!("error: {COSTLY_STACK}"),
-        ),
-    ] {
-        let fin = kube.run(&args);
-        assert_eq!(fin.status.code(), Some(1), "{args:?}\n{}", fin.describe());
-        let errs = fin.nonempty_stderr();
-        assert_eq!(errs.len(), 1, "{args:?}: one line\n{}", fin.describe());
-        assert!(errs[0].starts_with(want), "{args:?}: {}", errs[0]);
-        assert!(fin.stdout_lines.is_empty(), "{}", fin.describe());
-    }
-    kube.assert_no_agents(Duration::from_secs(1), "after bad input");
-}
-
-#[test]
-fn service_dnat_to_another_pod_is_followed_with_skb_mode() {
-    let kube = Kube::start(&["node-1"]);
-    let bench = ContainerBench::start();
-    let (a, b) = (bench.run_pod("a"), bench.run_pod("b"));
-    kube.pod("a", "node-1", &a);
-    kube.pod("b", "node-1", &b);
-    // A ClusterIP service, kube-proxy style: 10.250.241.20:80 -> b:8080.
-    let vip = "10.250.241.20";
-    let _svc = containerd::service_dnat(vip.parse().expect("an address"), 80, &b, 8080);
-    let server = b.ctr_spawn(&["/bin/sh", "-c", "echo hello | /bin/nc -l -p 8080"]);
-
-    let nt = kube.trace(&[
-        "pod/a",
-        "-p",
-        "tcp",
-        "-d",
-        vip,
-        "--dport",
-        "80",
-        "--skb-mode",
-        "--timeline",
-        "--detail",
-    ]);
-    let backend = format!("-> {}:8080", b.ip);
-    // The server may take a moment to listen: retry the client until it is answered.
-    let start = Instant::now();
-    while !String::from_utf8_lossy(
-        &a.ctr_exec(&[
-            "/bin/sh",
-            "-c",
-            &format!("/bin/nc -w 2 {vip} 80 </dev/null"),
-        ])
-        .stdout,
-    )
-    .contains("hello")
-    {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "no answer through {vip}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let fin = nt.stop_when(Duration::from_secs(20), |lines| {
-        lines
-            .iter()
-            .any(|l| l.contains(&backend) && l.contains("pod: default/b/app"))
+    let found = found.unwrap_or_else(|| {
+        panic!(
+            "no timeline block follows the request from a's eth0 over the node to c's eth0\n{}",
+            fin.describe()
+        )
     });
-    let _ = server.wait_with_output();
-    assert_exit_ok(&fin);
-
-    // One skb: sent by a to the service address, rewritten by the DNAT on the host,
-    // delivered to b.
-    let to_vip = format!("-> {vip}:80");
-    let path = [
-        step(&[
-            ":eth0]",
-            &format!("TCP: {}:", a.ip),
-            &to_vip,
-            ", pod: default/a/app",
-        ]),
-        step(&[&format!(":{}]", a.host_veth), &to_vip, " via "]),
-        step(&[
-            &format!(":{}]", b.host_veth),
-            &backend,
-            ", pod: default/b/app via ",
-        ]),
-        step(&[":eth0]", &backend, ", pod: default/b/app"]),
-    ];
-    let all = blocks(&fin.stdout_lines);
+    assert!(found[0].ends_with(&pa), "{}", found[0]);
+    assert!(found[3].ends_with(&pc), "{}", found[3]);
+    // And the reply comes back to a.
+    let reply = format!("ICMP: {c_ip} -> {a_ip}, ping reply");
     assert!(
-        all.iter().any(|b| find_path(b, &path).is_some()),
-        "no block follows a's SYN to the service address and, rewritten, into b\n{}",
-        fin.describe()
-    );
-}
-
-#[test]
-fn an_iptables_drop_of_traffic_to_a_pod_shows_its_reason_and_pod() {
-    let kube = Kube::start(&["node-1"]);
-    let bench = ContainerBench::start();
-    let (a, b) = (bench.run_pod("a"), bench.run_pod("b"));
-    kube.pod("a", "node-1", &a);
-    kube.pod("b", "node-1", &b);
-    let _drop = containerd::drop_to(&b);
-
-    let nt = kube.trace(&["pod/a", "-p", "icmp", "-d", &b.ip.to_string()]);
-    let out = a.exec(&["ping", "-c", "1", "-W", "1", &b.ip.to_string()]);
-    assert!(!out.status.success(), "the ping should be dropped");
-    let fin = nt.stop_when(Duration::from_secs(20), |lines| {
-        lines.iter().any(|l| l.contains("NETFILTER_DROP"))
-    });
-    assert_exit_ok(&fin);
-    let request = format!("ICMP: {} -> {}, ping request", a.ip, b.ip);
-    let drop = fin
-        .stdout_lines
-        .iter()
-        .find(|l| l.contains("[kfree_skb") && l.contains("reason: NETFILTER_DROP"))
-        .unwrap_or_else(|| panic!("no NETFILTER_DROP line\n{}", fin.describe()));
-    assert!(drop.contains(&request), "{drop}");
-    assert!(
-        drop.contains(", location: nft_do_chain+0x")
-            || drop.contains(", location: nf_hook_slow+0x"),
-        "the drop is located in netfilter: {drop}"
-    );
-    // Dropped in the bridge's FORWARD hook on its way out to b: annotated with the pod the
-    // traffic was for, through its host-side veth.
-    assert!(
-        drop.ends_with(&format!(", pod: default/b/app via {}", b.host_veth)),
-        "{drop}"
-    );
-    // Nothing reached b's namespace.
-    assert!(
-        !fin.stdout_lines
+        fin.stdout_lines
             .iter()
-            .any(|l| l.ends_with(", pod: default/b/app")),
+            .any(|l| l.contains("][2:eth0]") && l.contains(&reply) && l.ends_with(&pa)),
         "{}",
         fin.describe()
     );
+    ns.assert_no_agents(Duration::from_secs(10), "after Ctrl-C");
 }
 
 #[test]
-fn pods_on_two_nodes_give_one_merged_timeline() {
-    let kube = Kube::start(&["node-1", "node-2"]);
-    let bench = ContainerBench::start();
-    let (a, b) = (bench.run_pod("a"), bench.run_pod("b"));
-    kube.pod("a", "node-1", &a);
-    kube.pod("b", "node-2", &b);
+fn pod_to_pod_across_nodes_is_seen_by_both_agents_over_the_overlay_as_the_restricted_user() {
+    let _host = shared_host();
+    let mut ns = TestNs::new("twonodes");
+    ns.pods(&[("a", "nt-node1"), ("b", "nt-node2")]);
+    let (a_ip, b_ip) = (ns.ip("a"), ns.ip("b"));
+    let a_veth = ns.host_veth("a", "nt-node1");
+    let b_veth = ns.host_veth("b", "nt-node2");
+    let (pa, pb) = (pod_of(&ns, "a"), pod_of(&ns, "b"));
 
-    let nt = kube.trace(&["pod/a", "pod/b", "-p", "icmp", "--timeline"]);
+    // nt-user has exactly manifests/rbac.yaml: its agents go to the namespace "nettrace".
+    let user = ns.cluster.user.clone();
+    let nt = ns.trace_as(
+        &user,
+        &["pod/a", "pod/b", "-p", "icmp", "--timeline", "--detail"],
+    );
     let stderr = nt.stderr_lines();
-    for node in ["node-1", "node-2"] {
+    for node in ["nt-node1", "nt-node2"] {
         assert!(
             stderr
                 .iter()
-                .any(|l| l.starts_with(&format!("node {node}: agent "))),
+                .any(|l| l.starts_with(&format!("node {node}: agent 0.1.0, kernel "))),
             "no agent on {node}: {stderr:?}"
         );
     }
-    a.exec_ok(&["ping", "-c", "2", "-i", "0.2", "-W", "2", &b.ip.to_string()]);
+    let tx_before = vxlan_tx_packets("nt-node1");
+    ns.exec_ok("a", &["ping", "-c", "2", "-i", "0.2", "-W", "2", &b_ip]);
+    let tx_after = vxlan_tx_packets("nt-node1");
     let fin = nt.stop_when(Duration::from_secs(20), |lines| {
-        ["node-1", "node-2"].iter().all(|n| {
-            lines
-                .iter()
-                .filter(|l| l.ends_with(&format!(", node: {n}")))
-                .count()
-                >= 4
-        })
+        lines
+            .iter()
+            .any(|l| l.contains("ping reply") && l.ends_with(&format!("{pa}, node: nt-node1")))
     });
     assert_exit_ok(&fin);
+    assert!(
+        tx_after >= tx_before + 2,
+        "the pings crossed the overlay: nt-vx0 of nt-node1 sent {} packets",
+        tx_after - tx_before
+    );
 
+    let request = format!("ICMP: {a_ip} -> {b_ip}, ping request");
     let all = blocks(&fin.stdout_lines);
-    // Each node's agent sees its own pod, annotated with the node.
-    for (pod, node) in [("a", "node-1"), ("b", "node-2")] {
+    // nt-node1's agent: from a's eth0 into its node, and out of the node's VXLAN device.
+    let sent = [
+        step(&["][2:eth0]", &request, &format!(", {pa}, node: nt-node1")]),
+        step(&[
+            &format!(":{a_veth}]"),
+            &request,
+            &format!(", {pa} via {a_veth}, node: nt-node1"),
+        ]),
+        step(&[":nt-vx0]", &request, ", node: nt-node1"]),
+    ];
+    assert!(
+        all.iter().any(|b| find_path(b, &sent).is_some()),
+        "no block of nt-node1 follows the request from a over the overlay\n{}",
+        fin.describe()
+    );
+    // nt-node2's agent: the same request into b through b's veth.
+    let received = [
+        step(&[
+            &format!(":{b_veth}]"),
+            &request,
+            &format!(", {pb} via {b_veth}, node: nt-node2"),
+        ]),
+        step(&["][2:eth0]", &request, &format!(", {pb}, node: nt-node2")]),
+    ];
+    assert!(
+        all.iter().any(|b| find_path(b, &received).is_some()),
+        "no block of nt-node2 follows the request into b\n{}",
+        fin.describe()
+    );
+    // The lines that name a pod name its node; every line names one of the two nodes.
+    assert!(assert_pod_lines_on(&fin, &pa, "nt-node1") >= 4);
+    assert!(assert_pod_lines_on(&fin, &pb, "nt-node2") >= 4);
+    for l in fin.stdout_lines.iter().filter(|l| l.contains("ICMP: ")) {
         assert!(
-            all.iter()
-                .flatten()
-                .any(|l| l.contains(&format!(", pod: default/{pod}/app, node: {node}"))),
-            "no event of pod {pod} from {node}\n{}",
-            fin.describe()
+            l.ends_with(", node: nt-node1") || l.ends_with(", node: nt-node2"),
+            "{l}"
         );
     }
     // Merged in time order: the blocks' first events never go back in time.
@@ -422,18 +251,445 @@ fn pods_on_two_nodes_give_one_merged_timeline() {
         "blocks out of time order: {firsts:?}\n{}",
         fin.describe()
     );
-    kube.assert_no_agents(Duration::from_secs(10), "after Ctrl-C");
+    let agents = agent_pods_named(&fin.stderr_lines, AGENT_NS);
+    assert_eq!(agents.len(), 2, "{}", fin.describe());
+    ns.cluster
+        .assert_pods_gone(AGENT_NS, &agents, Duration::from_secs(10));
+}
+
+#[test]
+fn a_service_cluster_ip_is_followed_through_kube_proxy_dnat_with_skb_mode() {
+    let _host = shared_host();
+    let mut ns = TestNs::new("service");
+    ns.pods(&[("a", "nt-node1")]);
+    ns.pod_with(
+        "web",
+        "nt-node1",
+        &[
+            "sh",
+            "-c",
+            "while true; do echo hello | nc -l -p 8080; done",
+        ],
+        "app: web",
+    );
+    ns.wait_ready(&["web"]);
+    let svc = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: {}}}\n\
+         spec: {{selector: {{app: web}}, ports: [{{port: 80, targetPort: 8080}}]}}\n",
+        ns.name
+    );
+    ns.cluster.kubectl_in_ok(&["apply", "-f", "-"], Some(&svc));
+    let vip = ns.cluster.kubectl_ok(&[
+        "get",
+        "service",
+        "web",
+        "-n",
+        &ns.name,
+        "-o",
+        "jsonpath={.spec.clusterIP}",
+    ]);
+    assert!(vip.starts_with("10.96."), "ClusterIP {vip}");
+    let (a_ip, web_ip) = (ns.ip("a"), ns.ip("web"));
+    let (a_veth, web_veth) = (
+        ns.host_veth("a", "nt-node1"),
+        ns.host_veth("web", "nt-node1"),
+    );
+    // kube-proxy programs the rules a moment after the endpoints exist: ask until answered.
+    let start = Instant::now();
+    while !String::from_utf8_lossy(&ns.exec("a", &["nc", "-w", "2", &vip, "80"]).stdout)
+        .contains("hello")
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no answer through {vip}:80"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
+    let nt = ns.trace(&[
+        "pod/a",
+        "-p",
+        "tcp",
+        "-d",
+        &vip,
+        "--dport",
+        "80",
+        "--skb-mode",
+        "--timeline",
+        "--detail",
+    ]);
+    let answer = ns.exec_ok("a", &["nc", "-w", "2", &vip, "80"]);
+    assert!(answer.contains("hello"), "{answer}");
+    let (pa, pw) = (pod_of(&ns, "a"), pod_of(&ns, "web"));
+    let backend = format!("-> {web_ip}:8080");
+    let fin = nt.stop_when(Duration::from_secs(20), |lines| {
+        lines
+            .iter()
+            .any(|l| l.contains(&backend) && l.ends_with(&pw))
+    });
+    assert_exit_ok(&fin);
+
+    // One skb: sent by a to the ClusterIP, DNATed by kube-proxy's rules in the node,
+    // delivered to the backend pod.
+    let to_vip = format!("-> {vip}:80");
+    let path = [
+        step(&[
+            "][2:eth0]",
+            &format!("TCP: {a_ip}:"),
+            &to_vip,
+            &format!(", {pa}"),
+        ]),
+        step(&[
+            &format!(":{a_veth}]"),
+            &to_vip,
+            &format!(", {pa} via {a_veth}"),
+        ]),
+        step(&[
+            &format!(":{web_veth}]"),
+            &format!("TCP: {a_ip}:"),
+            &backend,
+            &format!(", {pw} via {web_veth}"),
+        ]),
+        step(&["][2:eth0]", &backend, &format!(", {pw}")]),
+    ];
+    let all = blocks(&fin.stdout_lines);
+    let found = all.iter().find_map(|b| find_path(b, &path));
+    let found = found.unwrap_or_else(|| {
+        panic!(
+            "no block follows a's SYN to the ClusterIP and, rewritten, into the backend\n{}",
+            fin.describe()
+        )
+    });
+    assert!(found[0].ends_with(&pa), "{}", found[0]);
+    assert!(found[3].ends_with(&pw), "{}", found[3]);
+}
+
+#[test]
+fn an_iptables_drop_of_traffic_to_a_pod_shows_its_reason_and_pod() {
+    let _host = shared_host();
+    let mut ns = TestNs::new("drop");
+    ns.pods(&[("a", "nt-node1"), ("c", "nt-node1")]);
+    let (a_ip, c_ip) = (ns.ip("a"), ns.ip("c"));
+    let c_veth = ns.host_veth("c", "nt-node1");
+    // A NetworkPolicy-like rule in the node: ICMP to c is dropped on the bridge's FORWARD.
+    let comment = format!("nt-e2e {}", ns.name);
+    let rule = [
+        "FORWARD",
+        "-d",
+        &c_ip,
+        "-p",
+        "icmp",
+        "-m",
+        "comment",
+        "--comment",
+        &comment,
+        "-j",
+        "DROP",
+    ];
+    let iptables = |op: &str| {
+        std::process::Command::new("ip")
+            .args(["netns", "exec", "nt-node1", "iptables", op])
+            .args(rule)
+            .output()
+            .expect("iptables")
+    };
+    let out = iptables("-I");
+    assert!(out.status.success(), "{out:?}");
+    struct Undo<F: FnMut()>(F);
+    impl<F: FnMut()> Drop for Undo<F> {
+        fn drop(&mut self) {
+            (self.0)()
+        }
+    }
+    let _undo = Undo(|| {
+        let _ = iptables("-D");
+    });
+
+    let nt = ns.trace(&["pod/a", "-p", "icmp", "-d", &c_ip]);
+    let out = ns.exec("a", &["ping", "-c", "1", "-W", "1", &c_ip]);
+    assert!(!out.status.success(), "the ping should be dropped");
+    let fin = nt.stop_when(Duration::from_secs(20), |lines| {
+        lines.iter().any(|l| l.contains("NETFILTER_DROP"))
+    });
+    assert_exit_ok(&fin);
+    let request = format!("ICMP: {a_ip} -> {c_ip}, ping request");
+    let drop = fin
+        .stdout_lines
+        .iter()
+        .find(|l| l.contains("[kfree_skb") && l.contains("reason: NETFILTER_DROP"))
+        .unwrap_or_else(|| panic!("no NETFILTER_DROP line\n{}", fin.describe()));
+    assert!(drop.contains(&request), "{drop}");
+    assert!(
+        drop.contains(", location: nft_do_chain+0x")
+            || drop.contains(", location: nf_hook_slow+0x"),
+        "the drop is located in netfilter: {drop}"
+    );
+    // Dropped in the node's bridge FORWARD hook on its way out to c: annotated with the pod
+    // the traffic was for, through its host-side veth.
+    assert!(
+        drop.ends_with(&format!(", {} via {c_veth}", pod_of(&ns, "c"))),
+        "{drop}\n{}",
+        fin.describe()
+    );
+    // Nothing reached c's namespace.
+    let pc = pod_of(&ns, "c");
+    assert!(
+        !fin.stdout_lines.iter().any(|l| l.ends_with(&pc)),
+        "{}",
+        fin.describe()
+    );
+}
+
+#[test]
+fn ctrl_c_and_sigkill_of_the_plugin_leave_no_running_agent_and_no_bpf_program() {
+    // Alone on the host: no other test's agent may hold nt_* programs meanwhile.
+    let _host = exclusive_host();
+    let mut ns = TestNs::new("stop");
+    ns.pods(&[("a", "nt-node1"), ("b", "nt-node2")]);
+    assert_no_nettrace_progs(Duration::from_secs(30), "before the test");
+
+    // Ctrl-C: the plugin deletes both agent pods; their programs are gone.
+    let nt = ns.trace(&["pod/a", "pod/b", "-p", "icmp"]);
+    let pods = ns.agent_pods();
+    assert_eq!(pods.len(), 2, "one agent pod per node: {pods:?}");
+    let mut nodes: Vec<&str> = pods
+        .iter()
+        .map(|p| p["spec"]["nodeName"].as_str().unwrap_or(""))
+        .collect();
+    nodes.sort();
+    assert_eq!(nodes, ["nt-node1", "nt-node2"]);
+    for p in &pods {
+        let spec = &p["spec"];
+        assert_eq!(spec["hostPID"], true);
+        assert_eq!(spec["hostNetwork"], true);
+        assert_eq!(spec["automountServiceAccountToken"], false);
+        assert_eq!(spec["tolerations"], json!([{"operator": "Exists"}]));
+        assert!(spec["activeDeadlineSeconds"].as_u64().is_some(), "{p}");
+        assert_eq!(p["status"]["phase"], "Running", "{p}");
+        assert!(
+            p["metadata"]["labels"]["nettrace.io/session"].is_string(),
+            "{p}"
+        );
+    }
+    assert!(
+        !nettrace_tests::cluster::nettrace_progs().is_empty(),
+        "the agents loaded no nt_* program"
+    );
+    let fin = nt.stop_with(Signal::SIGINT);
+    assert_exit_ok(&fin);
+    ns.assert_no_agents(Duration::from_secs(10), "after Ctrl-C");
+    assert_no_nettrace_progs(Duration::from_secs(10), "after Ctrl-C");
+
+    // SIGKILL: nobody deletes the pods, but each agent notices its plugin is gone, detaches
+    // and exits; the pods end Succeeded, no container runs.
+    let nt = ns.trace(&["pod/a", "pod/b", "-p", "icmp", "--agent-idle-timeout", "5"]);
+    let killed = Instant::now();
+    let fin = nt.stop_with(Signal::SIGKILL);
+    assert_eq!(fin.status.code(), None, "killed by a signal");
+    let deadline = killed + Duration::from_secs(60);
+    loop {
+        let pods = ns.agent_pods();
+        let running: Vec<String> = pods
+            .iter()
+            .filter(|p| p["status"]["phase"] != "Succeeded")
+            .map(|p| format!("{} {}", p["metadata"]["name"], p["status"]["phase"]))
+            .collect();
+        assert_eq!(pods.len(), 2, "{pods:?}");
+        if running.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "agents still not finished 60 s after the plugin died: {running:?}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    eprintln!(
+        "agents exited {:?} after the plugin was killed",
+        killed.elapsed()
+    );
+    assert_no_nettrace_progs(Duration::from_secs(10), "after SIGKILL");
+}
+
+#[test]
+fn an_agent_image_that_does_not_exist_fails_fast_with_the_kubelets_errimagepull_in_one_line() {
+    let _host = shared_host();
+    let mut ns = TestNs::new("image");
+    ns.pods(&[("a", "nt-node1")]);
+    // A registry on the node's own loopback, where nothing listens: the pull fails at once
+    // and nothing leaves the machine.
+    let image = "localhost/nt-kube/no-such-agent:0";
+    let started = Instant::now();
+    let fin = ns
+        .start_as(&ns.cluster.admin, &["--image", image, "pod/a"])
+        .wait_exit(Duration::from_secs(90));
+    assert_eq!(fin.status.code(), Some(1), "{}", fin.describe());
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "fails fast: {:?}",
+        started.elapsed()
+    );
+    let errs: Vec<&str> = fin
+        .nonempty_stderr()
+        .into_iter()
+        .filter(|l| {
+            !l.starts_with("waiting for agent pod ") && !l.starts_with("deleting agent pod ")
+        })
+        .collect();
+    assert_eq!(errs.len(), 1, "one line\n{}", fin.describe());
+    let want = format!("error: agent pod {}/nettrace-", ns.name);
+    assert!(errs[0].starts_with(&want), "{}", errs[0]);
+    assert!(
+        errs[0].contains(&format!(
+            "-nt-node1 on node nt-node1 could not start: ErrImagePull: failed to pull and unpack image \"{image}\": "
+        )),
+        "{}",
+        errs[0]
+    );
+    assert!(
+        errs[0].ends_with("; pass --image with an image every node can pull"),
+        "{}",
+        errs[0]
+    );
+    assert!(fin.stdout_lines.is_empty(), "{}", fin.describe());
+    ns.assert_no_agents(Duration::from_secs(10), "after a failed start");
+}
+
+#[test]
+fn a_pod_security_level_that_forbids_privileged_pods_is_one_line_saying_what_to_change() {
+    let _host = shared_host();
+    let mut ns = TestNs::new("psa");
+    ns.pods(&[("a", "nt-node1")]);
+    // The agent namespace enforces "baseline" (the test pods are already running).
+    ns.cluster.kubectl_ok(&[
+        "label",
+        "namespace",
+        &ns.name,
+        "pod-security.kubernetes.io/enforce=baseline",
+        "--overwrite",
+    ]);
+    let fin = ns
+        .start_as(&ns.cluster.admin, &["pod/a", "-p", "icmp"])
+        .wait_exit(Duration::from_secs(60));
+    assert_eq!(fin.status.code(), Some(1), "{}", fin.describe());
+    assert_eq!(
+        fin.nonempty_stderr(),
+        [format!(
+            "error: namespace \"{}\" has Pod Security level \"baseline\", which forbids the privileged agent pod (host namespaces (hostNetwork=true, hostPID=true), privileged (container \"agent\" must not set securityContext.privileged=true)); label it pod-security.kubernetes.io/enforce=privileged (as manifests/namespace.yaml does) or pass --agent-namespace with a namespace that is",
+            ns.name
+        )],
+        "{}",
+        fin.describe()
+    );
+    ns.assert_no_agents(Duration::from_secs(1), "after the refusal");
+}
+
+#[test]
+fn a_user_without_pods_attach_fails_in_one_line_naming_the_permission() {
+    let _host = shared_host();
+    let mut ns = TestNs::new("noattach");
+    ns.pods(&[("a", "nt-node1")]);
+    let who = ns.cluster.noattach.clone();
+    let fin = ns
+        .start_as(&who, &["pod/a", "-p", "icmp"])
+        .wait_exit(Duration::from_secs(90));
+    assert_eq!(fin.status.code(), Some(1), "{}", fin.describe());
+    let errs: Vec<&str> = fin
+        .nonempty_stderr()
+        .into_iter()
+        .filter(|l| {
+            !l.starts_with("waiting for agent pod ") && !l.starts_with("deleting agent pod ")
+        })
+        .collect();
+    let agents = agent_pods_named(&fin.stderr_lines, AGENT_NS);
+    assert_eq!(agents.len(), 1, "{}", fin.describe());
+    assert_eq!(
+        errs,
+        [format!(
+            "error: not allowed to attach to agent pod {AGENT_NS}/{} (403 Forbidden): the pods/attach permission (verbs create and get) is missing in namespace \"{AGENT_NS}\"; see manifests/rbac.yaml",
+            agents[0]
+        )],
+        "{}",
+        fin.describe()
+    );
+    // It could create the pod, so it deleted it.
+    ns.cluster
+        .assert_pods_gone(AGENT_NS, &agents, Duration::from_secs(10));
+}
+
+#[test]
+fn bad_input_is_one_clear_line() {
+    let _host = shared_host();
+    let mut ns = TestNs::new("badinput");
+    ns.pods(&[("a", "nt-node1")]);
+    ns.pod_spec(
+        "done",
+        "nt-node1",
+        &["true"],
+        "",
+        "  restartPolicy: Never\n",
+    );
+    let start = Instant::now();
+    while ns.cluster.kubectl_ok(&[
+        "get",
+        "pod",
+        "done",
+        "-n",
+        &ns.name,
+        "-o",
+        "jsonpath={.status.phase}",
+    ]) != "Succeeded"
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "pod done never Succeeded"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+
+    let n = &ns.name;
+    for (args, want) in [
+        (
+            vec!["pod/nope", "-p", "icmp"],
+            format!("error: pod \"nope\" not found in namespace \"{n}\""),
+        ),
+        (
+            vec!["pod/done"],
+            format!("error: pod \"{n}/done\" is not running (phase: Succeeded)"),
+        ),
+        (
+            vec!["pod/a", "-c", "web"],
+            format!("error: container \"web\" not found in pod \"{n}/a\"; its containers: main"),
+        ),
+        (
+            vec!["pod/a", "-p", "nope"],
+            "error: --proto: unknown protocol 'nope'".to_string(),
+        ),
+        (
+            vec!["pod/a", "--stack", "--stack-tracer", "kfree_skb"],
+            format!("error: {COSTLY_STACK}"),
+        ),
+    ] {
+        let fin = ns
+            .start_as(&ns.cluster.admin, &args)
+            .wait_exit(Duration::from_secs(60));
+        assert_eq!(fin.status.code(), Some(1), "{args:?}\n{}", fin.describe());
+        let errs = fin.nonempty_stderr();
+        assert_eq!(errs.len(), 1, "{args:?}: one line\n{}", fin.describe());
+        assert!(errs[0].starts_with(&want), "{args:?}: {}", errs[0]);
+        assert!(fin.stdout_lines.is_empty(), "{}", fin.describe());
+    }
+    ns.assert_no_agents(Duration::from_secs(1), "after bad input");
 }
 
 #[test]
 fn json_lines_carry_pod_and_node() {
-    let kube = Kube::start(&["node-1"]);
-    let bench = ContainerBench::start();
-    let (a, b) = (bench.run_pod("a"), bench.run_pod("b"));
-    kube.pod("a", "node-1", &a);
-    kube.pod("b", "node-1", &b);
-    let nt = kube.trace(&["pod/a", "-p", "icmp", "-o", "json", "--count", "3"]);
-    a.exec_ok(&["ping", "-c", "1", "-W", "2", &b.ip.to_string()]);
+    let _host = shared_host();
+    let mut ns = TestNs::new("json");
+    ns.pods(&[("a", "nt-node1"), ("c", "nt-node1")]);
+    let (a_ip, c_ip) = (ns.ip("a"), ns.ip("c"));
+    let nt = ns.trace(&["pod/a", "-p", "icmp", "-o", "json", "--count", "3"]);
+    ns.exec_ok("a", &["ping", "-c", "1", "-W", "2", &c_ip]);
     let fin = nt.wait_exit(Duration::from_secs(30));
     assert_exit_ok(&fin);
     let objs: Vec<Value> = fin
@@ -444,202 +700,108 @@ fn json_lines_carry_pod_and_node() {
     let events: Vec<&Value> = objs.iter().filter(|o| o["type"] == "event").collect();
     assert_eq!(events.len(), 3, "--count 3\n{}", fin.describe());
     for ev in &events {
-        assert_eq!(ev["node"], "node-1", "{ev}");
-        assert_eq!(ev["pkt"]["saddr"], a.ip.to_string(), "{ev}");
-        assert_eq!(ev["pod"]["namespace"], "default", "{ev}");
+        assert_eq!(ev["node"], "nt-node1", "{ev}");
+        assert_eq!(ev["pkt"]["saddr"], a_ip, "{ev}");
+        assert_eq!(ev["pkt"]["daddr"], c_ip, "{ev}");
+        assert_eq!(ev["pod"]["namespace"], ns.name, "{ev}");
         assert_eq!(ev["pod"]["name"], "a", "{ev}");
-        assert_eq!(ev["pod"]["container"], "app", "{ev}");
+        assert_eq!(ev["pod"]["container"], CONTAINER, "{ev}");
     }
-    assert_eq!(events[0]["netns"], a.netns_inode, "{}", events[0]);
-    kube.assert_no_agents(Duration::from_secs(10), "after --count");
-}
-
-#[test]
-fn ctrl_c_deletes_the_agent_pods() {
-    let kube = Kube::start(&["node-1", "node-2"]);
-    let bench = ContainerBench::start();
-    let (a, b) = (bench.run_pod("a"), bench.run_pod("b"));
-    kube.pod("a", "node-1", &a);
-    kube.pod("b", "node-2", &b);
-    let nt = kube.trace(&["pod/a", "pod/b", "-p", "icmp"]);
-    let pods = kube.agent_pods();
-    assert_eq!(pods.len(), 2, "one agent pod per node");
-    for p in &pods {
-        let spec = &p["spec"];
-        assert_eq!(spec["hostPID"], true);
-        assert_eq!(spec["hostNetwork"], true);
-        assert_eq!(spec["automountServiceAccountToken"], false);
-        assert_eq!(spec["tolerations"], json!([{"operator": "Exists"}]));
-        assert!(spec["activeDeadlineSeconds"].as_u64().is_some(), "{p}");
-        assert_eq!(
-            p["metadata"]["labels"]["app.kubernetes.io/name"],
-            "nettrace-agent"
-        );
-        assert!(
-            p["metadata"]["labels"]["nettrace.io/session"].is_string(),
-            "{p}"
-        );
-    }
-    let fin = nt.stop_with(Signal::SIGINT);
-    assert_exit_ok(&fin);
-    kube.assert_no_agents(Duration::from_secs(1), "after Ctrl-C");
-}
-
-#[test]
-fn agents_stop_by_themselves_when_the_plugin_is_killed() {
-    let kube = Kube::start(&["node-1"]);
-    let bench = ContainerBench::start();
-    let a = bench.run_pod("a");
-    kube.pod("a", "node-1", &a);
-    let nt = kube.trace(&["pod/a", "-p", "icmp"]);
-    assert_eq!(kube.cluster.processes().len(), 1, "one agent process");
-    let killed = Instant::now();
-    let fin = nt.stop_with(Signal::SIGKILL);
-    assert_eq!(fin.status.code(), None, "killed by a signal");
-    // The plugin could not clean up: its agent notices and exits.
-    let deadline = killed + Duration::from_secs(60);
-    while !kube.cluster.processes().is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "agent process alive 60 s after the plugin died"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    eprintln!(
-        "agent exited {:?} after the plugin was killed",
-        killed.elapsed()
-    );
-    // Its pod stays (nobody deleted it), finished.
-    let pods = kube.agent_pods();
-    assert_eq!(pods.len(), 1);
-    assert_eq!(pods[0]["status"]["phase"], "Succeeded", "{}", pods[0]);
-}
-
-#[test]
-fn an_agent_that_cannot_start_fails_fast_with_its_events() {
-    let kube = Kube::start(&["node-1"]);
-    let bench = ContainerBench::start();
-    let a = bench.run_pod("a");
-    kube.pod("a", "node-1", &a);
-    let started = Instant::now();
-    let fin = Nettrace::start_bin(
-        &plugin_bin(),
-        &[
-            "--kubeconfig",
-            kube.kubeconfig.to_str().expect("utf-8"),
-            "--image",
-            "registry.invalid/nettrace:nope",
-            "pod/a",
-        ],
-    )
-    .wait_exit(Duration::from_secs(60));
-    assert_eq!(fin.status.code(), Some(1), "{}", fin.describe());
-    assert!(started.elapsed() < Duration::from_secs(30), "fails fast");
-    let errs = fin.nonempty_stderr();
-    let first = errs
-        .iter()
-        .find(|l| l.starts_with("error: "))
-        .unwrap_or_else(|| panic!("no error line\n{}", fin.describe()));
-    assert!(
-        first.starts_with("error: agent pod nettrace/")
-            && first.contains("could not start: ErrImagePull"),
-        "{first}"
-    );
-    assert!(
-        errs.iter()
-            .any(|l| l.contains("Failed to pull image \"registry.invalid/nettrace:nope\"")),
-        "the pod's events are shown\n{}",
-        fin.describe()
-    );
-    kube.assert_no_agents(Duration::from_secs(1), "after a failed start");
+    ns.assert_no_agents(Duration::from_secs(10), "after --count");
 }
 
 #[test]
 fn a_whole_node_is_traced_without_pod_scoping() {
-    let kube = Kube::start(&["node-1"]);
-    let bench = ContainerBench::start();
-    let (a, b) = (bench.run_pod("a"), bench.run_pod("b"));
-    kube.pod("a", "node-1", &a);
-    kube.pod("b", "node-1", &b);
-    let nt = kube.trace(&[
-        "node/node-1",
+    let _host = shared_host();
+    let mut ns = TestNs::new("node");
+    ns.pods(&[("a", "nt-node1"), ("c", "nt-node1")]);
+    let (a_ip, c_ip) = (ns.ip("a"), ns.ip("c"));
+    let nt = ns.trace(&[
+        "node/nt-node1",
         "-p",
         "icmp",
         "--addr",
-        &b.ip.to_string(),
+        &c_ip,
         "--count",
         "4",
     ]);
-    a.exec_ok(&["ping", "-c", "1", "-W", "2", &b.ip.to_string()]);
+    ns.exec_ok("a", &["ping", "-c", "1", "-W", "2", &c_ip]);
     let fin = nt.wait_exit(Duration::from_secs(30));
     assert_exit_ok(&fin);
     assert_eq!(fin.stdout_lines.len(), 4, "--count 4\n{}", fin.describe());
     // Not scoped to a pod, yet the pods of the node are still named.
+    let prefix = format!(", pod: {}/", ns.name);
     assert!(
         fin.stdout_lines
             .iter()
-            .all(|l| l.contains(&format!("ICMP: {} -> {}", a.ip, b.ip))
-                && l.contains(", pod: default/")),
+            .all(|l| l.contains(&format!("ICMP: {a_ip} -> {c_ip}")) && l.contains(&prefix)),
         "{}",
         fin.describe()
     );
-    kube.assert_no_agents(Duration::from_secs(10), "after --count");
+    ns.assert_no_agents(Duration::from_secs(10), "after --count");
 }
 
 #[test]
-fn an_agent_pod_evicted_mid_trace_ends_the_trace_with_an_error() {
-    let kube = Kube::start(&["node-1"]);
-    let bench = ContainerBench::start();
-    let a = bench.run_pod("a");
-    kube.pod("a", "node-1", &a);
-    let nt = kube.trace(&["pod/a", "-p", "icmp"]);
-    let pods = kube.agent_pods();
-    let name = pods[0]["metadata"]["name"]
-        .as_str()
-        .expect("a name")
-        .to_string();
-    assert!(kube
-        .cluster
-        .evict_pod(AGENT_NS, &name, "The node was low on resource: memory."));
-    let fin = nt.wait_exit(Duration::from_secs(30));
+fn an_agent_pod_evicted_mid_trace_ends_the_trace_with_an_error_naming_the_node() {
+    let _host = shared_host();
+    let mut ns = TestNs::new("evict");
+    ns.pods(&[("a", "nt-node1")]);
+    let nt = ns.trace(&["pod/a", "-p", "icmp"]);
+    let pods = ns.agent_pods();
+    assert_eq!(pods.len(), 1, "{pods:?}");
+    let name = pods[0]["metadata"]["name"].as_str().expect("a name");
+    // The Eviction API, as `kubectl drain` uses it.
+    let eviction = json!({
+        "apiVersion": "policy/v1",
+        "kind": "Eviction",
+        "metadata": {"name": name, "namespace": ns.name},
+        "deleteOptions": {"gracePeriodSeconds": 0}
+    })
+    .to_string();
+    let path = format!("/api/v1/namespaces/{}/pods/{name}/eviction", ns.name);
+    ns.cluster
+        .kubectl_in_ok(&["create", "--raw", &path, "-f", "-"], Some(&eviction));
+    let fin = nt.wait_exit(Duration::from_secs(60));
     assert_eq!(fin.status.code(), Some(1), "{}", fin.describe());
     let errs = fin.nonempty_stderr();
     assert!(
         errs.iter()
-            .any(|l| l.starts_with("error: ") && l.contains("node-1")),
+            .any(|l| l.starts_with("error: ") && l.contains("nt-node1")),
         "an error line names the node\n{}",
         fin.describe()
     );
-    kube.assert_no_agents(Duration::from_secs(10), "after the eviction");
+    ns.assert_no_agents(Duration::from_secs(30), "after the eviction");
 }
 
 #[test]
 fn a_host_network_pod_is_resolved_but_cannot_be_scoped() {
-    let kube = Kube::start(&["node-1"]);
-    let bench = ContainerBench::start();
-    let (h, b) = (bench.run_host_pod("h"), bench.run_pod("b"));
-    assert!(h.host_network);
-    kube.cluster
-        .insert_pod(pod_json("default", "h", "node-1", &[("app", &h)], true));
-    kube.pod("b", "node-1", &b);
-    let nt = kube.trace(&["pod/h", "-p", "icmp", "--addr", &b.ip.to_string(), "-v"]);
+    let _host = shared_host();
+    let mut ns = TestNs::new("hostnet");
+    ns.pods(&[("c", "nt-node1")]);
+    ns.pod_spec(
+        "h",
+        "nt-node1",
+        &["sleep", "3600"],
+        "",
+        "  hostNetwork: true\n",
+    );
+    ns.wait_ready(&["h"]);
+    let c_ip = ns.ip("c");
+    let nt = ns.trace(&["pod/h", "-p", "icmp", "--addr", &c_ip, "-v"]);
     let stderr = nt.stderr_lines();
     assert!(
         stderr
             .iter()
-            .any(|l| l.starts_with("warning: pod default/h uses the host network")),
+            .any(|l| l.starts_with(&format!("warning: pod {}/h uses the host network", ns.name))),
         "{stderr:?}"
     );
-    // The host pings b: only the address filter narrows the trace.
-    let out = std::process::Command::new("ping")
-        .args(["-c", "1", "-W", "2", &b.ip.to_string()])
-        .output()
-        .expect("ping");
-    assert!(out.status.success());
+    // h (the node's network) pings c: only the address filter narrows the trace.
+    ns.exec_ok("h", &["ping", "-c", "1", "-W", "2", &c_ip]);
+    let pc = pod_of(&ns, "c");
     let fin = nt.stop_when(Duration::from_secs(20), |lines| {
         lines
             .iter()
-            .any(|l| l.contains("ping reply") && l.ends_with(", pod: default/b/app"))
+            .any(|l| l.contains("ping reply") && l.ends_with(&pc))
     });
     assert_exit_ok(&fin);
     let stderr = fin.stderr_lines.join("\n");
@@ -647,65 +809,62 @@ fn a_host_network_pod_is_resolved_but_cannot_be_scoped() {
         stderr.contains("hostNetwork"),
         "the resolution says so:\n{stderr}"
     );
+    // The node reaches c from its bridge address.
     assert!(
-        fin.stdout_lines.iter().any(|l| l.contains(&format!(
-            "ICMP: {} -> {}, ping request",
-            containerd::GATEWAY,
-            b.ip
-        ))),
+        fin.stdout_lines
+            .iter()
+            .any(|l| l.contains(&format!("ICMP: 10.244.1.1 -> {c_ip}, ping request"))),
         "{}",
         fin.describe()
     );
 }
 
-/// Runs `cmd` with a deadline; kills it and fails past the deadline.
-fn output_within(mut cmd: std::process::Command, within: Duration) -> std::process::Output {
-    let child = cmd
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let pid = child.id();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(within) {
-        Ok(out) => out.expect("wait"),
-        Err(_) => {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGKILL);
-            panic!("{cmd:?} did not finish within {within:?}");
-        }
-    }
-}
-
 #[test]
-fn kubectl_runs_the_plugin_with_kubeconfig_and_context_conventions() {
-    let kube = Kube::start(&["node-1"]);
-    let kubectl = nettrace_tests::workspace_dir().join("target/kubectl/1.33/kubectl");
-    assert!(
-        kubectl.is_file(),
-        "{} is missing: run scripts/fetch-kubectl.sh (./dev test does)",
-        kubectl.display()
-    );
-    let bench = ContainerBench::start();
-    let (a, b) = (bench.run_pod("a"), bench.run_pod("b"));
-    kube.pod("a", "node-1", &a);
-    kube.pod("b", "node-1", &b);
-    // Two contexts: the current one defaults to kube-system, "e2e" to default.
-    let kubeconfig = kube.dir.join("two-contexts");
-    kube.cluster
-        .write_kubeconfig_contexts(&kubeconfig, &[("ops", "kube-system"), ("e2e", "default")]);
-    let plugin_dir = plugin_bin().parent().expect("a directory").to_path_buf();
+fn kubectl_1_33_runs_the_plugin_with_kubeconfig_context_and_namespace() {
+    let _host = shared_host();
+    let mut ns = TestNs::new("kubectl");
+    ns.pods(&[("a", "nt-node1"), ("c", "nt-node1")]);
+    let (a_ip, c_ip) = (ns.ip("a"), ns.ip("c"));
+    let cluster = ns.cluster;
+    // A kubeconfig with two contexts for the admin: the current one, "ops", defaults to
+    // kube-system; "e2e" to the test's namespace.
+    let dir = std::env::temp_dir().join(format!("nt-e2e-{}", ns.name));
+    std::fs::create_dir_all(&dir).expect("a directory");
+    let kubeconfig = dir.join("two-contexts");
+    std::fs::copy(&cluster.admin, &kubeconfig).expect("copy the admin kubeconfig");
+    let kc = |args: &[&str]| {
+        let out = cluster.kubectl_as(&kubeconfig, args, None);
+        assert!(out.status.success(), "{args:?}: {out:?}");
+    };
+    kc(&[
+        "config",
+        "set-context",
+        "ops",
+        "--cluster=nt-kube",
+        "--user=admin",
+        "--namespace=kube-system",
+    ]);
+    kc(&[
+        "config",
+        "set-context",
+        "e2e",
+        "--cluster=nt-kube",
+        "--user=admin",
+        &format!("--namespace={}", ns.name),
+    ]);
+    kc(&["config", "use-context", "ops"]);
+
+    let plugin = nettrace_tests::plugin_bin();
+    let plugin_dir = plugin.parent().expect("a directory").to_path_buf();
     let path = format!(
         "{}:{}",
         plugin_dir.display(),
         std::env::var("PATH").unwrap_or_default()
     );
     let run = |args: &[&str]| {
-        let mut cmd = std::process::Command::new(&kubectl);
+        let mut cmd = std::process::Command::new(&cluster.kubectl);
         cmd.arg("nettrace")
-            .args(["--image", AGENT_IMAGE])
+            .args(["--agent-namespace", &ns.name])
             .args(args)
             .env("KUBECONFIG", &kubeconfig)
             .env("PATH", &path);
@@ -713,36 +872,36 @@ fn kubectl_runs_the_plugin_with_kubeconfig_and_context_conventions() {
     };
 
     // The current context's namespace is kube-system: no pod "a" there.
-    let out = output_within(run(&["pod/a", "-p", "icmp"]), Duration::from_secs(30));
-    assert_eq!(out.status.code(), Some(1));
+    let out = nettrace_tests::cluster::output_within(
+        run(&["pod/a", "-p", "icmp"]),
+        None,
+        Duration::from_secs(30),
+    );
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert_eq!(
         String::from_utf8_lossy(&out.stderr).trim(),
         "error: pod \"a\" not found in namespace \"kube-system\""
     );
 
-    // --context picks the other context and its namespace; -n overrides it.
+    // --context picks the other context and its namespace; -n overrides the current one.
+    let ns_name = ns.name.clone();
     for args in [
         vec!["--context", "e2e", "pod/a"],
-        vec!["-n", "default", "pod/a"],
+        vec!["-n", &ns_name, "pod/a"],
     ] {
-        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let pinger = {
-            let (pid, ip, done) = (a.pid, b.ip, done.clone());
-            std::thread::spawn(move || {
-                // Ping until the plugin, which stops at --count, has seen it.
-                while !done.load(std::sync::atomic::Ordering::Relaxed) {
-                    let _ = std::process::Command::new("nsenter")
-                        .args(["-t", &pid.to_string(), "-n", "ping", "-c", "1", "-W", "1"])
-                        .arg(ip.to_string())
-                        .output();
-                    std::thread::sleep(Duration::from_millis(250));
-                }
-            })
-        };
+        let mut pinger = ns.exec_spawn(
+            "a",
+            &[
+                "sh",
+                "-c",
+                &format!("while true; do ping -c 1 -W 1 {c_ip}; sleep 0.25; done"),
+            ],
+        );
         let mut all = args.clone();
         all.extend(["-p", "icmp", "--count", "2"]);
-        let out = output_within(run(&all), Duration::from_secs(60));
-        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        let out = nettrace_tests::cluster::output_within(run(&all), None, Duration::from_secs(90));
+        let _ = pinger.kill();
+        let _ = pinger.wait();
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
             out.status.success(),
@@ -751,14 +910,16 @@ fn kubectl_runs_the_plugin_with_kubeconfig_and_context_conventions() {
         );
         let lines: Vec<&str> = stdout.lines().collect();
         assert_eq!(lines.len(), 2, "--count 2: {stdout}");
+        let pa = pod_of(&ns, "a");
         assert!(
             lines
                 .iter()
-                .all(|l| l.contains(&format!("ICMP: {} -> {}", a.ip, b.ip))
-                    || l.contains(&format!("ICMP: {} -> {}", b.ip, a.ip))),
+                .all(|l| (l.contains(&format!("ICMP: {a_ip} -> {c_ip}"))
+                    || l.contains(&format!("ICMP: {c_ip} -> {a_ip}")))
+                    && l.ends_with(&pa)),
             "{stdout}"
         );
-        let _ = pinger.join();
     }
-    kube.assert_no_agents(Duration::from_secs(10), "after kubectl nettrace");
+    let _ = std::fs::remove_dir_all(&dir);
+    ns.assert_no_agents(Duration::from_secs(10), "after kubectl nettrace");
 }
