@@ -406,9 +406,39 @@ bad:
 }
 
 /*
+ * Where the L3 header starts. The network header offset is only trustworthy
+ * once set past the MAC header; on early receive paths it is still 0 and the
+ * IP header sits right after the Ethernet header.
+ */
+static __always_inline unsigned char *l3_of(const struct nt_meta *m)
+{
+	if (m->nh != NO_OFFSET && m->nh != 0 && (m->mac == NO_OFFSET || m->nh > m->mac))
+		return m->head + m->nh;
+	if (m->mac != NO_OFFSET)
+		return m->head + m->mac + ETH_HLEN;
+	return m->data;
+}
+
+/* An IPv4 address pair against the address filter, before p is filled. */
+static __always_inline int addrs4_match(__be32 sa, __be32 da)
+{
+	__u32 fl = nt_cfg.flags;
+
+	if ((fl & NT_FL_SADDR) && *(const volatile __u32 *)nt_cfg.saddr != sa)
+		return 0;
+	if ((fl & NT_FL_DADDR) && *(const volatile __u32 *)nt_cfg.daddr != da)
+		return 0;
+	if ((fl & NT_FL_ADDR) && *(const volatile __u32 *)nt_cfg.addr != sa &&
+	    *(const volatile __u32 *)nt_cfg.addr != da)
+		return 0;
+	return 1;
+}
+
+/*
  * Reads the packet's L3 and L4 headers into p, layer by layer; with check,
  * each layer is filtered as soon as it is read and NT_REJECT returned at the
- * first that can't match, before the next is read.
+ * first that can't match, before the next is read. p is zeroed and filled
+ * only once the first checks passed (unless NT_REJECT, p is then complete).
  */
 static __always_inline int parse_pkt(struct nt_pkt *p, __u32 *flags, const struct nt_meta *m,
 				     int check)
@@ -419,36 +449,27 @@ static __always_inline int parse_pkt(struct nt_pkt *p, __u32 *flags, const struc
 		__u8 arp[28];
 	} buf;
 	__u16 proto = m->proto;
-	unsigned char *l3;
-
-	/*
-	 * The network header offset is only trustworthy once set past the MAC
-	 * header; on early receive paths it is still 0 and the IP header sits
-	 * right after the Ethernet header.
-	 */
-	if (m->nh != NO_OFFSET && m->nh != 0 && (m->mac == NO_OFFSET || m->nh > m->mac))
-		l3 = m->head + m->nh;
-	else if (m->mac != NO_OFFSET)
-		l3 = m->head + m->mac + ETH_HLEN;
-	else
-		l3 = m->data;
+	unsigned char *l3 = l3_of(m);
 
 	if (!proto) {
 		/* Local output before skb->protocol is set: trust the version. */
 		const struct iphdr___nt *vh = NT_VIEW(struct iphdr___nt, l3, &buf.v4);
 		__u8 ver = vh ? vh->ver_ihl >> 4 : 0;
 
-		if (ver == 4)
+		if (ver == 4) {
 			proto = ETH_P_IP;
-		else if (ver == 6)
+		} else if (ver == 6) {
 			proto = ETH_P_IPV6;
-		else
+		} else {
+			__builtin_memset(p, 0, sizeof(*p));
 			return NT_NOHDR;
+		}
 	}
 	if (proto != ETH_P_IP && proto != ETH_P_IPV6) {
-		p->l3_proto = proto;
 		if (check && !l3_may_match(proto))
 			return NT_REJECT;
+		__builtin_memset(p, 0, sizeof(*p));
+		p->l3_proto = proto;
 		if (proto == ETH_P_ARP) {
 			/* Ethernet/IPv4 ARP: op at 6, sender IP at 14, target IP at 24. */
 			if (bpf_probe_read_kernel(buf.arp, sizeof(buf.arp), l3))
@@ -467,23 +488,24 @@ static __always_inline int parse_pkt(struct nt_pkt *p, __u32 *flags, const struc
 	if (proto == ETH_P_IP) {
 		const struct iphdr___nt *ih = NT_VIEW(struct iphdr___nt, l3, &buf.v4);
 		__be32 sa, da;
-		__u8 vihl;
+		__u8 vihl, l4;
 
-		if (!ih)
+		if (!ih || ((vihl = ih->ver_ihl) >> 4) != 4) {
+			__builtin_memset(p, 0, sizeof(*p));
 			return NT_NOHDR;
-		vihl = ih->ver_ihl;
-		if ((vihl >> 4) != 4)
-			return NT_NOHDR;
-		p->l3_proto = proto;
-		p->l4_proto = ih->protocol;
-		if (check && !l4_may_match(p->l4_proto))
+		}
+		l4 = ih->protocol;
+		if (check && !l4_may_match(l4))
 			return NT_REJECT;
 		sa = ih->saddr;
 		da = ih->daddr;
+		if (check && !(nt_cfg.flags & NT_FL_V6) && !addrs4_match(sa, da))
+			return NT_REJECT;
+		__builtin_memset(p, 0, sizeof(*p));
+		p->l3_proto = proto;
+		p->l4_proto = l4;
 		__builtin_memcpy(p->saddr, &sa, 4);
 		__builtin_memcpy(p->daddr, &da, 4);
-		if (check && !addrs_match(p))
-			return NT_REJECT;
 		if (bpf_ntohs(ih->frag_off) & 0x1fff) {
 			*flags |= NT_F_L4_BAD;
 			return (check && has_port_filter()) ? NT_REJECT : NT_PARSED;
@@ -494,16 +516,19 @@ static __always_inline int parse_pkt(struct nt_pkt *p, __u32 *flags, const struc
 	{
 		const struct ipv6hdr___nt *h6 = NT_VIEW(struct ipv6hdr___nt, l3, &buf.v6);
 		__be32 w;
+		__u8 l4;
 		int i;
 
-		if (!h6)
+		if (!h6 || (h6->ver_prio >> 4) != 6) {
+			__builtin_memset(p, 0, sizeof(*p));
 			return NT_NOHDR;
-		if ((h6->ver_prio >> 4) != 6)
-			return NT_NOHDR;
-		p->l3_proto = proto;
-		p->l4_proto = h6->nexthdr;
-		if (check && !l4_may_match(p->l4_proto))
+		}
+		l4 = h6->nexthdr;
+		if (check && !l4_may_match(l4))
 			return NT_REJECT;
+		__builtin_memset(p, 0, sizeof(*p));
+		p->l3_proto = proto;
+		p->l4_proto = l4;
 		for (i = 0; i < 4; i++) {
 			w = h6->saddr[i];
 			__builtin_memcpy(&p->saddr[4 * i], &w, 4);
@@ -541,13 +566,6 @@ static __always_inline void parse_sock(struct nt_pkt *p, __u32 *flags, struct so
 	*flags |= NT_F_FROM_SK;
 }
 
-/* Where a packet is: the hook's device (or skb->dev), its namespace. */
-struct nt_where {
-	struct net_device *dev;
-	__u32 ifindex;
-	__u32 netns;
-};
-
 /* Which pointers a body may read with direct loads (compile-time flags). */
 #define NT_TYPED_SKB 1 /* the skb argument is BTF-typed (tp_btf, fentry) */
 #define NT_TYPED_DEV 2 /* so is the hook's device argument */
@@ -555,6 +573,54 @@ struct nt_where {
 
 /* The skb as a typed pointer where the kernel can cast (see NT_VIEW). */
 #define NT_SKB_TYPED(typed) (((typed) & NT_TYPED_SKB) || NT_CAST())
+
+/*
+ * The packet filter's first rejections, inlined in every entry program
+ * before the shared body is called: the skb's protocol and, for IPv4, the
+ * L4 protocol and the addresses, with direct loads into a few registers (no
+ * copies, no stores, no map lookup). 0: the body would reject the packet
+ * too; 1: the body decides. It runs only where loads are direct (typed
+ * skbs, or bpf_rdonly_cast) and skb-mode can't lift the filter; the body
+ * applies the whole filter again to what passes.
+ */
+static __always_inline int nt_may_match(struct sk_buff *skb, const int typed)
+{
+	const struct iphdr___nt *ih;
+	struct nt_meta m;
+	__u32 fl = nt_cfg.flags;
+
+	if (!skb || !NT_SKB_TYPED(typed) || (fl & NT_FL_SKB_MODE))
+		return 1;
+	if (!(typed & NT_TYPED_SKB))
+		skb = nt_rdonly_cast(skb, bpf_core_type_id_kernel(struct sk_buff));
+	m.proto = bpf_ntohs(skb->protocol);
+	/* No protocol yet (local output): the body reads the version. */
+	if (!m.proto)
+		return 1;
+	if (!l3_may_match(m.proto))
+		return 0;
+	if (m.proto != ETH_P_IP || !NT_CAST() ||
+	    !(nt_cfg.l4_proto || has_port_filter() || (fl & (NT_FL_SADDR | NT_FL_DADDR | NT_FL_ADDR))))
+		return 1;
+	m.nh = skb->network_header;
+	m.mac = skb->mac_header;
+	m.head = skb->head;
+	m.data = skb->data;
+	ih = nt_rdonly_cast(l3_of(&m), bpf_core_type_id_kernel(struct iphdr___nt));
+	/* Not IPv4 after all: the body may find the addresses in the socket. */
+	if ((ih->ver_ihl >> 4) != 4)
+		return 1;
+	if (!l4_may_match(ih->protocol))
+		return 0;
+	return (fl & NT_FL_V6) || addrs4_match(ih->saddr, ih->daddr);
+}
+
+/* Where a packet is: the hook's device (or skb->dev), its namespace. */
+struct nt_where {
+	struct net_device *dev;
+	__u32 ifindex;
+	__u32 netns;
+};
 
 /*
  * Whether p can be a kernel object: skb->dev shares its storage with
@@ -578,6 +644,9 @@ static __always_inline void read_where(struct nt_where *w, struct sk_buff *skb, 
 	struct net_device *dev;
 	struct sock *sk;
 
+	w->dev = 0;
+	w->ifindex = 0;
+	w->netns = 0;
 	if (dev_arg) {
 		dev = (struct net_device *)dev_arg;
 		if (!(typed & NT_TYPED_DEV) && NT_CAST())
@@ -659,8 +728,10 @@ static __always_inline int nt_body(void *ctx, struct nt_args *a, struct nt_slot 
 {
 	struct sk_buff *skb = (struct sk_buff *)a->skb;
 	__u64 skb_key = a->skb;
-	struct nt_where w = {};
-	struct nt_pkt p = {};
+	/* Filled (p: zeroed first) only once needed: a rejected packet
+	 * costs no stores for them. */
+	struct nt_where w;
+	struct nt_pkt p;
 	struct nt_meta m;
 	struct nt_scratch_rec *r;
 	struct nt_event *e;
@@ -888,6 +959,8 @@ static __always_inline int rtp_entry(struct bpf_raw_tracepoint_args *ctx, __u32 
 	if (!slot)
 		return 0;
 	a.skb = rtp_arg(ctx, slot->skb_arg, max);
+	if (!nt_may_match((struct sk_buff *)a.skb, 0))
+		return 0;
 	if (slot->sk_arg != NT_ARG_NONE)
 		a.sk = rtp_arg(ctx, slot->sk_arg, max);
 	if (slot->dev_arg != NT_ARG_NONE)
@@ -904,6 +977,8 @@ static __always_inline int rtp_drop_entry(struct bpf_raw_tracepoint_args *ctx, _
 		.reason = ctx->args[2],
 	};
 
+	if (!nt_may_match((struct sk_buff *)a.skb, 0))
+		return 0;
 	return nt_handle(ctx, &a, bpf_map_lookup_elem(&nt_slots, &slot_idx));
 }
 
@@ -967,8 +1042,11 @@ static __always_inline int btf_entry(unsigned long long *ctx, __u32 slot_idx, co
 				     const int skb, const int dev_last)
 {
 	struct nt_args a = {};
-	struct nt_slot *slot = bpf_map_lookup_elem(&nt_slots, &slot_idx);
+	struct nt_slot *slot;
 
+	if (!nt_may_match((struct sk_buff *)ctx[skb], NT_TYPED_SKB))
+		return 0;
+	slot = bpf_map_lookup_elem(&nt_slots, &slot_idx);
 	if (!slot)
 		return 0;
 	/* The skb (and a device that is the last argument read) at constant
@@ -1013,6 +1091,8 @@ static __always_inline int btf_entry(unsigned long long *ctx, __u32 slot_idx, co
 			.location = ctx[1],                                      \
 			.reason = ctx[2],                                        \
 		};                                                               \
+		if (!nt_may_match((struct sk_buff *)ctx[0], NT_TYPED_SKB))     \
+			return 0;                                                \
 		return nt_handle_typed(ctx, &a, bpf_map_lookup_elem(&nt_slots, &i)); \
 	}
 
@@ -1065,6 +1145,8 @@ static __always_inline int kp_entry(struct pt_regs *ctx, __u64 skb)
 {
 	struct nt_args a = { .skb = skb };
 
+	if (!nt_may_match((struct sk_buff *)skb, 0))
+		return 0;
 	return nt_handle_kp(ctx, &a);
 }
 
@@ -1122,6 +1204,8 @@ SEC("kprobe") int nt_kp_a4(struct pt_regs *ctx) { return kp_entry(ctx, PT_REGS_P
 	{                                                                        \
 		__u32 i = NT_SLOT_BASE_FE##arg + n;                              \
 		struct nt_args a = { .skb = ctx[arg] };                          \
+		if (!nt_may_match((struct sk_buff *)ctx[arg], NT_TYPED_SKB))   \
+			return 0;                                                \
 		return nt_handle_typed(ctx, &a, bpf_map_lookup_elem(&nt_slots, &i)); \
 	}
 
