@@ -441,7 +441,7 @@ fn an_iptables_drop_of_traffic_to_a_pod_shows_its_reason_and_pod() {
 }
 
 #[test]
-fn ctrl_c_and_sigkill_of_the_plugin_leave_no_running_agent_and_no_bpf_program() {
+fn ctrl_c_and_sigkill_of_the_plugin_leave_no_agent_pod_and_no_bpf_program() {
     // Alone on the host: no other test's agent may hold nt_* programs meanwhile.
     let _host = exclusive_host();
     let mut ns = TestNs::new("stop");
@@ -509,6 +509,33 @@ fn ctrl_c_and_sigkill_of_the_plugin_leave_no_running_agent_and_no_bpf_program() 
         killed.elapsed()
     );
     assert_no_nettrace_progs(Duration::from_secs(10), "after SIGKILL");
+
+    // The next run deletes the finished pods the killed one left, and its own.
+    let left: Vec<String> = ns
+        .agent_pods()
+        .iter()
+        .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_string))
+        .collect();
+    let fin = ns
+        .start_as(
+            &ns.cluster.admin,
+            &["pod/a", "-p", "icmp", "--timeout", "2s"],
+        )
+        .wait_exit(Duration::from_secs(90));
+    assert_exit_ok(&fin);
+    for name in &left {
+        let want = format!(
+            "deleting agent pod {}/{name} (finished, left by an earlier run)",
+            ns.name
+        );
+        assert!(
+            fin.stderr_lines.contains(&want),
+            "{want}\n{}",
+            fin.describe()
+        );
+    }
+    ns.assert_no_agents(Duration::from_secs(10), "after the next run");
+    assert_no_nettrace_progs(Duration::from_secs(10), "after the next run");
 }
 
 #[test]

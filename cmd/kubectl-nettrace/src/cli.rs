@@ -34,7 +34,7 @@ For each node involved, an agent pod (privileged, host PID and network) is creat
 --agent-namespace, attached to, and deleted when tracing stops (Ctrl-C, --count, --timeout).
 If kubectl-nettrace is killed, the agent stops when its stdin closes or after
 --agent-idle-timeout (60 s) without a keep-alive, and the pod's activeDeadlineSeconds
-(--timeout + 60 s) bounds the rest. Keep-alives do not depend on stdout: when it is not read
+(--timeout + 60 s) bounds the rest; the next run deletes the finished pods it left. Keep-alives do not depend on stdout: when it is not read
 fast enough (`| less`, left alone), up to 4 MiB of output wait for the reader, events beyond
 that are dropped, counted and reported on stderr, and the trace goes on.
 

@@ -294,6 +294,37 @@ fn api_namespace(api: &Api<Pod>) -> String {
     api.namespace().unwrap_or("").to_string()
 }
 
+/// Deletes the finished agent pods (`Succeeded` or `Failed`) in the agent namespace: an
+/// earlier run that was killed (SIGKILL, a lost machine) could not delete its own, and its
+/// agents exited by themselves. One stderr line each; nothing when they cannot be listed.
+pub async fn delete_finished(api: &Api<Pod>) {
+    let ns = api_namespace(api);
+    let lp = ListParams::default().labels(&format!(
+        "{}={}",
+        crate::agent_pod::NAME_LABEL,
+        crate::agent_pod::NAME_VALUE
+    ));
+    let Ok(list) = api.list(&lp).await else {
+        return;
+    };
+    let dp = DeleteParams {
+        grace_period_seconds: Some(0),
+        ..DeleteParams::default()
+    };
+    for pod in list.items {
+        let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+        if !matches!(phase, Some("Succeeded") | Some("Failed")) {
+            continue;
+        }
+        let Some(name) = pod.metadata.name.as_deref() else {
+            continue;
+        };
+        if api.delete(name, &dp).await.is_ok() {
+            say!("deleting agent pod {ns}/{name} (finished, left by an earlier run)");
+        }
+    }
+}
+
 /// Deletes agent pods and waits (bounded) until they are gone.
 pub async fn delete_all(api: &Api<Pod>, names: &[String]) {
     if names.is_empty() {

@@ -308,6 +308,7 @@ async fn run(cli: &Cli, options: SpecOptions, targets: Vec<TargetArg>) -> Result
     }
 
     let api: Api<Pod> = Api::namespaced(client.clone(), &cli.agent_namespace);
+    launch::delete_finished(&api).await;
     let mut created: Vec<String> = Vec::new();
     let stdout = Pipe::stdout();
     let run = Run {
