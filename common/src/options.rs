@@ -499,7 +499,7 @@ mod tests {
         assert!(config.stack_leaves.contains("consume_skb"));
         // Every key of the spec's options is written.
         let json = serde_json::to_value(&options).expect("json");
-        assert_eq!(json.as_object().map(|o| o.len()), Some(19), "{json}");
+        assert_eq!(json.as_object().map(|o| o.len()), Some(20), "{json}");
         assert_eq!(json["tracers"], serde_json::json!(["link", "kfree_skb"]));
         assert_eq!(json["backend"], "kprobe");
         assert_eq!(
