@@ -1,16 +1,18 @@
 //! `kubectl nettrace` with a reader that stops reading, and with an agent that sends a line
-//! that never ends (issue 10, item 7): the plugin against the fake control plane, whose
-//! kubelet runs the real `nettrace agent` (or a broken stand-in) as agent pods.
+//! that never ends (issue 10, item 7).
 //!
 //! - A reader that does not read the plugin's stdout for longer than the agent's idle
 //!   timeout, while events flow: the trace survives (the keep-alives do not wait for
 //!   stdout), the events that did not fit are dropped, counted and reported on stderr, and
-//!   events flow again once the reader is back.
+//!   events flow again once the reader is back. On the real bench cluster
+//!   (`tests/kube/cluster.sh`, `nettrace_tests::cluster`) with the real agent image.
 //! - An agent whose stdout line goes past the protocol's limit: the plugin stops with an
-//!   error naming the node, in bounded memory.
+//!   error naming the node, in bounded memory. A real cluster cannot run a broken agent on
+//!   demand: this one runs on the fake control plane (`tests/src/fakekube`), whose kubelet
+//!   runs a shell script as the agent image.
 //!
-//! Needs root, containerd, runc, the CNI plugins and the built binaries (`./dev test` has
-//! them all); a missing piece fails the test.
+//! Needs root and the cluster's pieces (`./dev test` has them all); a missing piece fails the
+//! test.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read};
@@ -21,15 +23,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use nettrace_tests::containerd::{self, pod_json, ContainerBench};
+use nettrace_tests::cluster::{shared_host, TestNs};
 use nettrace_tests::fakekube::{self, FakeCluster};
-use nettrace_tests::{plugin_bin, preflight, require_root};
+use nettrace_tests::{plugin_bin, require_root};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
-
-/// The agent image the plugin is told to use; the fake kubelet maps it to `target/debug`.
-const AGENT_IMAGE: &str = "nettrace-agent:backpressure";
 
 /// A scratch directory, removed on drop.
 struct Scratch(PathBuf);
@@ -229,27 +228,25 @@ fn assert_no_agents(cluster: &FakeCluster, within: Duration) {
     );
 }
 
-/// The plugin traces pod a's pings to b (about 100 a second, a few thousand JSON events a
-/// second) while its reader stops reading for `stall`. With `idle_secs`, the agent's idle
-/// timeout is set to that (`--agent-idle-timeout`); without, it is the default (60 s).
+/// The plugin traces pod a's pings to c (about 100 a second, a few thousand JSON events a
+/// second), both on `nt-node1` of the real bench cluster, while its reader stops reading for
+/// `stall`. With `idle_secs`, the agent's idle timeout is set to that
+/// (`--agent-idle-timeout`); without, it is the default (60 s).
 fn stalled_reader(idle_secs: Option<u64>, stall: Duration) {
-    preflight();
-    containerd::require_container_tools();
-    let cluster = FakeCluster::with_agent(&["node-1"], AGENT_IMAGE);
-    let dir = Scratch::new("stall");
-    let kubeconfig = dir.0.join("kubeconfig");
-    cluster.write_kubeconfig(&kubeconfig, "bp", "default");
-    let bench = ContainerBench::start();
-    let (a, b) = (bench.run_pod("a"), bench.run_pod("b"));
-    cluster.insert_pod(pod_json("default", "a", "node-1", &[("app", &a)], false));
-    cluster.insert_pod(pod_json("default", "b", "node-1", &[("app", &b)], false));
+    let _host = shared_host();
+    let mut ns = TestNs::new("stall");
+    ns.pods(&[("a", "nt-node1"), ("c", "nt-node1")]);
+    let c_ip = ns.ip("c");
+    let kubeconfig = ns.cluster.admin.clone();
 
     let idle = idle_secs.map(|s| s.to_string());
     let mut args = vec![
         "--kubeconfig",
         kubeconfig.to_str().expect("utf-8 path"),
-        "--image",
-        AGENT_IMAGE,
+        "-n",
+        &ns.name,
+        "--agent-namespace",
+        &ns.name,
         "pod/a",
         "-p",
         "icmp",
@@ -280,16 +277,7 @@ fn stalled_reader(idle_secs: Option<u64>, stall: Duration) {
     });
     assert!(began, "no `begin tracing`\n{}", describe(&stderr, &reader));
 
-    let _pings = Reaped(
-        Command::new("nsenter")
-            .args(["-t", &a.pid.to_string(), "-n", "--"])
-            .args(["ping", "-q", "-i", "0.01", &b.ip.to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start ping"),
-    );
+    let _pings = Reaped(ns.exec_spawn("a", &["ping", "-q", "-i", "0.01", &c_ip]));
     assert!(
         wait_until(Duration::from_secs(20), || reader.events() >= 100),
         "events do not flow\n{}",
@@ -386,7 +374,7 @@ fn stalled_reader(idle_secs: Option<u64>, stall: Duration) {
         "{}",
         describe(&stderr, &reader)
     );
-    assert_no_agents(&cluster, Duration::from_secs(10));
+    ns.assert_no_agents(Duration::from_secs(10), "after the stalled reader");
 }
 
 #[test]

@@ -847,7 +847,7 @@ fn a_host_network_pod_is_resolved_but_cannot_be_scoped() {
 }
 
 #[test]
-fn kubectl_1_33_runs_the_plugin_with_kubeconfig_context_and_namespace() {
+fn kubectl_1_33_and_1_20_run_the_plugin_with_kubeconfig_context_and_namespace() {
     let _host = shared_host();
     let mut ns = TestNs::new("kubectl");
     ns.pods(&[("a", "nt-node1"), ("c", "nt-node1")]);
@@ -888,8 +888,8 @@ fn kubectl_1_33_runs_the_plugin_with_kubeconfig_context_and_namespace() {
         plugin_dir.display(),
         std::env::var("PATH").unwrap_or_default()
     );
-    let run = |args: &[&str]| {
-        let mut cmd = std::process::Command::new(&cluster.kubectl);
+    let run = |kubectl: &std::path::Path, args: &[&str]| {
+        let mut cmd = std::process::Command::new(kubectl);
         cmd.arg("nettrace")
             .args(["--agent-namespace", &ns.name])
             .args(args)
@@ -898,54 +898,69 @@ fn kubectl_1_33_runs_the_plugin_with_kubeconfig_context_and_namespace() {
         cmd
     };
 
-    // The current context's namespace is kube-system: no pod "a" there.
-    let out = nettrace_tests::cluster::output_within(
-        run(&["pod/a", "-p", "icmp"]),
-        None,
-        Duration::from_secs(30),
-    );
-    assert_eq!(out.status.code(), Some(1), "{out:?}");
-    assert_eq!(
-        String::from_utf8_lossy(&out.stderr).trim(),
-        "error: pod \"a\" not found in namespace \"kube-system\""
-    );
+    // Debian's kubectl 1.20 and kubectl 1.33 (scripts/fetch-kubectl.sh) against the 1.34
+    // API server, each running the plugin from PATH.
+    for version in ["1.33", "1.20"] {
+        let kubectl =
+            nettrace_tests::workspace_dir().join(format!("target/kubectl/{version}/kubectl"));
+        assert!(
+            kubectl.is_file(),
+            "{} is missing: run scripts/fetch-kubectl.sh",
+            kubectl.display()
+        );
+        // The current context's namespace is kube-system: no pod "a" there.
+        let out = nettrace_tests::cluster::output_within(
+            run(&kubectl, &["pod/a", "-p", "icmp"]),
+            None,
+            Duration::from_secs(30),
+        );
+        assert_eq!(out.status.code(), Some(1), "kubectl {version}: {out:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stderr).trim(),
+            "error: pod \"a\" not found in namespace \"kube-system\""
+        );
 
-    // --context picks the other context and its namespace; -n overrides the current one.
-    let ns_name = ns.name.clone();
-    for args in [
-        vec!["--context", "e2e", "pod/a"],
-        vec!["-n", &ns_name, "pod/a"],
-    ] {
-        let mut pinger = ns.exec_spawn(
-            "a",
-            &[
-                "sh",
-                "-c",
-                &format!("while true; do ping -c 1 -W 1 {c_ip}; sleep 0.25; done"),
-            ],
-        );
-        let mut all = args.clone();
-        all.extend(["-p", "icmp", "--count", "2"]);
-        let out = nettrace_tests::cluster::output_within(run(&all), None, Duration::from_secs(90));
-        let _ = pinger.kill();
-        let _ = pinger.wait();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "{args:?}: {}\n{stdout}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let lines: Vec<&str> = stdout.lines().collect();
-        assert_eq!(lines.len(), 2, "--count 2: {stdout}");
-        let pa = pod_of(&ns, "a");
-        assert!(
-            lines
-                .iter()
-                .all(|l| (l.contains(&format!("ICMP: {a_ip} -> {c_ip}"))
-                    || l.contains(&format!("ICMP: {c_ip} -> {a_ip}")))
-                    && l.ends_with(&pa)),
-            "{stdout}"
-        );
+        // --context picks the other context and its namespace; -n overrides the current one.
+        let ns_name = ns.name.clone();
+        for args in [
+            vec!["--context", "e2e", "pod/a"],
+            vec!["-n", &ns_name, "pod/a"],
+        ] {
+            let mut pinger = ns.exec_spawn(
+                "a",
+                &[
+                    "sh",
+                    "-c",
+                    &format!("while true; do ping -c 1 -W 1 {c_ip}; sleep 0.25; done"),
+                ],
+            );
+            let mut all = args.clone();
+            all.extend(["-p", "icmp", "--count", "2"]);
+            let out = nettrace_tests::cluster::output_within(
+                run(&kubectl, &all),
+                None,
+                Duration::from_secs(90),
+            );
+            let _ = pinger.kill();
+            let _ = pinger.wait();
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success(),
+                "kubectl {version} {args:?}: {}\n{stdout}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let lines: Vec<&str> = stdout.lines().collect();
+            assert_eq!(lines.len(), 2, "--count 2: {stdout}");
+            let pa = pod_of(&ns, "a");
+            assert!(
+                lines
+                    .iter()
+                    .all(|l| (l.contains(&format!("ICMP: {a_ip} -> {c_ip}"))
+                        || l.contains(&format!("ICMP: {c_ip} -> {a_ip}")))
+                        && l.ends_with(&pa)),
+                "{stdout}"
+            );
+        }
     }
     let _ = std::fs::remove_dir_all(&dir);
     ns.assert_no_agents(Duration::from_secs(10), "after kubectl nettrace");

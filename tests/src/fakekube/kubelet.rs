@@ -24,8 +24,6 @@ pub(crate) const MAX_GRACE_SECS: u64 = 5;
 pub(crate) enum Stop {
     /// The pod was deleted with this grace period (seconds, already capped).
     Delete(u64),
-    /// The pod is evicted with this message.
-    Evict(String),
 }
 
 /// Output of a process, as seen by attach sessions.
@@ -338,7 +336,7 @@ fn refresh_phase(pod: &mut Value) {
         .filter(|s| s["state"]["terminated"].is_object())
         .collect();
     let phase = if pod["status"]["reason"].is_string() {
-        // Evicted or DeadlineExceeded: final, whatever the exit codes.
+        // DeadlineExceeded: final, whatever the exit codes.
         "Failed"
     } else if n > 0 && terminated.len() == n {
         if terminated
@@ -577,19 +575,6 @@ async fn apply_stop(shared: &Shared, r: &PodRef, stop: Stop, rts: &[(String, Arc
                 }
             }
             kill_all(rts, grace).await;
-        }
-        Stop::Evict(message) => {
-            record_event(
-                shared, &pod, "Warning", "Evicted", &message, "kubelet", None,
-            );
-            // The reason first: containers dying must not make the phase look ordinary.
-            update_pod(shared, r, |p| {
-                p["status"]["phase"] = json!("Failed");
-                p["status"]["reason"] = json!("Evicted");
-                p["status"]["message"] = json!(message);
-            });
-            kill_all(rts, grace_of(&pod)).await;
-            mark_terminated(shared, r, rts);
         }
     }
 }

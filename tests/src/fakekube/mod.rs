@@ -51,7 +51,6 @@ mod http;
 mod kubelet;
 mod store;
 mod stream;
-mod table;
 
 use std::collections::{HashMap, HashSet};
 use std::io::Read;
@@ -326,17 +325,6 @@ impl FakeCluster {
         }
     }
 
-    /// Evicts a kubelet-run pod: kills its processes, sets phase Failed, reason `Evicted`
-    /// and `message`, and records a Warning `Evicted` event. Returns false if no kubelet runs
-    /// that pod (anymore).
-    pub fn evict_pod(&self, namespace: &str, name: &str, message: &str) -> bool {
-        let stops = lock(&self.shared.stops);
-        match stops.get(&(namespace.to_string(), name.to_string())) {
-            Some((_, tx)) => tx.send(Some(Stop::Evict(message.to_string()))).is_ok(),
-            None => false,
-        }
-    }
-
     /// Polls [`pod`](Self::pod) until `pred` holds, or panics after `timeout` with the pod.
     pub fn wait_pod(
         &self,
@@ -486,6 +474,7 @@ pub(crate) fn format_rfc3339(secs: i64) -> String {
 }
 
 /// Parses what [`format_rfc3339`] writes (fractional seconds ignored); `None` otherwise.
+#[cfg(test)]
 pub(crate) fn parse_rfc3339(s: &str) -> Option<i64> {
     let b = s.as_bytes();
     if b.len() < 20 {
