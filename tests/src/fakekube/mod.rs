@@ -1,8 +1,12 @@
-//! A fake Kubernetes control plane and kubelet, for testing `kubectl nettrace` and kubectl.
+//! A fake Kubernetes control plane and kubelet, for what the real bench cluster
+//! (`tests/kube/cluster.sh`, [`crate::cluster`]) cannot do on demand: run a misbehaving
+//! stand-in as the agent image (`tests/tests/kube_backpressure.rs`), and the `kube_stream`
+//! bench. Everything else about `kubectl nettrace` (kubectl 1.20 and 1.33, RBAC, Pod Security,
+//! image pulls, eviction, the overlay, kube-proxy) is tested on the real cluster.
 //!
-//! [`FakeCluster::start`] serves the subset of the core/v1 API that kubectl and kube-rs use
+//! [`FakeCluster::start`] serves the subset of the core/v1 API that kube-rs uses
 //! (discovery, pods with watch, logs, attach and exec over WebSocket, nodes, namespaces,
-//! events, `Table` output) over plain HTTP on `127.0.0.1` (random port). Objects are JSON
+//! events) over plain HTTP on `127.0.0.1` (random port). Objects are JSON
 //! values with a global, monotonically increasing resourceVersion. Errors are `Status`
 //! objects, exactly like a real apiserver's.
 //!
@@ -26,9 +30,8 @@
 //!   namespace deletion; `limit`/`continue` are ignored (one page).
 //! - Streaming is WebSocket only (`v5.channel.k8s.io`, `v4.channel.k8s.io`): kubectl before
 //!   1.30 (SPDY) gets a clear 400 for attach/exec.
-//! - OpenAPI: stubs only, enough for kubectl's manifest validation (v3 for 1.27+, v2
-//!   protobuf for older); aggregated discovery is not served (clients fall back).
-//! - Pod Security Admission: `enforce` labels (baseline, restricted), not `warn`/`audit`.
+//! - No OpenAPI, no `Table` output (kubectl is not a client of the fake any more), no Pod
+//!   Security admission, no eviction.
 //! - Any `Authorization` is accepted; the server speaks plain HTTP/1.1.
 //!
 //! Set `FAKEKUBE_TRACE=1` to log every request (method, URI, Accept) on stderr.
