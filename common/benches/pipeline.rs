@@ -105,6 +105,7 @@ fn records(n: usize, skbs: usize) -> Vec<Vec<u8>> {
             from_sk: false,
             skb_mode: false,
             packet,
+            tunnel: None,
         };
         out.push(encode(&ev));
         i += 1;

@@ -7,7 +7,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use thiserror::Error;
 
 /// Size in bytes of one event record.
-pub const EVENT_SIZE: usize = 152;
+pub const EVENT_SIZE: usize = 200;
 
 /// A value stored little endian in a record: what a field holds.
 pub trait Le: Sized {
@@ -153,6 +153,20 @@ pub mod offsets {
     pub const ICMP_TYPE: At<u8> = At::new(150);
     /// `pkt.icmp_code`.
     pub const ICMP_CODE: At<u8> = At::new(151);
+    /// `tun.saddr`: the outer source address of a tunnel.
+    pub const TUN_SADDR: At<[u8; 16]> = At::new(152);
+    /// `tun.daddr`.
+    pub const TUN_DADDR: At<[u8; 16]> = At::new(168);
+    /// `tun.vni`.
+    pub const TUN_VNI: At<u32> = At::new(184);
+    /// `tun.l3_proto`: the outer ethertype.
+    pub const TUN_L3_PROTO: At<u16> = At::new(188);
+    /// `tun.sport`: the outer UDP source port.
+    pub const TUN_SPORT: At<u16> = At::new(190);
+    /// `tun.dport`.
+    pub const TUN_DPORT: At<u16> = At::new(192);
+    /// `tun.kind` (`enum nt_tunnel_kind`).
+    pub const TUN_KIND: At<u8> = At::new(194);
 }
 
 /// `flags` bit: `retval` holds a return value.
@@ -163,6 +177,9 @@ pub const F_FROM_SK: u32 = 0x2;
 pub const F_SKB_MODE: u32 = 0x4;
 /// `flags` bit: the L3 header was parsed but the L4 header was not readable.
 pub const F_L4_BAD: u32 = 0x8;
+/// `flags` bit: the packet is the inner one of a tunnel, whose outer headers
+/// are in the record's `tun` part.
+pub const F_TUNNEL: u32 = 0x10;
 
 /// Ethertype of IPv4.
 pub const ETH_P_IP: u16 = 0x0800;
@@ -226,8 +243,90 @@ pub struct Event {
     pub from_sk: bool,
     /// Emitted because `--skb-mode` remembered the skb.
     pub skb_mode: bool,
-    /// The parsed packet headers.
+    /// The parsed packet headers (the inner packet of a tunnel).
     pub packet: Packet,
+    /// The tunnel the packet travels in, when it is encapsulated.
+    pub tunnel: Option<Tunnel>,
+}
+
+/// An encapsulation the kernel side decodes (`enum nt_tunnel_kind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TunnelKind {
+    /// VXLAN: UDP to port 4789 or 8472.
+    Vxlan,
+    /// Geneve: UDP to port 6081.
+    Geneve,
+    /// IPv4 inside IP (protocol 4).
+    Ipip,
+    /// IPv6 inside IP (protocol 41).
+    Ip6ip,
+}
+
+impl TunnelKind {
+    /// The kind of `NT_TUN_*` code `code`, `None` for none or unknown.
+    pub fn from_code(code: u8) -> Option<TunnelKind> {
+        match code {
+            1 => Some(TunnelKind::Vxlan),
+            2 => Some(TunnelKind::Geneve),
+            3 => Some(TunnelKind::Ipip),
+            4 => Some(TunnelKind::Ip6ip),
+            _ => None,
+        }
+    }
+
+    /// Its `NT_TUN_*` code.
+    pub fn code(self) -> u8 {
+        match self {
+            TunnelKind::Vxlan => 1,
+            TunnelKind::Geneve => 2,
+            TunnelKind::Ipip => 3,
+            TunnelKind::Ip6ip => 4,
+        }
+    }
+
+    /// The name shown in text output (`VXLAN`, `Geneve`, `IPIP`, `IP6IP`).
+    pub fn name(self) -> &'static str {
+        match self {
+            TunnelKind::Vxlan => "VXLAN",
+            TunnelKind::Geneve => "Geneve",
+            TunnelKind::Ipip => "IPIP",
+            TunnelKind::Ip6ip => "IP6IP",
+        }
+    }
+
+    /// The name in JSON (`vxlan`, `geneve`, `ipip`, `ip6ip`).
+    pub fn json_name(self) -> &'static str {
+        match self {
+            TunnelKind::Vxlan => "vxlan",
+            TunnelKind::Geneve => "geneve",
+            TunnelKind::Ipip => "ipip",
+            TunnelKind::Ip6ip => "ip6ip",
+        }
+    }
+
+    /// The kind named `name` in JSON.
+    pub fn from_json_name(name: &str) -> Option<TunnelKind> {
+        [
+            TunnelKind::Vxlan,
+            TunnelKind::Geneve,
+            TunnelKind::Ipip,
+            TunnelKind::Ip6ip,
+        ]
+        .into_iter()
+        .find(|k| k.json_name() == name)
+    }
+}
+
+/// The outer side of an encapsulated packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tunnel {
+    /// Which encapsulation.
+    pub kind: TunnelKind,
+    /// VXLAN or Geneve network identifier (0 for IP-in-IP).
+    pub vni: u32,
+    /// The outer packet: IPv4 or IPv6, with its UDP ports for VXLAN and
+    /// Geneve, or the IP-in-IP protocol number.
+    pub outer: Packet,
 }
 
 /// The network layer of a packet.
@@ -420,8 +519,45 @@ impl Event {
             from_sk: flags & F_FROM_SK != 0,
             skb_mode: flags & F_SKB_MODE != 0,
             packet,
+            tunnel: if flags & F_TUNNEL != 0 {
+                decode_tunnel(b)
+            } else {
+                None
+            },
         })
     }
+}
+
+fn decode_tunnel(b: &[u8; EVENT_SIZE]) -> Option<Tunnel> {
+    use offsets::*;
+    let kind = TunnelKind::from_code(TUN_KIND.get(b))?;
+    let l4 = match kind {
+        TunnelKind::Vxlan | TunnelKind::Geneve => L4::Udp {
+            sport: TUN_SPORT.get(b),
+            dport: TUN_DPORT.get(b),
+        },
+        TunnelKind::Ipip => L4::Other(4),
+        TunnelKind::Ip6ip => L4::Other(41),
+    };
+    let (s, d) = (TUN_SADDR.get(b), TUN_DADDR.get(b));
+    let outer = match TUN_L3_PROTO.get(b) {
+        ETH_P_IP => Packet::Ipv4 {
+            src: v4(s),
+            dst: v4(d),
+            l4,
+        },
+        ETH_P_IPV6 => Packet::Ipv6 {
+            src: Ipv6Addr::from(s),
+            dst: Ipv6Addr::from(d),
+            l4,
+        },
+        _ => return None,
+    };
+    Some(Tunnel {
+        kind,
+        vni: TUN_VNI.get(b),
+        outer,
+    })
 }
 
 fn icmp(b: &[u8; EVENT_SIZE]) -> L4 {
@@ -434,14 +570,15 @@ fn icmp(b: &[u8; EVENT_SIZE]) -> L4 {
     }
 }
 
-/// Builds the 152-byte record of an event (the inverse of [`Event::decode`]).
+/// Builds the record of an event (the inverse of [`Event::decode`]).
 ///
-/// `flags` is taken from the event with the RET, FROM_SK, SKB_MODE and L4_BAD
-/// bits set from `retval`, `from_sk`, `skb_mode` and the packet.
+/// `flags` is taken from the event with the RET, FROM_SK, SKB_MODE, L4_BAD
+/// and TUNNEL bits set from `retval`, `from_sk`, `skb_mode`, the packet and
+/// the tunnel.
 pub fn encode(ev: &Event) -> Vec<u8> {
     use offsets::*;
     let mut b = vec![0u8; EVENT_SIZE];
-    let mut flags = ev.flags & !(F_RET | F_FROM_SK | F_SKB_MODE | F_L4_BAD);
+    let mut flags = ev.flags & !(F_RET | F_FROM_SK | F_SKB_MODE | F_L4_BAD | F_TUNNEL);
     if ev.retval.is_some() {
         flags |= F_RET;
     }
@@ -526,6 +663,25 @@ pub fn encode(ev: &Event) -> Vec<u8> {
         }
         Packet::Other { .. } | Packet::Unknown => {}
     }
+    if let Some(t) = &ev.tunnel {
+        let outer = match t.outer {
+            Packet::Ipv4 { src, dst, l4 } => Some((ETH_P_IP, v4_bytes(&src), v4_bytes(&dst), l4)),
+            Packet::Ipv6 { src, dst, l4 } => Some((ETH_P_IPV6, src.octets(), dst.octets(), l4)),
+            _ => None,
+        };
+        if let Some((l3, s, d, l4)) = outer {
+            flags |= F_TUNNEL;
+            TUN_KIND.put(&mut b, t.kind.code());
+            TUN_VNI.put(&mut b, t.vni);
+            TUN_L3_PROTO.put(&mut b, l3);
+            TUN_SADDR.put(&mut b, s);
+            TUN_DADDR.put(&mut b, d);
+            if let L4::Udp { sport, dport } = l4 {
+                TUN_SPORT.put(&mut b, sport);
+                TUN_DPORT.put(&mut b, dport);
+            }
+        }
+    }
     FLAGS.put(&mut b, flags);
     b
 }
@@ -563,6 +719,7 @@ pub(crate) mod tests {
                     seq: 1,
                 },
             },
+            tunnel: None,
         }
     }
 

@@ -306,8 +306,19 @@ impl Filter {
 
     /// Whether an event passes the filter (the kernel's rules; `skb_mode`,
     /// the scope map and following are not considered). Zero netns/ifindex/pid values mean "any".
+    /// An encapsulated packet passes when its inner or its outer packet does.
     pub fn matches(&self, ev: &Event) -> bool {
-        let pkt = &ev.packet;
+        let packet_ok = self.matches_packet(&ev.packet)
+            || ev.tunnel.is_some_and(|t| self.matches_packet(&t.outer));
+        let field = |want: Option<u32>, have: u32| want.is_none_or(|w| w == 0 || w == have);
+        packet_ok
+            && field(self.netns, ev.netns)
+            && field(self.ifindex, ev.ifindex)
+            && field(self.pid, ev.pid)
+    }
+
+    /// The protocol, address and port part of the filter, on one packet.
+    pub fn matches_packet(&self, pkt: &Packet) -> bool {
         if let Some(proto) = &self.proto {
             if proto.l3.is_some_and(|l3| l3 != pkt.ethertype()) {
                 return false;
@@ -347,8 +358,7 @@ impl Filter {
                 return false;
             }
         }
-        let field = |want: Option<u32>, have: u32| want.is_none_or(|w| w == 0 || w == have);
-        field(self.netns, ev.netns) && field(self.ifindex, ev.ifindex) && field(self.pid, ev.pid)
+        true
     }
 }
 
@@ -364,6 +374,41 @@ mod tests {
 
     fn proto(s: &str) -> Proto {
         parse_proto(s).expect("valid proto")
+    }
+
+    #[test]
+    fn an_encapsulated_packet_matches_by_its_inner_or_outer_packet() {
+        let mut ev = sample();
+        ev.tunnel = Some(crate::event::Tunnel {
+            kind: crate::event::TunnelKind::Vxlan,
+            vni: 1,
+            outer: Packet::Ipv4 {
+                src: Ipv4Addr::new(192, 168, 77, 1),
+                dst: Ipv4Addr::new(192, 168, 77, 2),
+                l4: L4::Udp {
+                    sport: 51000,
+                    dport: 8472,
+                },
+            },
+        });
+        let f = |addr: Option<&str>, p: Option<&str>, port: Option<u16>| Filter {
+            addr: addr.map(ip),
+            proto: p.map(proto),
+            port,
+            ..Filter::default()
+        };
+        // inner: ICMP 10.35.13.63 -> 9.135.224.89
+        assert!(f(Some("9.135.224.89"), None, None).matches(&ev));
+        assert!(f(None, Some("icmp"), None).matches(&ev));
+        // outer: UDP 192.168.77.1 -> 192.168.77.2:8472
+        assert!(f(Some("192.168.77.2"), None, None).matches(&ev));
+        assert!(f(None, Some("udp"), Some(8472)).matches(&ev));
+        // neither, and no mixing of the two: ICMP of the outer addresses
+        assert!(!f(Some("10.0.0.9"), None, None).matches(&ev));
+        assert!(!f(Some("192.168.77.2"), Some("icmp"), None).matches(&ev));
+        assert!(!f(None, Some("tcp"), None).matches(&ev));
+        ev.tunnel = None;
+        assert!(!f(Some("192.168.77.2"), None, None).matches(&ev));
     }
 
     #[test]

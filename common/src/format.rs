@@ -4,7 +4,7 @@
 use std::fmt::{self, Display, Write};
 
 use crate::event::Event;
-use crate::summary::{write_dec, write_padded, write_summary};
+use crate::summary::{write_dec, write_event_summary, write_padded};
 
 /// What user space resolved for one event.
 #[derive(Debug, Clone, Copy, Default)]
@@ -93,7 +93,7 @@ fn write_event_inner(
         group: ann.group,
     };
     write_head(out, ev.ts_ns, opts.then_cols(&cols), ann.tracer)?;
-    write_summary(out, &ev.packet)?;
+    write_event_summary(out, ev)?;
     write_drop(out, ann.drop_reason, ann.location);
     out.push('\n');
     if let Some(ret) = ev.retval {

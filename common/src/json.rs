@@ -27,6 +27,9 @@
 //!   - ICMP/ICMPv6: `icmp_type`, `icmp_code`, and for echo request/reply `icmp_id`, `icmp_seq`;
 //!   - ARP: `arp_op` (1 request, 2 reply);
 //!   - `l4_unreadable`: `true` when the transport header could not be read (no ports then).
+//! - `tunnel`: only for an encapsulated packet (then `pkt` is the inner packet):
+//!   `kind` (`"vxlan"`, `"geneve"`, `"ipip"`, `"ip6ip"`), `vni` (0 for IP-in-IP) and
+//!   `outer`, the outer packet as a `pkt` object (UDP ports for VXLAN and Geneve).
 //! - `summary`: the same one-line summary as the text output.
 //! - `drop_reason` (name) and `drop_reason_code` (number): only for drops.
 //! - `location`: where the skb was freed (`symbol+0xoffset`), when known.
@@ -224,6 +227,14 @@ fn pkt_json(pkt: &Packet) -> PktJson {
     p
 }
 
+/// The `tunnel` object of an encapsulated packet's event.
+#[derive(Serialize)]
+struct TunnelJson {
+    kind: &'static str,
+    vni: u32,
+    outer: PktJson,
+}
+
 #[derive(Serialize)]
 struct EventJson<'a> {
     #[serde(rename = "type")]
@@ -245,6 +256,8 @@ struct EventJson<'a> {
     #[serde(skip_serializing_if = "is_false")]
     from_sk: bool,
     pkt: PktJson,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tunnel: Option<TunnelJson>,
     summary: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     drop_reason: Option<&'a str>,
@@ -275,8 +288,17 @@ fn event_json<'a>(ev: &'a Event, ann: &Annotations<'a>) -> EventJson<'a> {
         skb_mode: ev.skb_mode,
         from_sk: ev.from_sk,
         pkt: pkt_json(&ev.packet),
+        tunnel: ev.tunnel.map(|t| TunnelJson {
+            kind: t.kind.json_name(),
+            vni: t.vni,
+            outer: pkt_json(&t.outer),
+        }),
         // one escape pass over the finished text is cheaper than per fragment
-        summary: crate::summary::summary(&ev.packet),
+        summary: {
+            let mut s = String::with_capacity(96);
+            let _ = crate::summary::write_event_summary(&mut s, ev);
+            s
+        },
         drop_reason: ann.drop_reason,
         drop_reason_code: ann.drop_reason.map(|_| ev.drop_reason),
         location: ann.location,
@@ -467,11 +489,21 @@ fn write_event_object(out: &mut String, ev: &Event, ann: &Annotations<'_>) {
     }
     push_key(out, "pkt");
     write_pkt_object(out, &ev.packet);
+    if let Some(t) = &ev.tunnel {
+        push_key(out, "tunnel");
+        out.push_str("{\"kind\":\"");
+        out.push_str(t.kind.json_name());
+        out.push('"');
+        push_num(out, "vni", u64::from(t.vni));
+        push_key(out, "outer");
+        write_pkt_object(out, &t.outer);
+        out.push('}');
+    }
     // The summary is built from numbers, addresses and fixed ASCII names:
     // nothing in it needs escaping.
     push_key(out, "summary");
     out.push('"');
-    let _ = crate::summary::write_summary(out, &ev.packet);
+    let _ = crate::summary::write_event_summary(out, ev);
     out.push('"');
     if let Some(reason) = ann.drop_reason {
         push_key(out, "drop_reason");
@@ -580,6 +612,36 @@ mod tests {
         serde_json::from_str(&s).expect("valid JSON")
     }
 
+    #[test]
+    fn a_tunnel_is_an_object_beside_the_inner_packet() {
+        let mut ev = sample();
+        ev.tunnel = Some(crate::event::Tunnel {
+            kind: crate::event::TunnelKind::Vxlan,
+            vni: 1,
+            outer: Packet::Ipv4 {
+                src: "192.168.77.1".parse().expect("addr"),
+                dst: "192.168.77.2".parse().expect("addr"),
+                l4: L4::Udp {
+                    sport: 51000,
+                    dport: 8472,
+                },
+            },
+        });
+        let v = one(&ev, &ann());
+        assert_eq!(
+            v["tunnel"],
+            json!({"kind": "vxlan", "vni": 1, "outer": {"l3": "ipv4", "ethertype": 2048,
+                "saddr": "192.168.77.1", "daddr": "192.168.77.2", "proto": "udp",
+                "sport": 51000, "dport": 8472}})
+        );
+        assert_eq!(v["pkt"]["saddr"], "10.35.13.63");
+        assert_eq!(
+            v["summary"],
+            "VXLAN vni 1 192.168.77.1 -> 192.168.77.2 | ICMP: 10.35.13.63 -> 9.135.224.89, ping request   , seq: 1"
+        );
+        assert!(one(&sample(), &ann()).get("tunnel").is_none());
+    }
+
     /// The direct writer gives the same bytes as serde_json on the
     /// `EventJson` structures (still used by `write_event_json_bytes`).
     #[test]
@@ -660,6 +722,35 @@ mod tests {
             e.from_sk = i % 4 == 0;
             e.retval = (i % 2 == 1).then_some(0xffff_8885_8f24_2900 + i as u64);
             e.ifindex = (i % 5) as u32;
+            events.push(e);
+        }
+        for (kind, outer) in [
+            (
+                crate::event::TunnelKind::Vxlan,
+                Packet::Ipv4 {
+                    src: "192.168.77.1".parse().expect("addr"),
+                    dst: "192.168.77.2".parse().expect("addr"),
+                    l4: L4::Udp {
+                        sport: 40000,
+                        dport: 8472,
+                    },
+                },
+            ),
+            (
+                crate::event::TunnelKind::Ip6ip,
+                Packet::Ipv6 {
+                    src: "fd00::1".parse().expect("addr"),
+                    dst: "fd00::2".parse().expect("addr"),
+                    l4: L4::Other(41),
+                },
+            ),
+        ] {
+            let mut e = sample();
+            e.tunnel = Some(crate::event::Tunnel {
+                kind,
+                vni: 7,
+                outer,
+            });
             events.push(e);
         }
         for p in packets {

@@ -4,7 +4,41 @@
 use std::fmt::{self, Display, Write};
 use std::net::Ipv4Addr;
 
-use crate::event::{Packet, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, L4};
+use crate::event::{
+    Event, Packet, Tunnel, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, L4,
+};
+
+/// Writes the summary of an event: its packet's, after the tunnel's for an
+/// encapsulated one, e.g.
+/// `VXLAN vni 1 192.168.77.1 -> 192.168.77.2 | ICMP: 10.244.1.2 -> ...`.
+pub fn write_event_summary<W: Write + ?Sized>(out: &mut W, ev: &Event) -> fmt::Result {
+    if let Some(t) = &ev.tunnel {
+        write_tunnel(out, t)?;
+    }
+    write_summary(out, &ev.packet)
+}
+
+/// `KIND [vni N ]OUTER_SRC -> OUTER_DST | `.
+fn write_tunnel<W: Write + ?Sized>(out: &mut W, t: &Tunnel) -> fmt::Result {
+    out.write_str(t.kind.name())?;
+    out.write_char(' ')?;
+    if t.vni != 0 || matches!(t.outer.l4(), Some((IPPROTO_UDP, _))) {
+        out.write_str("vni ")?;
+        write_dec(out, u64::from(t.vni))?;
+        out.write_char(' ')?;
+    }
+    match t.outer {
+        Packet::Ipv4 { src, dst, .. } => {
+            let (mut a, mut b) = ([0u8; 15], [0u8; 15]);
+            out.write_str(v4_str(&src, &mut a))?;
+            out.write_str(" -> ")?;
+            out.write_str(v4_str(&dst, &mut b))?;
+        }
+        Packet::Ipv6 { src, dst, .. } => write!(out, "{src} -> {dst}")?,
+        _ => {}
+    }
+    out.write_str(" | ")
+}
 
 /// Writes the summary of `p` into `out`.
 pub fn write_summary<W: Write + ?Sized>(out: &mut W, p: &Packet) -> fmt::Result {

@@ -28,7 +28,31 @@ enum nt_event_flags {
 	NT_F_FROM_SK = 0x2,   /* addresses/ports were taken from the socket */
 	NT_F_SKB_MODE = 0x4,  /* emitted because skb-mode remembered the skb */
 	NT_F_L4_BAD = 0x8,    /* L3 parsed, L4 header not readable */
+	NT_F_TUNNEL = 0x10,   /* pkt is the inner packet of the tunnel in nt_event.tun */
 };
+
+/* nt_tunnel.kind */
+enum nt_tunnel_kind {
+	NT_TUN_NONE = 0,
+	NT_TUN_VXLAN = 1,     /* UDP to 4789 (IANA) or 8472 (Linux's and flannel's default) */
+	NT_TUN_GENEVE = 2,    /* UDP to 6081 */
+	NT_TUN_IPIP = 3,      /* IP protocol 4: IPv4 inside */
+	NT_TUN_IP6IP = 4,     /* IP protocol 41: IPv6 inside */
+};
+
+/* The outer packet of an encapsulated one (nt_event.flags NT_F_TUNNEL). */
+struct nt_tunnel {
+	__u8 saddr[16];     /*  0 (152 in nt_event): outer source, IPv4 in the first 4 bytes */
+	__u8 daddr[16];     /* 16 (168) */
+	__u32 vni;          /* 32 (184): VXLAN/Geneve network identifier, 0 for IP-in-IP */
+	__u16 l3_proto;     /* 36 (188): outer ethertype, host order */
+	__u16 sport;        /* 38 (190): outer UDP ports, host order; 0 for IP-in-IP */
+	__u16 dport;        /* 40 (192) */
+	__u8 kind;          /* 42 (194): NT_TUN_* */
+	__u8 pad[5];        /* 43 (195) */
+};                          /* 48 */
+
+_Static_assert(sizeof(struct nt_tunnel) == 48, "nt_tunnel layout");
 
 /* What the kernel read of a packet's headers (the tail of nt_event). */
 struct nt_pkt {
@@ -65,10 +89,11 @@ struct nt_event {
 	__u32 pkt_len;      /*  60: skb->len */
 	char ifname[NT_IFNAMSIZ]; /* 64 */
 	char comm[NT_COMM_LEN];   /* 80 */
-	struct nt_pkt pkt;  /*  96: the packet's headers */
-};                          /* 152 */
+	struct nt_pkt pkt;  /*  96: the packet's headers (the inner ones of a tunnel) */
+	struct nt_tunnel tun; /* 152: the outer packet when NT_F_TUNNEL, else zero */
+};                          /* 200 */
 
-_Static_assert(sizeof(struct nt_event) == 152, "nt_event layout");
+_Static_assert(sizeof(struct nt_event) == 200, "nt_event layout");
 
 /* nt_filter.flags */
 enum nt_filter_flags {
@@ -206,6 +231,7 @@ struct nt_abi_enums {
 	enum nt_slot_base slot_base;
 	enum nt_kfunc_mark kfunc_mark;
 	enum nt_kfunc_bits kfunc_bits;
+	enum nt_tunnel_kind tunnel_kind;
 };
 
 const volatile struct nt_abi_enums nt_abi_anchor __attribute__((used)) = {};

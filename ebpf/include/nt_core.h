@@ -114,6 +114,21 @@ struct udphdr___nt {
 	__u16 check;
 };
 
+/* An 8-byte VXLAN or Geneve header, read as the kernel's udphdr (same size,
+ * four 16-bit words; vmlinux may lack the tunnel types when they are modules). */
+struct udphdr___tun {
+	__be16 w0;
+	__be16 w1;
+	__be16 w2;
+	__be16 w3;
+};
+
+struct ethhdr___nt {
+	__u8 h_dest[6];
+	__u8 h_source[6];
+	__be16 h_proto;
+};
+
 struct icmphdr___nt {
 	__u8 type;
 	__u8 code;

@@ -27,6 +27,12 @@
 #define IPPROTO_TCP 6
 #define IPPROTO_UDP 17
 #define IPPROTO_ICMPV6 58
+#define IPPROTO_IPIP 4
+#define IPPROTO_IPV6 41
+#define ETH_P_TEB 0x6558 /* Ethernet inside (Geneve's protocol type) */
+#define VXLAN_PORT 4789
+#define VXLAN_LINUX_PORT 8472
+#define GENEVE_PORT 6081
 #define AF_INET 2
 #define AF_INET6 10
 #define NO_OFFSET 0xffff
@@ -259,6 +265,20 @@ static __always_inline int read_meta(struct sk_buff *skb, struct nt_meta *m, con
 #define NT_REJECT 0 /* the filter can't match: stop here */
 #define NT_PARSED 1 /* headers read into the packet */
 #define NT_NOHDR 2  /* no readable headers (try the socket) */
+#define NT_MATCHED 3 /* a tunnel: the outer or the inner packet matched the filter */
+
+/* Where a tunnel's inner packet is, as the outer packet's parser found it. */
+struct nt_inner {
+	unsigned char *l3; /* its L3 header; 0: no tunnel */
+	__u32 vni;
+	__u16 proto;       /* its ethertype */
+	__u8 kind;         /* NT_TUN_* */
+};
+
+static __always_inline int tunnel_port(__u16 dport)
+{
+	return dport == VXLAN_PORT || dport == VXLAN_LINUX_PORT || dport == GENEVE_PORT;
+}
 
 static __always_inline int has_port_filter(void)
 {
@@ -348,10 +368,63 @@ static __always_inline int packet_matches(const struct nt_pkt *p, __u32 flags)
 }
 
 /*
- * Reads the L4 header at l4 into p. With check, stops (NT_REJECT) as soon as
- * the ports show that the filter can't match.
+ * Decodes the VXLAN or Geneve header after the UDP header at l4 into *in.
+ * A header that is not one (VXLAN without its I flag, Geneve carrying
+ * something else than Ethernet or IP) leaves *in alone: plain UDP.
  */
-static __always_inline int parse_l4(struct nt_pkt *p, __u32 *flags, unsigned char *l4, int check)
+static __always_inline void parse_udp_tunnel(unsigned char *l4, __u16 dport, struct nt_inner *in)
+{
+	union {
+		struct udphdr___tun tun;
+		struct ethhdr___nt eth;
+	} buf;
+	const struct udphdr___tun *th = NT_VIEW(struct udphdr___tun, l4 + 8, &buf);
+	const struct ethhdr___nt *eh;
+	unsigned char *inner = l4 + 16;
+	__u16 w0, w1, proto = ETH_P_TEB;
+	__u32 vni;
+	__u8 kind = NT_TUN_VXLAN;
+
+	if (!th)
+		return;
+	w0 = bpf_ntohs(th->w0);
+	w1 = bpf_ntohs(th->w1);
+	vni = ((__u32)bpf_ntohs(th->w2) << 8) | (bpf_ntohs(th->w3) >> 8);
+	if (dport == GENEVE_PORT) {
+		/* version (2 bits) and option length (6 bits, in 4-byte words),
+		 * flags, protocol type */
+		if (w0 >> 14)
+			return;
+		kind = NT_TUN_GENEVE;
+		inner += ((w0 >> 8) & 0x3f) * 4;
+		proto = w1;
+		if (proto != ETH_P_TEB && proto != ETH_P_IP && proto != ETH_P_IPV6)
+			return;
+	} else if (!(w0 & 0x0800)) {
+		/* VXLAN: the I flag says the VNI is valid */
+		return;
+	}
+	if (proto == ETH_P_TEB) {
+		eh = NT_VIEW(struct ethhdr___nt, inner, &buf);
+		if (!eh)
+			return;
+		proto = bpf_ntohs(eh->h_proto);
+		inner += ETH_HLEN;
+	}
+	in->l3 = inner;
+	in->proto = proto;
+	in->kind = kind;
+	in->vni = vni;
+}
+
+/*
+ * Reads the L4 header at l4 into p. With check, stops (NT_REJECT) as soon as
+ * the ports show that the filter can't match. With in (the outer packet),
+ * UDP to a tunnel port is decoded into *in instead, and never rejected here:
+ * the inner packet may match.
+ */
+static __always_inline int parse_l4(struct nt_pkt *p, __u32 *flags, unsigned char *l4, int check,
+				    struct nt_inner *in)
 {
 	union {
 		struct tcphdr___nt tcp;
@@ -381,6 +454,11 @@ static __always_inline int parse_l4(struct nt_pkt *p, __u32 *flags, unsigned cha
 			goto bad;
 		p->sport = bpf_ntohs(uh->source);
 		p->dport = bpf_ntohs(uh->dest);
+		if (in && tunnel_port(p->dport)) {
+			parse_udp_tunnel(l4, p->dport, in);
+			if (in->l3)
+				return NT_PARSED;
+		}
 		if (check && has_port_filter() && !ports_match(p))
 			return NT_REJECT;
 		return NT_PARSED;
@@ -434,37 +512,30 @@ static __always_inline int addrs4_match(__be32 sa, __be32 da)
 	return 1;
 }
 
+/* Whether IP protocol l4 may carry a tunnel the parser decodes. */
+static __always_inline int tunnel_l4(__u8 l4)
+{
+	return l4 == IPPROTO_UDP || l4 == IPPROTO_IPIP || l4 == IPPROTO_IPV6;
+}
+
 /*
- * Reads the packet's L3 and L4 headers into p, layer by layer; with check,
- * each layer is filtered as soon as it is read and NT_REJECT returned at the
- * first that can't match, before the next is read. p is zeroed and filled
- * only once the first checks passed (unless NT_REJECT, p is then complete).
+ * Reads the L3 header at l3 (ethertype proto) and what follows into p,
+ * layer by layer; with check, each layer is filtered as soon as it is read
+ * and NT_REJECT returned at the first that can't match, before the next is
+ * read. p is zeroed and filled only once the first checks passed (unless
+ * NT_REJECT, p is then complete). With in (an outer packet), a tunnel is
+ * decoded into *in, and a packet that may be one is not rejected on its
+ * outer headers alone (the caller judges outer and inner).
  */
-static __always_inline int parse_pkt(struct nt_pkt *p, __u32 *flags, const struct nt_meta *m,
-				     int check)
+static __always_inline int parse_l3(struct nt_pkt *p, __u32 *flags, __u16 proto,
+				    unsigned char *l3, int check, struct nt_inner *in)
 {
 	union {
 		struct iphdr___nt v4;
 		struct ipv6hdr___nt v6;
 		__u8 arp[28];
 	} buf;
-	__u16 proto = m->proto;
-	unsigned char *l3 = l3_of(m);
 
-	if (!proto) {
-		/* Local output before skb->protocol is set: trust the version. */
-		const struct iphdr___nt *vh = NT_VIEW(struct iphdr___nt, l3, &buf.v4);
-		__u8 ver = vh ? vh->ver_ihl >> 4 : 0;
-
-		if (ver == 4) {
-			proto = ETH_P_IP;
-		} else if (ver == 6) {
-			proto = ETH_P_IPV6;
-		} else {
-			__builtin_memset(p, 0, sizeof(*p));
-			return NT_NOHDR;
-		}
-	}
 	if (proto != ETH_P_IP && proto != ETH_P_IPV6) {
 		if (check && !l3_may_match(proto))
 			return NT_REJECT;
@@ -482,24 +553,26 @@ static __always_inline int parse_pkt(struct nt_pkt *p, __u32 *flags, const struc
 		}
 		return NT_PARSED;
 	}
-	if (check && !l3_may_match(proto))
+	if (check && !in && !l3_may_match(proto))
 		return NT_REJECT;
 
 	if (proto == ETH_P_IP) {
 		const struct iphdr___nt *ih = NT_VIEW(struct iphdr___nt, l3, &buf.v4);
 		__be32 sa, da;
 		__u8 vihl, l4;
+		int hold;
 
 		if (!ih || ((vihl = ih->ver_ihl) >> 4) != 4) {
 			__builtin_memset(p, 0, sizeof(*p));
 			return NT_NOHDR;
 		}
 		l4 = ih->protocol;
-		if (check && !l4_may_match(l4))
-			return NT_REJECT;
 		sa = ih->saddr;
 		da = ih->daddr;
-		if (check && !(nt_cfg.flags & NT_FL_V6) && !addrs4_match(sa, da))
+		hold = in && tunnel_l4(l4);
+		if (check && !hold &&
+		    (!l3_may_match(proto) || !l4_may_match(l4) ||
+		     (!(nt_cfg.flags & NT_FL_V6) && !addrs4_match(sa, da))))
 			return NT_REJECT;
 		__builtin_memset(p, 0, sizeof(*p));
 		p->l3_proto = proto;
@@ -508,23 +581,31 @@ static __always_inline int parse_pkt(struct nt_pkt *p, __u32 *flags, const struc
 		__builtin_memcpy(p->daddr, &da, 4);
 		if (bpf_ntohs(ih->frag_off) & 0x1fff) {
 			*flags |= NT_F_L4_BAD;
-			return (check && has_port_filter()) ? NT_REJECT : NT_PARSED;
+			return (check && !hold && has_port_filter()) ? NT_REJECT : NT_PARSED;
 		}
-		return parse_l4(p, flags, l3 + (vihl & 0xf) * 4, check);
+		if (in && (l4 == IPPROTO_IPIP || l4 == IPPROTO_IPV6)) {
+			in->l3 = l3 + (vihl & 0xf) * 4;
+			in->proto = l4 == IPPROTO_IPIP ? ETH_P_IP : ETH_P_IPV6;
+			in->kind = l4 == IPPROTO_IPIP ? NT_TUN_IPIP : NT_TUN_IP6IP;
+			in->vni = 0;
+			return NT_PARSED;
+		}
+		return parse_l4(p, flags, l3 + (vihl & 0xf) * 4, check && !hold, in);
 	}
 
 	{
 		const struct ipv6hdr___nt *h6 = NT_VIEW(struct ipv6hdr___nt, l3, &buf.v6);
 		__be32 w;
 		__u8 l4;
-		int i;
+		int i, hold;
 
 		if (!h6 || (h6->ver_prio >> 4) != 6) {
 			__builtin_memset(p, 0, sizeof(*p));
 			return NT_NOHDR;
 		}
 		l4 = h6->nexthdr;
-		if (check && !l4_may_match(l4))
+		hold = in && tunnel_l4(l4);
+		if (check && !hold && (!l3_may_match(proto) || !l4_may_match(l4)))
 			return NT_REJECT;
 		__builtin_memset(p, 0, sizeof(*p));
 		p->l3_proto = proto;
@@ -535,10 +616,73 @@ static __always_inline int parse_pkt(struct nt_pkt *p, __u32 *flags, const struc
 			w = h6->daddr[i];
 			__builtin_memcpy(&p->daddr[4 * i], &w, 4);
 		}
-		if (check && !addrs_match(p))
+		if (check && !hold && !addrs_match(p))
 			return NT_REJECT;
-		return parse_l4(p, flags, l3 + 40, check);
+		if (in && (l4 == IPPROTO_IPIP || l4 == IPPROTO_IPV6)) {
+			in->l3 = l3 + 40;
+			in->proto = l4 == IPPROTO_IPIP ? ETH_P_IP : ETH_P_IPV6;
+			in->kind = l4 == IPPROTO_IPIP ? NT_TUN_IPIP : NT_TUN_IP6IP;
+			in->vni = 0;
+			return NT_PARSED;
+		}
+		return parse_l4(p, flags, l3 + 40, check && !hold, in);
 	}
+}
+
+/*
+ * Reads the packet's headers into p, and an encapsulated packet's outer
+ * headers into *tun (then p is the inner packet and NT_F_TUNNEL is set).
+ * With check: NT_REJECT as soon as the filter can't match; for a tunnel,
+ * NT_MATCHED or NT_REJECT, matched when the outer or the inner packet
+ * matches. Otherwise the caller applies the filter to p.
+ */
+static __always_inline int parse_pkt(struct nt_pkt *p, __u32 *flags, const struct nt_meta *m,
+				     struct nt_tunnel *tun, int check)
+{
+	struct nt_inner in;
+	__u16 proto = m->proto;
+	unsigned char *l3 = l3_of(m);
+	__u32 iflags = 0;
+	int v, outer_ok;
+
+	if (!proto) {
+		/* Local output before skb->protocol is set: trust the version. */
+		struct iphdr___nt vbuf;
+		const struct iphdr___nt *vh = NT_VIEW(struct iphdr___nt, l3, &vbuf);
+		__u8 ver = vh ? vh->ver_ihl >> 4 : 0;
+
+		if (ver == 4) {
+			proto = ETH_P_IP;
+		} else if (ver == 6) {
+			proto = ETH_P_IPV6;
+		} else {
+			__builtin_memset(p, 0, sizeof(*p));
+			return NT_NOHDR;
+		}
+	}
+	__builtin_memset(&in, 0, sizeof(in));
+	v = parse_l3(p, flags, proto, l3, check, &in);
+	if (v == NT_REJECT || !in.l3)
+		return v;
+
+	/* Encapsulated: p is the outer packet. */
+	outer_ok = check && packet_matches(p, *flags);
+	__builtin_memcpy(tun->saddr, p->saddr, sizeof(tun->saddr));
+	__builtin_memcpy(tun->daddr, p->daddr, sizeof(tun->daddr));
+	tun->vni = in.vni;
+	tun->l3_proto = p->l3_proto;
+	tun->sport = p->sport;
+	tun->dport = p->dport;
+	tun->kind = in.kind;
+	__builtin_memset(tun->pad, 0, sizeof(tun->pad));
+
+	v = parse_l3(p, &iflags, in.proto, in.l3, 0, (struct nt_inner *)0);
+	*flags = (*flags & ~NT_F_L4_BAD) | iflags | NT_F_TUNNEL;
+	if (!check)
+		return NT_PARSED;
+	if (outer_ok || (v != NT_NOHDR && packet_matches(p, iflags)))
+		return NT_MATCHED;
+	return NT_REJECT;
 }
 
 /* Fills the packet from the socket, for skbs whose headers are not built yet. */
@@ -610,9 +754,18 @@ static __always_inline int nt_may_match(struct sk_buff *skb, const int typed)
 	/* Not IPv4 after all: the body may find the addresses in the socket. */
 	if ((ih->ver_ihl >> 4) != 4)
 		return 1;
-	if (!l4_may_match(ih->protocol))
-		return 0;
-	return (fl & NT_FL_V6) || addrs4_match(ih->saddr, ih->daddr);
+	if (l4_may_match(ih->protocol) && ((fl & NT_FL_V6) || addrs4_match(ih->saddr, ih->daddr)))
+		return 1;
+	/* The outer packet can't match; an inner one might. */
+	if (ih->protocol == IPPROTO_IPIP || ih->protocol == IPPROTO_IPV6)
+		return 1;
+	if (ih->protocol == IPPROTO_UDP) {
+		const struct udphdr___nt *uh = nt_rdonly_cast(l3_of(&m) + (ih->ver_ihl & 0xf) * 4,
+							      bpf_core_type_id_kernel(struct udphdr___nt));
+
+		return tunnel_port(bpf_ntohs(uh->dest));
+	}
+	return 0;
 }
 
 /* Where a packet is: the hook's device (or skb->dev), its namespace. */
@@ -732,6 +885,9 @@ static __always_inline int nt_body(void *ctx, struct nt_args *a, struct nt_slot 
 	 * costs no stores for them. */
 	struct nt_where w;
 	struct nt_pkt p;
+	/* Zeroed here: clang keeps it in registers, and a value left undefined
+	 * on some path is one the verifier refuses to spill. */
+	struct nt_tunnel tun = {};
 	struct nt_meta m;
 	struct nt_scratch_rec *r;
 	struct nt_event *e;
@@ -772,13 +928,13 @@ static __always_inline int nt_body(void *ctx, struct nt_args *a, struct nt_slot 
 		return 0;
 	/* skb-mode follows a remembered skb whatever its headers became;
 	 * following alone only lifts the scope, the packet filter still holds. */
-	v = parse_pkt(&p, &flags, &m, !follow_any);
+	v = parse_pkt(&p, &flags, &m, &tun, !follow_any);
 	if (v == NT_REJECT)
 		return 0;
 	if (v == NT_NOHDR && a->sk)
 		parse_sock(&p, &flags, (struct sock *)a->sk);
 
-	if (!follow_any && !packet_matches(&p, flags))
+	if (!follow_any && v != NT_MATCHED && !packet_matches(&p, flags))
 		return 0;
 	if (typed & NT_LATE_SLOT) {
 		/* User space keys each function by its address and, for kernels
@@ -830,6 +986,7 @@ static __always_inline int nt_body(void *ctx, struct nt_args *a, struct nt_slot 
 	e->flags = flags;
 	e->pkt_len = NT_RD(NT_SKB_TYPED(typed), skb, len);
 	e->pkt = p;
+	e->tun = tun;
 	if (w.dev) {
 		if (bpf_probe_read_kernel_str(e->ifname, sizeof(e->ifname), w.dev->name) < 0)
 			e->ifname[0] = 0;

@@ -738,6 +738,7 @@ fn event_from_json(v: &Value) -> Result<Event, String> {
         from_sk: flag("from_sk"),
         skb_mode: flag("skb_mode"),
         packet,
+        tunnel: None,
     })
 }
 
@@ -1179,5 +1180,6 @@ fn event_of(packet: &Packet, netns: u32) -> Event {
         from_sk: false,
         skb_mode: false,
         packet: *packet,
+        tunnel: None,
     }
 }

@@ -382,9 +382,16 @@ fn event_record_matches_the_object() {
         at!("pkt.tcp_flags", TCP_FLAGS),
         at!("pkt.icmp_type", ICMP_TYPE),
         at!("pkt.icmp_code", ICMP_CODE),
+        at!("tun.saddr", TUN_SADDR),
+        at!("tun.daddr", TUN_DADDR),
+        at!("tun.vni", TUN_VNI),
+        at!("tun.l3_proto", TUN_L3_PROTO),
+        at!("tun.sport", TUN_SPORT),
+        at!("tun.dport", TUN_DPORT),
+        at!("tun.kind", TUN_KIND),
     ];
     let rust = "common/src/event.rs (offsets, EVENT_SIZE)";
-    let mut errors = compare_struct("nt_event", event::EVENT_SIZE, rust, &fields, &[]);
+    let mut errors = compare_struct("nt_event", event::EVENT_SIZE, rust, &fields, &["tun.pad"]);
     errors.extend(compare_enum(
         "nt_event_flags",
         "common/src/event.rs F_*",
@@ -393,8 +400,32 @@ fn event_record_matches_the_object() {
             ("NT_F_FROM_SK", event::F_FROM_SK.into()),
             ("NT_F_SKB_MODE", event::F_SKB_MODE.into()),
             ("NT_F_L4_BAD", event::F_L4_BAD.into()),
+            ("NT_F_TUNNEL", event::F_TUNNEL.into()),
         ],
         &[],
+    ));
+    let kinds = [
+        event::TunnelKind::Vxlan,
+        event::TunnelKind::Geneve,
+        event::TunnelKind::Ipip,
+        event::TunnelKind::Ip6ip,
+    ];
+    let names = [
+        "NT_TUN_VXLAN",
+        "NT_TUN_GENEVE",
+        "NT_TUN_IPIP",
+        "NT_TUN_IP6IP",
+    ];
+    let values: Vec<(&str, i64)> = names
+        .iter()
+        .zip(kinds)
+        .map(|(n, k)| (*n, i64::from(k.code())))
+        .collect();
+    errors.extend(compare_enum(
+        "nt_tunnel_kind",
+        "common/src/event.rs TunnelKind::code",
+        &values,
+        &["NT_TUN_NONE"],
     ));
     check("struct nt_event", errors);
 }
@@ -463,8 +494,52 @@ fn a_record_laid_out_by_the_object_decodes() {
                 flags: 0x12,
             },
         },
+        tunnel: None,
     };
-    assert_eq!(Event::decode(&b), Ok(want));
+    assert_eq!(Event::decode(&b), Ok(want.clone()));
+
+    // The same packet inside VXLAN.
+    let tflags = flags | flag("NT_F_TUNNEL");
+    set(&mut b, "flags", &tflags.to_le_bytes());
+    set(&mut b, "tun.saddr", &[192, 168, 77, 1]);
+    set(&mut b, "tun.daddr", &[192, 168, 77, 2]);
+    set(&mut b, "tun.vni", &42u32.to_le_bytes());
+    set(&mut b, "tun.l3_proto", &event::ETH_P_IP.to_le_bytes());
+    set(&mut b, "tun.sport", &51234u16.to_le_bytes());
+    set(&mut b, "tun.dport", &8472u16.to_le_bytes());
+    let vxlan = btf.value("nt_tunnel_kind", "NT_TUN_VXLAN") as u8;
+    set(&mut b, "tun.kind", &[vxlan]);
+    let tunneled = Event {
+        flags: tflags,
+        tunnel: Some(event::Tunnel {
+            kind: event::TunnelKind::Vxlan,
+            vni: 42,
+            outer: Packet::Ipv4 {
+                src: Ipv4Addr::new(192, 168, 77, 1),
+                dst: Ipv4Addr::new(192, 168, 77, 2),
+                l4: L4::Udp {
+                    sport: 51234,
+                    dport: 8472,
+                },
+            },
+        }),
+        ..want.clone()
+    };
+    assert_eq!(Event::decode(&b), Ok(tunneled.clone()));
+    assert_eq!(event::encode(&tunneled), b);
+    set(&mut b, "flags", &flags.to_le_bytes());
+    for f in [
+        "tun.saddr",
+        "tun.daddr",
+        "tun.vni",
+        "tun.l3_proto",
+        "tun.sport",
+        "tun.dport",
+        "tun.kind",
+    ] {
+        let (off, len) = fields[f];
+        b[off..off + len].fill(0);
+    }
 
     set(&mut b, "pkt.l4_proto", &[event::IPPROTO_ICMP]);
     set(&mut b, "pkt.icmp_type", &[8]);
