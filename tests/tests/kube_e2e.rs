@@ -173,9 +173,10 @@ fn pod_to_pod_across_nodes_is_seen_by_both_agents_over_the_overlay_as_the_restri
     let stderr = nt.stderr_lines();
     for node in ["nt-node1", "nt-node2"] {
         assert!(
-            stderr
-                .iter()
-                .any(|l| l.starts_with(&format!("node {node}: agent 0.1.0, kernel "))),
+            stderr.iter().any(|l| l.starts_with(&format!(
+                "node {node}: agent {}, kernel ",
+                env!("CARGO_PKG_VERSION")
+            ))),
             "no agent on {node}: {stderr:?}"
         );
     }
