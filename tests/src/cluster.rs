@@ -50,16 +50,16 @@ pub struct Cluster {
 }
 
 static CLUSTER: OnceLock<Cluster> = OnceLock::new();
-/// Tests that assert on host-wide state (no `nt_*` BPF program loaded) take this for writing;
-/// every test that starts agents takes it for reading.
+/// A test that checks that its agents leave no BPF program takes this for writing (no other
+/// agent runs meanwhile); every test that starts agents takes it for reading.
 static HOST_STATE: RwLock<()> = RwLock::new(());
 
-/// Shared use of the host's BPF state (a test that starts agents).
+/// Shared use of the agents (a test that starts agents).
 pub fn shared_host() -> RwLockReadGuard<'static, ()> {
     HOST_STATE.read().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Exclusive use of the host's BPF state (a test that checks no program is left).
+/// Exclusive use of the agents (a test that checks no agent holds a BPF program).
 pub fn exclusive_host() -> RwLockWriteGuard<'static, ()> {
     HOST_STATE.write().unwrap_or_else(|e| e.into_inner())
 }
@@ -200,21 +200,40 @@ pub fn nettrace_progs() -> Vec<String> {
         .collect()
 }
 
-/// Waits (up to `within`) until no `nt_*` program is loaded on the host (both nodes' kernel).
-/// Hold [`exclusive_host`] around the run that this checks.
-pub fn assert_no_nettrace_progs(within: Duration, what: &str) {
-    let deadline = Instant::now() + within;
-    loop {
-        let left = nettrace_progs();
-        if left.is_empty() {
-            return;
+/// The BPF programs the node agents (`/usr/local/bin/nettrace agent`, host PID namespace)
+/// hold right now, by id: read from their file descriptors (`/proc/PID/fdinfo`, `prog_id:`
+/// of program and link fds). Exact even while other tests run host `nettrace`.
+pub fn agent_prog_ids() -> Vec<u32> {
+    let mut ids = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let pid = entry.file_name();
+        let Some(pid) = pid
+            .to_str()
+            .filter(|p| p.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        if !cmdline.starts_with(b"/usr/local/bin/nettrace\0agent") {
+            continue;
         }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: BPF programs still loaded after {within:?}: {left:?}"
-        );
-        std::thread::sleep(Duration::from_millis(250));
+        for fd in std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let info = std::fs::read_to_string(fd.path()).unwrap_or_default();
+            ids.extend(info.lines().filter_map(|l| {
+                l.strip_prefix("prog_id:")
+                    .and_then(|v| v.trim().parse::<u32>().ok())
+            }));
+        }
     }
+    ids.sort_unstable();
+    ids.dedup();
+    ids
 }
 
 /// The agent pods a plugin run announced on stderr (`... agent pod NS/NAME on node ...`).

@@ -13,10 +13,10 @@
 use std::time::{Duration, Instant};
 
 use nettrace_tests::cluster::{
-    agent_pods_named, assert_no_nettrace_progs, exclusive_host, shared_host, TestNs, AGENT_NS,
-    CONTAINER,
+    agent_pods_named, agent_prog_ids, exclusive_host, nettrace_progs, shared_host, TestNs,
+    AGENT_NS, CONTAINER,
 };
-use nettrace_tests::Finished;
+use nettrace_tests::{assert_progs_gone, Finished};
 use nix::sys::signal::Signal;
 use serde_json::{json, Value};
 
@@ -441,13 +441,31 @@ fn an_iptables_drop_of_traffic_to_a_pod_shows_its_reason_and_pod() {
     );
 }
 
+/// No node agent process holds a BPF program (within 10 s).
+fn assert_no_agent_progs(what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let ids = agent_prog_ids();
+        if ids.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: agents still hold BPF programs {ids:?}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
 #[test]
 fn ctrl_c_and_sigkill_of_the_plugin_leave_no_agent_pod_and_no_bpf_program() {
-    // Alone on the host: no other test's agent may hold nt_* programs meanwhile.
+    // Alone among the agent tests: no other test's agent may run meanwhile. The programs
+    // are the ones the agents hold (their fds), so host nettrace elsewhere does not count;
+    // both nodes share this kernel, so one look covers both.
     let _host = exclusive_host();
     let mut ns = TestNs::new("stop");
     ns.pods(&[("a", "nt-node1"), ("b", "nt-node2")]);
-    assert_no_nettrace_progs(Duration::from_secs(30), "before the test");
+    assert_no_agent_progs("before the test");
 
     // Ctrl-C: the plugin deletes both agent pods; their programs are gone.
     let nt = ns.trace(&["pod/a", "pod/b", "-p", "icmp"]);
@@ -472,18 +490,26 @@ fn ctrl_c_and_sigkill_of_the_plugin_leave_no_agent_pod_and_no_bpf_program() {
             "{p}"
         );
     }
-    assert!(
-        !nettrace_tests::cluster::nettrace_progs().is_empty(),
-        "the agents loaded no nt_* program"
-    );
+    let ids = agent_prog_ids();
+    assert!(!ids.is_empty(), "the agents hold no BPF program");
+    let ours = nettrace_progs();
+    for id in &ids {
+        assert!(
+            ours.iter().any(|p| p.ends_with(&format!("(id {id})"))),
+            "agent program {id} is not one of nettrace's nt_* programs: {ours:?}"
+        );
+    }
     let fin = nt.stop_with(Signal::SIGINT);
     assert_exit_ok(&fin);
     ns.assert_no_agents(Duration::from_secs(10), "after Ctrl-C");
-    assert_no_nettrace_progs(Duration::from_secs(10), "after Ctrl-C");
+    assert_progs_gone(&ids, Duration::from_secs(10));
+    assert_no_agent_progs("after Ctrl-C");
 
     // SIGKILL: nobody deletes the pods, but each agent notices its plugin is gone, detaches
     // and exits; the pods end Succeeded, no container runs.
     let nt = ns.trace(&["pod/a", "pod/b", "-p", "icmp", "--agent-idle-timeout", "5"]);
+    let ids = agent_prog_ids();
+    assert!(!ids.is_empty(), "the agents hold no BPF program");
     let killed = Instant::now();
     let fin = nt.stop_with(Signal::SIGKILL);
     assert_eq!(fin.status.code(), None, "killed by a signal");
@@ -509,7 +535,8 @@ fn ctrl_c_and_sigkill_of_the_plugin_leave_no_agent_pod_and_no_bpf_program() {
         "agents exited {:?} after the plugin was killed",
         killed.elapsed()
     );
-    assert_no_nettrace_progs(Duration::from_secs(10), "after SIGKILL");
+    assert_progs_gone(&ids, Duration::from_secs(10));
+    assert_no_agent_progs("after SIGKILL");
 
     // The next run deletes the finished pods the killed one left, and its own.
     let left: Vec<String> = ns
@@ -536,7 +563,7 @@ fn ctrl_c_and_sigkill_of_the_plugin_leave_no_agent_pod_and_no_bpf_program() {
         );
     }
     ns.assert_no_agents(Duration::from_secs(10), "after the next run");
-    assert_no_nettrace_progs(Duration::from_secs(10), "after the next run");
+    assert_no_agent_progs("after the next run");
 }
 
 #[test]
