@@ -717,9 +717,9 @@ async fn lifecycle(
             refresh_phase(p);
         }
     };
-    let kubelet_up = shared.nodes.contains(&node) && !lock(&shared.disabled_nodes).contains(&node);
+    let kubelet_up = shared.nodes.contains(&node);
     if !kubelet_up {
-        // Bound to a node whose kubelet never acts: only the scheduler's condition.
+        // Bound to a node that does not exist: only the scheduler's condition.
         update_pod(shared, r, |p| {
             p["status"] = json!({
                 "phase": "Pending",

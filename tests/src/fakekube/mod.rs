@@ -81,8 +81,6 @@ pub(crate) struct Shared {
     pub(crate) nodes: Vec<String>,
     pub(crate) images: HashMap<String, PathBuf>,
     pub(crate) port: u16,
-    /// Nodes whose kubelet does not start pods.
-    pub(crate) disabled_nodes: Mutex<HashSet<String>>,
     /// Pods whose kubelet task is still running, by (namespace, name): how to stop it.
     pub(crate) stops: Mutex<HashMap<PodKey, (String, StopSender)>>,
     /// Containers of kubelet-run pods (kept until the pod is deleted, for logs).
@@ -135,7 +133,6 @@ impl FakeCluster {
             nodes: nodes.iter().map(|s| s.to_string()).collect(),
             images,
             port,
-            disabled_nodes: Mutex::new(HashSet::new()),
             stops: Mutex::new(HashMap::new()),
             containers: Mutex::new(HashMap::new()),
             pids: Mutex::new(HashSet::new()),
@@ -314,18 +311,6 @@ impl FakeCluster {
         let mut v: Vec<u32> = lock(&self.shared.pids).iter().copied().collect();
         v.sort_unstable();
         v
-    }
-
-    /// Enables or disables a node's kubelet. A disabled kubelet never starts the pods bound
-    /// to its node (they stay Pending, `ContainerCreating`), as with a node whose kubelet is
-    /// stuck. Pods it already runs are not affected.
-    pub fn set_node_kubelet(&self, node: &str, enabled: bool) {
-        let mut d = lock(&self.shared.disabled_nodes);
-        if enabled {
-            d.remove(node);
-        } else {
-            d.insert(node.to_string());
-        }
     }
 
     /// Polls [`pod`](Self::pod) until `pred` holds, or panics after `timeout` with the pod.
