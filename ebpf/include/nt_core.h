@@ -29,6 +29,7 @@ typedef struct {
 struct net_device {
 	char name[16];
 	int ifindex;
+	unsigned short hard_header_len;
 	possible_net_t nd_net;
 };
 

@@ -202,13 +202,44 @@ static void *(*const nt_rdonly_cast)(const void *obj, __u32 btf_id) = (void *)NT
 #define NT_RD(typed, p, f) ((typed) ? (p)->f : BPF_CORE_READ((p), f))
 
 /* The skb fields that locate its headers. */
+/*
+ * Whether p can be a kernel object: skb->dev shares its storage with
+ * dev_scratch (UDP keeps lengths and flags there once the skb is queued to a
+ * socket), which is no pointer; a direct load from such a value faults, and a
+ * fault costs a microsecond. Kernel addresses have the top bit set.
+ */
+static __always_inline int kernel_ptr(const void *p)
+{
+	return (long)p < 0;
+}
+
 struct nt_meta {
 	unsigned char *head;
 	unsigned char *data;
 	__u16 proto; /* host order */
 	__u16 nh;
 	__u16 mac;
+	__u16 no_l2; /* the network header equals the MAC header on a device without one */
 };
+
+/*
+ * A network header at the MAC header is ambiguous: a device without a link
+ * layer header (IP-in-IP, WireGuard, tun) puts the IP header there; an
+ * Ethernet frame whose headers were just reset starts with its Ethernet
+ * header. The device's hard_header_len tells (read only in that case).
+ */
+static __always_inline __u16 no_l2_header(struct sk_buff *skb, const struct nt_meta *m,
+					  const int typed)
+{
+	struct net_device *dev;
+
+	if (m->nh != m->mac || m->nh == NO_OFFSET)
+		return 0;
+	dev = NT_RD(typed, skb, dev);
+	if (!dev || !kernel_ptr(dev))
+		return 0;
+	return NT_RD(typed, dev, hard_header_len) == 0;
+}
 
 /*
  * Reads the header-locating fields of an untyped skb. They sit together in
@@ -239,6 +270,7 @@ static __always_inline int read_meta_raw(struct sk_buff *skb, struct nt_meta *m)
 		m->mac = (__u16)(buf[(o_mac - base) / 8] >> ((o_mac & 7) * 8));
 		m->head = (unsigned char *)buf[(o_head - base) / 8];
 		m->data = (unsigned char *)buf[(o_data - base) / 8];
+		m->no_l2 = no_l2_header(skb, m, 0);
 		return 0;
 	}
 	m->proto = bpf_ntohs(BPF_CORE_READ(skb, protocol));
@@ -246,6 +278,7 @@ static __always_inline int read_meta_raw(struct sk_buff *skb, struct nt_meta *m)
 	m->mac = BPF_CORE_READ(skb, mac_header);
 	m->head = BPF_CORE_READ(skb, head);
 	m->data = BPF_CORE_READ(skb, data);
+	m->no_l2 = no_l2_header(skb, m, 0);
 	return 0;
 }
 
@@ -258,6 +291,7 @@ static __always_inline int read_meta(struct sk_buff *skb, struct nt_meta *m, con
 	m->mac = skb->mac_header;
 	m->head = skb->head;
 	m->data = skb->data;
+	m->no_l2 = no_l2_header(skb, m, 1);
 	return 0;
 }
 
@@ -490,7 +524,7 @@ bad:
  */
 static __always_inline unsigned char *l3_of(const struct nt_meta *m)
 {
-	if (m->nh != NO_OFFSET && m->nh != 0 && (m->mac == NO_OFFSET || m->nh > m->mac))
+	if (m->nh != NO_OFFSET && m->nh != 0 && (m->mac == NO_OFFSET || m->nh > m->mac || m->no_l2))
 		return m->head + m->nh;
 	if (m->mac != NO_OFFSET)
 		return m->head + m->mac + ETH_HLEN;
@@ -750,6 +784,7 @@ static __always_inline int nt_may_match(struct sk_buff *skb, const int typed)
 	m.mac = skb->mac_header;
 	m.head = skb->head;
 	m.data = skb->data;
+	m.no_l2 = no_l2_header(skb, &m, 1);
 	ih = nt_rdonly_cast(l3_of(&m), bpf_core_type_id_kernel(struct iphdr___nt));
 	/* Not IPv4 after all: the body may find the addresses in the socket. */
 	if ((ih->ver_ihl >> 4) != 4)
@@ -774,17 +809,6 @@ struct nt_where {
 	__u32 ifindex;
 	__u32 netns;
 };
-
-/*
- * Whether p can be a kernel object: skb->dev shares its storage with
- * dev_scratch (UDP keeps lengths and flags there once the skb is queued to a
- * socket), which is no pointer; a direct load from such a value faults, and a
- * fault costs a microsecond. Kernel addresses have the top bit set.
- */
-static __always_inline int kernel_ptr(const void *p)
-{
-	return (long)p < 0;
-}
 
 /*
  * The hook's own device argument, when it has one, names where the packet is

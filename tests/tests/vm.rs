@@ -685,6 +685,8 @@ fn check_boot(series: &str) {
         "topo-f",
         "topo-d",
         "topo-r",
+        "topo-g",
+        "topo-i",
         "iptables-f",
         "iptables-d",
         "iptables-r",
@@ -747,6 +749,60 @@ fn check_tracepoint_icmp(series: &str) {
         assert!(
             ev.summary.contains(T_A) && ev.summary.contains(T_B),
             "{series}: event about another packet: {:?}\n{}",
+            ev.raw,
+            s.describe()
+        );
+    }
+}
+
+/// An overlay this host cannot build (Geneve, IP-in-IP): traced by the inner destination,
+/// the request shows on node a's tunnel device, then encapsulated (the tunnel before the
+/// inner packet) on a's and b's underlay, then decapsulated on b's tunnel device; the reply
+/// is encapsulated the other way.
+fn check_tunnel(series: &str, kind: &str) {
+    let b = boot(series);
+    let s = b.trace_step(&format!("tunnel-{kind}"));
+    let out = s.stdout();
+    let (topo, id, head) = match kind {
+        "geneve" => ("g", 50, "Geneve vni 50"),
+        _ => ("i", 52, "IPIP"),
+    };
+    let prefix = |a: &str, z: &str| format!("{head} {a} -> {z} | ");
+    let under = |h: u8| format!("10.250.{id}.{h}");
+    let inner = |h: u8| format!("10.250.{}.{h}", id + 1);
+    let request = icmp_request(inner(1), inner(2), 1);
+    let reply = icmp_reply(inner(2), inner(1), 1);
+    let enc_request = format!("{}{request}", prefix(&under(1), &under(2)));
+    let enc_reply = format!("{}{reply}", prefix(&under(2), &under(1)));
+    let at = |tracer: &str, summary: &str, role: &str| {
+        Step::exact(tracer, summary).iface(b.label(topo, role))
+    };
+    assert_subsequence_steps(
+        out,
+        &[
+            at("net_dev_queue", &request, "a_tun"),
+            at("net_dev_queue", &enc_request, "a_u"),
+            at("netif_receive_skb", &enc_request, "b_u"),
+            at("netif_receive_skb", &request, "b_tun"),
+        ],
+    );
+    assert_subsequence_steps(
+        out,
+        &[
+            at("net_dev_queue", &enc_reply, "b_u"),
+            at("netif_receive_skb", &enc_reply, "a_u"),
+            at("netif_receive_skb", &reply, "a_tun"),
+        ],
+    );
+    for ev in find_events(out) {
+        // a drop line carries `, reason: ..., location: ...` after the packet
+        let packet = ev.summary.split(", reason: ").next().unwrap_or_default();
+        assert!(
+            [&request, &reply, &enc_request, &enc_reply]
+                .iter()
+                .any(|s| s.as_str() == packet),
+            "{series}: an event of another packet with --addr {}: {:?}\n{}",
+            inner(2),
             ev.raw,
             s.describe()
         );
@@ -1033,6 +1089,16 @@ macro_rules! vm_tests {
             #[test]
             fn tracepoint_icmp() {
                 check_tracepoint_icmp($series);
+            }
+
+            #[test]
+            fn tunnel_geneve() {
+                check_tunnel($series, "geneve");
+            }
+
+            #[test]
+            fn tunnel_ipip() {
+                check_tunnel($series, "ipip");
             }
 
             #[test]

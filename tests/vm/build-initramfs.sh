@@ -32,7 +32,7 @@ die() { printf 'build-initramfs: error: %s\n' "$*" >&2; exit 1; }
 # Modules the scenarios use (built-in ones are skipped; dependencies are added).
 MODULES="veth bridge nf_tables nft_compat nft_chain_nat nf_nat nf_conntrack nf_defrag_ipv4
 nf_defrag_ipv6 x_tables xt_nat xt_tcpudp xt_conntrack xt_addrtype xt_MASQUERADE nft_masq nft_ct
-nf_reject_ipv4 nft_reject nft_reject_ipv4 nft_reject_inet ipt_REJECT af_packet ipv6"
+nf_reject_ipv4 nft_reject nft_reject_ipv4 nft_reject_inet ipt_REJECT af_packet ipv6 geneve ipip"
 
 [ -f "$scenario" ] || die "no scenario file $scenario"
 [ -d "$kdir/lib/modules" ] || die "$kdir/lib/modules not found (run fetch-kernel.sh first)"

@@ -111,6 +111,39 @@ topo_routed() {
     echo "topo $_n b $(iface_label "${_n}b" b0)"
 }
 
+# topo_tunnel NAME ID KIND: "nodes" NAMEa and NAMEb joined by veth u0 (10.250.ID.1/24,
+# 10.250.ID.2/24), and a KIND tunnel device tun0 over it in each (KIND geneve: VNI ID, L2;
+# ipip: point to point), with 10.250.ID+1.1 and .2 on the tunnel devices.
+# Prints `topo NAME ROLE LABEL` lines: roles a_u, b_u (underlay), a_tun, b_tun.
+topo_tunnel() {
+    _n=$1 _id=$2 _kind=$3 _id2=$(($2 + 1))
+    set -e
+    ns_new "${_n}a"
+    ns_new "${_n}b"
+    ip -n "${_n}a" link add u0 type veth peer name u0 netns "${_n}b"
+    for s in a:1:2 b:2:1; do
+        _ns=${_n}${s%%:*} _me=${s#*:} _me=${_me%%:*} _peer=${s##*:}
+        ip -n "$_ns" addr add "10.250.$_id.$_me/24" dev u0
+        ip -n "$_ns" link set u0 up
+        case $_kind in
+        geneve)
+            ip -n "$_ns" link add tun0 type geneve id "$_id" remote "10.250.$_id.$_peer"
+            ip -n "$_ns" addr add "10.250.$_id2.$_me/24" dev tun0
+            ;;
+        ipip)
+            ip -n "$_ns" link add tun0 type ipip local "10.250.$_id.$_me" remote "10.250.$_id.$_peer"
+            ip -n "$_ns" addr add "10.250.$_id2.$_me/32" peer "10.250.$_id2.$_peer" dev tun0
+            ;;
+        esac
+        ip -n "$_ns" link set tun0 up
+    done
+    set +e
+    echo "topo $_n a_u $(iface_label "${_n}a" u0)"
+    echo "topo $_n b_u $(iface_label "${_n}b" u0)"
+    echo "topo $_n a_tun $(iface_label "${_n}a" tun0)"
+    echo "topo $_n b_tun $(iface_label "${_n}b" tun0)"
+}
+
 # trace "NETTRACE ARGS" "TRAFFIC COMMAND" [SETTLE]
 #
 # Starts nettrace in the background, waits for `begin tracing` on its stderr, runs the

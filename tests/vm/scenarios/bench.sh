@@ -7,6 +7,8 @@
 #   f: bridged 10.250.20.0/24 with an ACCEPT rule in B (function backends: path, clone)
 #   d: bridged 10.250.30.0/24 with `iptables -A INPUT -p icmp -j DROP` in B
 #   r: routed  10.250.40.0/24 | 10.250.41.0/24, VIP 10.250.49.100 DNATed to 10.250.41.2
+#   g: Geneve VNI 50 over 10.250.50.0/24, 10.250.51.0/24 inside
+#   i: IP-in-IP over 10.250.52.0/24, 10.250.53.1 <-> 10.250.53.2 inside
 #
 # How the clone is made: with the bridge device in promiscuous mode, br_handle_frame_finish
 # passes every forwarded frame up to br0 too (local_rcv), so br_forward() hands a clone
@@ -69,17 +71,27 @@ step topo-d topo_bridged d 30
 step topo-r topo_routed r 40
 # An ACCEPT rule in f's B registers the filter INPUT hook there, so that the request goes
 # through nf_hook_slow (without any hook in a namespace the kernel never calls it).
+step topo-g topo_tunnel g 50 geneve
+step topo-i topo_tunnel i 52 ipip
 step iptables-f ip netns exec fb iptables -w -A INPUT -p icmp -j ACCEPT
 step iptables-d ip netns exec db iptables -w -A INPUT -p icmp -j DROP
 step iptables-r ip netns exec rm iptables -w -t nat -A PREROUTING -d 10.250.49.100 -j DNAT \
     --to-destination 10.250.41.2
 # Prime the ARP caches and the bridge FDBs, so that the traced pings are plain IP.
 step warmup bash -c "ip netns exec ta $PING 10.250.10.2; ip netns exec fa $PING 10.250.20.2;
-    ip netns exec ra $PING 10.250.41.2; ip netns exec da $PING 10.250.30.2; true"
+    ip netns exec ra $PING 10.250.41.2; ip netns exec da $PING 10.250.30.2;
+    ip netns exec ga $PING 10.250.51.2; ip netns exec ia $PING 10.250.53.2; true"
 
 # 1. Tracepoints only (what the host can do too): the icmp_bridge scenario.
 step tracepoint-icmp trace "-p icmp --addr 10.250.10.2 --detail" \
     "ip netns exec ta $PING 10.250.10.2" 2
+
+# 1b. Overlays this host kernel lacks (Geneve, IP-in-IP are modules here): the tunnel's
+#     outer packet before the inner one, by the inner destination.
+step tunnel-geneve trace "--backend tracepoint -p icmp --addr 10.250.51.2 --detail" \
+    "ip netns exec ga $PING 10.250.51.2" 2
+step tunnel-ipip trace "--backend tracepoint -p icmp --addr 10.250.53.2 --detail" \
+    "ip netns exec ia $PING 10.250.53.2" 2
 
 # 2. The function backends.
 for be in $BACKENDS; do
