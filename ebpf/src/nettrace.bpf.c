@@ -45,6 +45,23 @@ const volatile struct nt_filter nt_cfg = {};
 /* --rate-limit: events per second on the whole machine; 0 = no limit. */
 const volatile __u32 nt_rate = 0;
 
+/*
+ * The filter, read through a pointer the compiler cannot see through (an
+ * empty asm): its loads are plain ones, so the same field read twice on a
+ * path is loaded once, where naming the volatile nt_cfg loads it at every
+ * mention. The verifier still knows each value (the pointer is the frozen
+ * map's), and keeps only the paths the filter allows.
+ */
+static __always_inline const struct nt_filter *nt_cfg_ptr(void)
+{
+	const struct nt_filter *p = (const struct nt_filter *)&nt_cfg;
+
+	asm("" : "+r"(p));
+	return p;
+}
+
+#define CFG (*nt_cfg_ptr())
+
 #define NSEC_PER_SEC 1000000000ULL
 
 /*
@@ -182,7 +199,16 @@ const volatile __u32 nt_kfuncs = 0;
  */
 static void *(*const nt_rdonly_cast)(const void *obj, __u32 btf_id) = (void *)NT_MARK_RDONLY_CAST;
 
-#define NT_CAST() (nt_kfuncs & NT_KF_RDONLY_CAST)
+/* nt_kfuncs, read the way nt_cfg_ptr() reads the filter. */
+static __always_inline __u32 nt_kfuncs_now(void)
+{
+	const __u32 *p = (const __u32 *)&nt_kfuncs;
+
+	asm("" : "+r"(p));
+	return *p;
+}
+
+#define NT_CAST() (nt_kfuncs_now() & NT_KF_RDONLY_CAST)
 
 /*
  * A read-only view of the kernel memory at p as `type`: where the kernel has
@@ -316,7 +342,7 @@ static __always_inline int tunnel_port(__u16 dport)
 
 static __always_inline int has_port_filter(void)
 {
-	return nt_cfg.sport || nt_cfg.dport || nt_cfg.port;
+	return CFG.sport || CFG.dport || CFG.port;
 }
 
 /*
@@ -325,11 +351,11 @@ static __always_inline int has_port_filter(void)
  */
 static __always_inline int l3_may_match(__u16 proto)
 {
-	__u32 fl = nt_cfg.flags;
+	__u32 fl = CFG.flags;
 
-	if (nt_cfg.l3_proto && nt_cfg.l3_proto != proto)
+	if (CFG.l3_proto && CFG.l3_proto != proto)
 		return 0;
-	if ((nt_cfg.l4_proto || has_port_filter()) && proto != ETH_P_IP && proto != ETH_P_IPV6)
+	if ((CFG.l4_proto || has_port_filter()) && proto != ETH_P_IP && proto != ETH_P_IPV6)
 		return 0;
 	if (fl & (NT_FL_SADDR | NT_FL_DADDR | NT_FL_ADDR)) {
 		if (fl & NT_FL_V6)
@@ -339,26 +365,26 @@ static __always_inline int l3_may_match(__u16 proto)
 	return 1;
 }
 
-static __always_inline int addr_eq(const volatile __u8 *want, const __u8 *have, int v6)
+static __always_inline int addr_eq(const __u8 *want, const __u8 *have, int v6)
 {
 	if (!v6)
-		return *(const volatile __u32 *)want == *(const __u32 *)have;
-	return *(const volatile __u64 *)want == *(const __u64 *)have &&
-	       *(const volatile __u64 *)(want + 8) == *(const __u64 *)(have + 8);
+		return *(const __u32 *)want == *(const __u32 *)have;
+	return *(const __u64 *)want == *(const __u64 *)have &&
+	       *(const __u64 *)(want + 8) == *(const __u64 *)(have + 8);
 }
 
 /* The address part of the filter, on parsed addresses. */
 static __always_inline int addrs_match(const struct nt_pkt *p)
 {
-	__u32 fl = nt_cfg.flags;
+	__u32 fl = CFG.flags;
 	int v6 = fl & NT_FL_V6;
 
-	if ((fl & NT_FL_SADDR) && !addr_eq(nt_cfg.saddr, p->saddr, v6))
+	if ((fl & NT_FL_SADDR) && !addr_eq(CFG.saddr, p->saddr, v6))
 		return 0;
-	if ((fl & NT_FL_DADDR) && !addr_eq(nt_cfg.daddr, p->daddr, v6))
+	if ((fl & NT_FL_DADDR) && !addr_eq(CFG.daddr, p->daddr, v6))
 		return 0;
-	if ((fl & NT_FL_ADDR) && !addr_eq(nt_cfg.addr, p->saddr, v6) &&
-	    !addr_eq(nt_cfg.addr, p->daddr, v6))
+	if ((fl & NT_FL_ADDR) && !addr_eq(CFG.addr, p->saddr, v6) &&
+	    !addr_eq(CFG.addr, p->daddr, v6))
 		return 0;
 	return 1;
 }
@@ -366,7 +392,7 @@ static __always_inline int addrs_match(const struct nt_pkt *p)
 /* The L4 protocol part of the filter, once the L3 header names it. */
 static __always_inline int l4_may_match(__u8 l4)
 {
-	if (nt_cfg.l4_proto && nt_cfg.l4_proto != l4)
+	if (CFG.l4_proto && CFG.l4_proto != l4)
 		return 0;
 	if (has_port_filter() && l4 != IPPROTO_TCP && l4 != IPPROTO_UDP)
 		return 0;
@@ -376,11 +402,11 @@ static __always_inline int l4_may_match(__u8 l4)
 /* The port part of the filter. */
 static __always_inline int ports_match(const struct nt_pkt *p)
 {
-	if (nt_cfg.sport && nt_cfg.sport != p->sport)
+	if (CFG.sport && CFG.sport != p->sport)
 		return 0;
-	if (nt_cfg.dport && nt_cfg.dport != p->dport)
+	if (CFG.dport && CFG.dport != p->dport)
 		return 0;
-	if (nt_cfg.port && nt_cfg.port != p->sport && nt_cfg.port != p->dport)
+	if (CFG.port && CFG.port != p->sport && CFG.port != p->dport)
 		return 0;
 	return 1;
 }
@@ -392,7 +418,7 @@ static __always_inline int packet_matches(const struct nt_pkt *p, __u32 flags)
 		return 0;
 	if (p->l3_proto == ETH_P_ARP)
 		return addrs_match(p);
-	if ((nt_cfg.l4_proto || has_port_filter()) && !l4_may_match(p->l4_proto))
+	if ((CFG.l4_proto || has_port_filter()) && !l4_may_match(p->l4_proto))
 		return 0;
 	if (!addrs_match(p))
 		return 0;
@@ -534,14 +560,14 @@ static __always_inline unsigned char *l3_of(const struct nt_meta *m)
 /* An IPv4 address pair against the address filter, before p is filled. */
 static __always_inline int addrs4_match(__be32 sa, __be32 da)
 {
-	__u32 fl = nt_cfg.flags;
+	__u32 fl = CFG.flags;
 
-	if ((fl & NT_FL_SADDR) && *(const volatile __u32 *)nt_cfg.saddr != sa)
+	if ((fl & NT_FL_SADDR) && *(const __u32 *)CFG.saddr != sa)
 		return 0;
-	if ((fl & NT_FL_DADDR) && *(const volatile __u32 *)nt_cfg.daddr != da)
+	if ((fl & NT_FL_DADDR) && *(const __u32 *)CFG.daddr != da)
 		return 0;
-	if ((fl & NT_FL_ADDR) && *(const volatile __u32 *)nt_cfg.addr != sa &&
-	    *(const volatile __u32 *)nt_cfg.addr != da)
+	if ((fl & NT_FL_ADDR) && *(const __u32 *)CFG.addr != sa &&
+	    *(const __u32 *)CFG.addr != da)
 		return 0;
 	return 1;
 }
@@ -606,7 +632,7 @@ static __always_inline int parse_l3(struct nt_pkt *p, __u32 *flags, __u16 proto,
 		hold = in && tunnel_l4(l4);
 		if (check && !hold &&
 		    (!l3_may_match(proto) || !l4_may_match(l4) ||
-		     (!(nt_cfg.flags & NT_FL_V6) && !addrs4_match(sa, da))))
+		     (!(CFG.flags & NT_FL_V6) && !addrs4_match(sa, da))))
 			return NT_REJECT;
 		__builtin_memset(p, 0, sizeof(*p));
 		p->l3_proto = proto;
@@ -765,7 +791,7 @@ static __always_inline int nt_may_match(struct sk_buff *skb, const int typed)
 {
 	const struct iphdr___nt *ih;
 	struct nt_meta m;
-	__u32 fl = nt_cfg.flags;
+	__u32 fl = CFG.flags;
 
 	if (!skb || !NT_SKB_TYPED(typed) || (fl & NT_FL_SKB_MODE))
 		return 1;
@@ -778,7 +804,7 @@ static __always_inline int nt_may_match(struct sk_buff *skb, const int typed)
 	if (!l3_may_match(m.proto))
 		return 0;
 	if (m.proto != ETH_P_IP || !NT_CAST() ||
-	    !(nt_cfg.l4_proto || has_port_filter() || (fl & (NT_FL_SADDR | NT_FL_DADDR | NT_FL_ADDR))))
+	    !(CFG.l4_proto || has_port_filter() || (fl & (NT_FL_SADDR | NT_FL_DADDR | NT_FL_ADDR))))
 		return 1;
 	m.nh = skb->network_header;
 	m.mac = skb->mac_header;
@@ -894,6 +920,25 @@ static __always_inline struct nt_stash_key stash_key(__u64 pid_tgid, __u32 trace
 }
 
 /*
+ * The value of a BPF-to-BPF call, hidden from the optimiser on both sides:
+ * the verifier checks r0 at every exit of a subprogram, and clang leaves r0
+ * undefined in a callee whose return value it can prove or finds unused.
+ * Subprograms return nt_opaque(value); their callers take nt_done(call).
+ */
+static __always_inline int nt_opaque(int r)
+{
+	asm volatile("" : "+r"(r));
+	return r;
+}
+
+/* A subprogram's result, consumed; entry programs return 0 (fentry must). */
+static __always_inline int nt_done(int r)
+{
+	asm volatile("" : : "r"(r));
+	return 0;
+}
+
+/*
  * The shared body: filters cheaply first (configuration decides what is
  * read; nothing is copied or looked up for a packet the filter rejects),
  * then builds and emits the event. `typed` (NT_TYPED_*, NT_LATE_SLOT: a
@@ -905,12 +950,12 @@ static __always_inline int nt_body(void *ctx, struct nt_args *a, struct nt_slot 
 {
 	struct sk_buff *skb = (struct sk_buff *)a->skb;
 	__u64 skb_key = a->skb;
-	/* Filled (p: zeroed first) only once needed: a rejected packet
-	 * costs no stores for them. */
-	struct nt_where w;
+	/* p is zeroed by the parser, only once the first checks passed: a
+	 * rejected packet costs no stores for it. w and tun are zeroed here:
+	 * clang keeps them in registers, and a value left undefined on some
+	 * path is one the verifier refuses to spill (R2 !read_ok). */
+	struct nt_where w = {};
 	struct nt_pkt p;
-	/* Zeroed here: clang keeps it in registers, and a value left undefined
-	 * on some path is one the verifier refuses to spill. */
 	struct nt_tunnel tun = {};
 	struct nt_meta m;
 	struct nt_scratch_rec *r;
@@ -927,24 +972,24 @@ static __always_inline int nt_body(void *ctx, struct nt_args *a, struct nt_slot 
 	if (!(typed & NT_TYPED_SKB) && NT_CAST())
 		skb = nt_rdonly_cast(skb, bpf_core_type_id_kernel(struct sk_buff));
 
-	if (nt_cfg.flags & NT_FL_REMEMBER)
+	if (CFG.flags & NT_FL_REMEMBER)
 		remembered = bpf_map_lookup_elem(&nt_skbs, &skb_key) != 0;
-	follow_any = remembered && (nt_cfg.flags & NT_FL_SKB_MODE);
+	follow_any = remembered && (CFG.flags & NT_FL_SKB_MODE);
 
-	if (nt_cfg.pid && !remembered) {
+	if (CFG.pid && !remembered) {
 		pid_tgid = bpf_get_current_pid_tgid();
-		if (nt_cfg.pid != (__u32)(pid_tgid >> 32))
+		if (CFG.pid != (__u32)(pid_tgid >> 32))
 			return 0;
 	}
 
-	if (!remembered && (nt_cfg.netns || nt_cfg.ifindex || (nt_cfg.flags & NT_FL_SCOPE))) {
+	if (!remembered && (CFG.netns || CFG.ifindex || (CFG.flags & NT_FL_SCOPE))) {
 		read_where(&w, skb, a->dev, typed);
 		where_read = 1;
-		if (nt_cfg.netns && nt_cfg.netns != w.netns)
+		if (CFG.netns && CFG.netns != w.netns)
 			return 0;
-		if (nt_cfg.ifindex && nt_cfg.ifindex != w.ifindex)
+		if (CFG.ifindex && CFG.ifindex != w.ifindex)
 			return 0;
-		if ((nt_cfg.flags & NT_FL_SCOPE) && !in_scope(&w))
+		if ((CFG.flags & NT_FL_SCOPE) && !in_scope(&w))
 			return 0;
 	}
 
@@ -973,7 +1018,7 @@ static __always_inline int nt_body(void *ctx, struct nt_args *a, struct nt_slot 
 	if (follow_any) {
 		flags |= NT_F_SKB_MODE;
 	} else {
-		if (!remembered && (nt_cfg.flags & NT_FL_REMEMBER) &&
+		if (!remembered && (CFG.flags & NT_FL_REMEMBER) &&
 		    slot->role != NT_ROLE_CONSUME && slot->role != NT_ROLE_DROP) {
 			__u8 one = 1;
 
@@ -1045,32 +1090,32 @@ static __always_inline int nt_body(void *ctx, struct nt_args *a, struct nt_slot 
 /* The body for untyped skb values (raw tracepoints, kprobes). */
 static __noinline int nt_handle(void *ctx, struct nt_args *a, struct nt_slot *slot)
 {
-	return nt_body(ctx, a, slot, 0);
+	return nt_opaque(nt_body(ctx, a, slot, 0));
 }
 
 /* The body for kprobes: the tracer is found by function address after the filter. */
 static __noinline int nt_handle_kp(void *ctx, struct nt_args *a)
 {
-	return nt_body(ctx, a, 0, NT_LATE_SLOT);
+	return nt_opaque(nt_body(ctx, a, 0, NT_LATE_SLOT));
 }
 
 /* The body for BTF-typed skb pointers (tp_btf, fentry). */
 static __noinline int nt_handle_typed(void *ctx, struct nt_args *a, struct nt_slot *slot)
 {
-	return nt_body(ctx, a, slot, NT_TYPED_SKB);
+	return nt_opaque(nt_body(ctx, a, slot, NT_TYPED_SKB));
 }
 
 /* The body for BTF-typed skb and device arguments (tp_btf with a device). */
 static __noinline int nt_handle_typed_dev(void *ctx, struct nt_args *a, struct nt_slot *slot)
 {
-	return nt_body(ctx, a, slot, NT_TYPED_SKB | NT_TYPED_DEV);
+	return nt_opaque(nt_body(ctx, a, slot, NT_TYPED_SKB | NT_TYPED_DEV));
 }
 
 /*
  * A traced function returned: emit its entry event again with the return
  * value. A clone (skb_clone) of a followed skb is followed too.
  */
-static __noinline int nt_handle_ret(struct nt_slot *slot, __u64 retval)
+static __always_inline int nt_ret_body(struct nt_slot *slot, __u64 retval)
 {
 	struct nt_stash_key key = {};
 	struct nt_event *e;
@@ -1085,7 +1130,7 @@ static __noinline int nt_handle_ret(struct nt_slot *slot, __u64 retval)
 	e->flags |= NT_F_RET;
 	e->ts_ns = bpf_ktime_get_ns();
 	e->stack_id = -1;
-	if (slot->role == NT_ROLE_CLONE && retval && (nt_cfg.flags & NT_FL_REMEMBER)) {
+	if (slot->role == NT_ROLE_CLONE && retval && (CFG.flags & NT_FL_REMEMBER)) {
 		__u8 one = 1;
 
 		if (bpf_map_update_elem(&nt_skbs, &retval, &one, BPF_ANY))
@@ -1096,6 +1141,11 @@ static __noinline int nt_handle_ret(struct nt_slot *slot, __u64 retval)
 		stat_inc(NT_STAT_RB_FULL);
 	bpf_map_delete_elem(&nt_stash, &key);
 	return 0;
+}
+
+static __noinline int nt_handle_ret(struct nt_slot *slot, __u64 retval)
+{
+	return nt_opaque(nt_ret_body(slot, retval));
 }
 
 /*
@@ -1146,7 +1196,7 @@ static __always_inline int rtp_entry(struct bpf_raw_tracepoint_args *ctx, __u32 
 		a.sk = rtp_arg(ctx, slot->sk_arg, max);
 	if (slot->dev_arg != NT_ARG_NONE)
 		a.dev = rtp_arg(ctx, slot->dev_arg, max);
-	return nt_handle(ctx, &a, slot);
+	return nt_done(nt_handle(ctx, &a, slot));
 }
 
 /* kfree_skb(skb, location, reason, ...): the drop reason and where. */
@@ -1160,7 +1210,7 @@ static __always_inline int rtp_drop_entry(struct bpf_raw_tracepoint_args *ctx, _
 
 	if (!nt_may_match((struct sk_buff *)a.skb, 0))
 		return 0;
-	return nt_handle(ctx, &a, bpf_map_lookup_elem(&nt_slots, &slot_idx));
+	return nt_done(nt_handle(ctx, &a, bpf_map_lookup_elem(&nt_slots, &slot_idx)));
 }
 
 /*
@@ -1238,11 +1288,11 @@ static __always_inline int btf_entry(unsigned long long *ctx, __u32 slot_idx, co
 		a.sk = ctx_arg(ctx, slot->sk_arg, max);
 	if (dev_last) {
 		a.dev = ctx[max];
-		return nt_handle_typed_dev(ctx, &a, slot);
+		return nt_done(nt_handle_typed_dev(ctx, &a, slot));
 	}
 	if (slot->dev_arg != NT_ARG_NONE)
 		a.dev = ctx_arg(ctx, slot->dev_arg, max);
-	return nt_handle_typed(ctx, &a, slot);
+	return nt_done(nt_handle_typed(ctx, &a, slot));
 }
 
 /* nt_bt_a<max>_s<skb>_<n>: the twin of raw slot nt_a<max>_<n> for a
@@ -1274,7 +1324,7 @@ static __always_inline int btf_entry(unsigned long long *ctx, __u32 slot_idx, co
 		};                                                               \
 		if (!nt_may_match((struct sk_buff *)ctx[0], NT_TYPED_SKB))     \
 			return 0;                                                \
-		return nt_handle_typed(ctx, &a, bpf_map_lookup_elem(&nt_slots, &i)); \
+		return nt_done(nt_handle_typed(ctx, &a, bpf_map_lookup_elem(&nt_slots, &i))); \
 	}
 
 BTF_SLOT(0, 0, 0) BTF_SLOT(0, 0, 1) BTF_SLOT(0, 0, 2) BTF_SLOT(0, 0, 3)
@@ -1322,13 +1372,18 @@ BTF_DROP_SLOT(0) BTF_DROP_SLOT(1)
  * only for packets that pass the filter (most hits are rejected without
  * knowing which function fired).
  */
-static __always_inline int kp_entry(struct pt_regs *ctx, __u64 skb)
+static __always_inline int kp_body(struct pt_regs *ctx, __u64 skb)
 {
 	struct nt_args a = { .skb = skb };
 
+	return nt_done(nt_handle_kp(ctx, &a));
+}
+
+static __always_inline int kp_entry(struct pt_regs *ctx, __u64 skb)
+{
 	if (!nt_may_match((struct sk_buff *)skb, 0))
 		return 0;
-	return nt_handle_kp(ctx, &a);
+	return kp_body(ctx, skb);
 }
 
 /*
@@ -1355,7 +1410,7 @@ SEC("kprobe") int nt_kpm_ret(struct pt_regs *ctx)
 	/* On a kprobe-multi return, the function's address is its entry's. */
 	__u64 ip = bpf_get_func_ip(ctx);
 
-	return nt_handle_ret(bpf_map_lookup_elem(&nt_funcs, &ip), PT_REGS_RC(ctx));
+	return nt_done(nt_handle_ret(bpf_map_lookup_elem(&nt_funcs, &ip), PT_REGS_RC(ctx)));
 }
 
 SEC("kprobe") int nt_kp_a0(struct pt_regs *ctx) { return kp_entry(ctx, PT_REGS_PARM1(ctx)); }
@@ -1370,8 +1425,8 @@ SEC("kprobe") int nt_kp_a4(struct pt_regs *ctx) { return kp_entry(ctx, PT_REGS_P
 	int nt_kr_##n(struct pt_regs *ctx)                                       \
 	{                                                                        \
 		__u32 i = NT_SLOT_BASE_KRET + n;                                 \
-		return nt_handle_ret(bpf_map_lookup_elem(&nt_slots, &i),         \
-				     PT_REGS_RC(ctx));                           \
+		return nt_done(nt_handle_ret(bpf_map_lookup_elem(&nt_slots, &i),         \
+				     PT_REGS_RC(ctx)));                           \
 	}
 
 /*
@@ -1379,15 +1434,21 @@ SEC("kprobe") int nt_kp_a4(struct pt_regs *ctx) { return kp_entry(ctx, PT_REGS_P
  * slots too; fentry slots come in families by the skb argument position (a
  * program may only read arguments its function has).
  */
+/* Past the first check: nothing is stored before it. */
+static __always_inline int fentry_entry(unsigned long long *ctx, __u32 slot_idx, __u64 skb)
+{
+	struct nt_args a = { .skb = skb };
+
+	return nt_done(nt_handle_typed(ctx, &a, bpf_map_lookup_elem(&nt_slots, &slot_idx)));
+}
+
 #define FENTRY_SLOT(arg, n)                                                      \
 	SEC("fentry")                                                            \
 	int nt_fe_a##arg##_##n(unsigned long long *ctx)                          \
 	{                                                                        \
-		__u32 i = NT_SLOT_BASE_FE##arg + n;                              \
-		struct nt_args a = { .skb = ctx[arg] };                          \
 		if (!nt_may_match((struct sk_buff *)ctx[arg], NT_TYPED_SKB))   \
 			return 0;                                                \
-		return nt_handle_typed(ctx, &a, bpf_map_lookup_elem(&nt_slots, &i)); \
+		return fentry_entry(ctx, NT_SLOT_BASE_FE##arg + n, ctx[arg]);  \
 	}
 
 #define FEXIT_SLOT(n)                                                            \
@@ -1397,7 +1458,7 @@ SEC("kprobe") int nt_kp_a4(struct pt_regs *ctx) { return kp_entry(ctx, PT_REGS_P
 		__u32 i = NT_SLOT_BASE_FEXIT + n;                                \
 		__u64 ret = 0;                                                   \
 		bpf_get_func_ret(ctx, &ret);                                     \
-		return nt_handle_ret(bpf_map_lookup_elem(&nt_slots, &i), ret);   \
+		return nt_done(nt_handle_ret(bpf_map_lookup_elem(&nt_slots, &i), ret));   \
 	}
 
 FENTRY_SLOT(0, 0) FENTRY_SLOT(0, 1) FENTRY_SLOT(0, 2) FENTRY_SLOT(0, 3)

@@ -829,3 +829,199 @@ impl Stats {
         self.0.get(&idx, 0).map(|v| v.iter().sum()).unwrap_or(0)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The verifier's view of the entry programs under every kind of filter.
+    //!
+    //! The filter is frozen in `.rodata`, so the verifier walks different code for each
+    //! filter, and clang's register allocation shifts with every change of the C source:
+    //! a value left undefined on one path is one the verifier refuses to spill
+    //! (`R2 !read_ok`), and only some filters reach it. Tests that trace real packets use
+    //! a few filters each; this one loads (verifies, attaches nothing) the kprobe and raw
+    //! tracepoint entry programs, and tp_btf ones on two tracepoints, under one filter of
+    //! every kind, with and without `bpf_rdonly_cast`. kprobe programs load on kernels
+    //! without kprobes (only attaching needs them), so every machine checks them.
+
+    use super::*;
+    use aya::programs::{BtfTracePoint, KProbe, RawTracePoint};
+    use nettrace_common::filter::{parse_addr, parse_proto};
+
+    /// One filter of every kind the kernel side branches on.
+    fn filters() -> Vec<(&'static str, Filter)> {
+        let addr = |s: &str| Some(parse_addr(s).expect("address"));
+        let proto = |s: &str| Some(parse_proto(s).expect("protocol"));
+        vec![
+            ("none", Filter::default()),
+            (
+                "-p tcp --port 1",
+                Filter {
+                    proto: proto("tcp"),
+                    port: Some(1),
+                    ..Filter::default()
+                },
+            ),
+            (
+                "-p udp --dport 53",
+                Filter {
+                    proto: proto("udp"),
+                    dport: Some(53),
+                    ..Filter::default()
+                },
+            ),
+            (
+                "-p icmp",
+                Filter {
+                    proto: proto("icmp"),
+                    ..Filter::default()
+                },
+            ),
+            (
+                "-p arp",
+                Filter {
+                    proto: proto("arp"),
+                    ..Filter::default()
+                },
+            ),
+            (
+                "-p ip6",
+                Filter {
+                    proto: proto("ip6"),
+                    ..Filter::default()
+                },
+            ),
+            (
+                "-s v4",
+                Filter {
+                    saddr: addr("10.0.0.1"),
+                    ..Filter::default()
+                },
+            ),
+            (
+                "--addr v6",
+                Filter {
+                    addr: addr("fd00::1"),
+                    ..Filter::default()
+                },
+            ),
+            (
+                "-d v4 --sport 80",
+                Filter {
+                    daddr: addr("10.0.0.2"),
+                    sport: Some(80),
+                    ..Filter::default()
+                },
+            ),
+            (
+                "--netns",
+                Filter {
+                    netns: Some(4_026_531_840),
+                    ..Filter::default()
+                },
+            ),
+            (
+                "--ifname",
+                Filter {
+                    ifindex: Some(2),
+                    proto: proto("tcp"),
+                    ..Filter::default()
+                },
+            ),
+            (
+                "--pid",
+                Filter {
+                    pid: Some(1),
+                    ..Filter::default()
+                },
+            ),
+            (
+                "--skb-mode",
+                Filter {
+                    skb_mode: true,
+                    proto: proto("icmp"),
+                    ..Filter::default()
+                },
+            ),
+            (
+                "agent scope",
+                Filter {
+                    scope_map: true,
+                    follow: true,
+                    ..Filter::default()
+                },
+            ),
+        ]
+    }
+
+    /// Entry programs loadable without an attach target.
+    const KPROBES: &[&str] = &[
+        "nt_kp_a0",
+        "nt_kp_a1",
+        "nt_kp_a4",
+        "nt_kpm_a0",
+        "nt_kpm_a2",
+        "nt_kpm_ret",
+        "nt_kr_0",
+    ];
+    const RAW_TPS: &[&str] = &["nt_a0_0", "nt_a1_0", "nt_a2_0", "nt_a3_0", "nt_drop_0"];
+    /// tp_btf programs and the tracepoint each is loaded for.
+    const TP_BTF: &[(&str, &str)] = &[
+        ("nt_bt_a0_s0_0", "netif_receive_skb"),
+        ("nt_bt_drop_0", "kfree_skb"),
+    ];
+
+    #[test]
+    fn entry_programs_verify_under_every_filter() {
+        let btf = Btf::from_sys_fs().expect("this kernel has BTF (/sys/kernel/btf/vmlinux)");
+        let mut failures = Vec::new();
+        for (name, filter) in filters() {
+            for allow_cast in [true, false] {
+                let linked = kfunc::link(nettrace_ebpf::object(), &btf, allow_cast).expect("link");
+                let raw = RawFilter(filter.encode());
+                let mut ebpf = EbpfLoader::new()
+                    .btf(Some(&btf))
+                    .override_global("nt_cfg", &raw, true)
+                    .override_global("nt_rate", &0u32, true)
+                    .override_global("nt_kfuncs", &linked.kfuncs, true)
+                    .map_max_entries("nt_events", 4096)
+                    .load(&linked.object)
+                    .expect("the object loads");
+                let mode = if linked.cast() { "cast" } else { "probe-read" };
+                let mut check = |prog: &str, r: Result<(), ProgramError>| {
+                    if let Err(e) = r {
+                        let text = format!("{e:#}");
+                        let tail: Vec<&str> = text.lines().rev().take(4).collect();
+                        failures.push(format!("{prog} [{name}, {mode}]: {}", tail.join(" | ")));
+                    }
+                };
+                for &p in KPROBES {
+                    let prog: &mut KProbe = ebpf
+                        .program_mut(p)
+                        .and_then(|x| x.try_into().ok())
+                        .unwrap_or_else(|| panic!("{p} is a kprobe program of the object"));
+                    check(p, prog.load());
+                }
+                for &p in RAW_TPS {
+                    let prog: &mut RawTracePoint = ebpf
+                        .program_mut(p)
+                        .and_then(|x| x.try_into().ok())
+                        .unwrap_or_else(|| panic!("{p} is a raw tracepoint program"));
+                    check(p, prog.load());
+                }
+                for &(p, tp) in TP_BTF {
+                    let prog: &mut BtfTracePoint = ebpf
+                        .program_mut(p)
+                        .and_then(|x| x.try_into().ok())
+                        .unwrap_or_else(|| panic!("{p} is a tp_btf program"));
+                    check(p, prog.load(tp, &btf));
+                }
+            }
+        }
+        assert!(
+            failures.is_empty(),
+            "{} entry program(s) refused by the verifier:\n  {}",
+            failures.len(),
+            failures.join("\n  ")
+        );
+    }
+}
