@@ -69,13 +69,7 @@ pub fn pod_state(pod: &Pod) -> PodState {
             let reason = w.reason.clone().unwrap_or_else(|| "Waiting".into());
             if FATAL_WAITING.contains(&reason.as_str()) {
                 // The kubelet's own words (the pull error...), on one line.
-                let message = w
-                    .message
-                    .as_deref()
-                    .unwrap_or("")
-                    .split_whitespace()
-                    .collect::<Vec<_>>()
-                    .join(" ");
+                let message = one_line(w.message.as_deref());
                 if message.is_empty() {
                     return PodState::Failed(reason);
                 }
@@ -120,13 +114,7 @@ pub fn event_lines(events: &[Event]) -> Vec<String> {
     evs.sort_by_key(|e| e.last_timestamp.as_ref().map(|t| t.0));
     evs.iter()
         .map(|e| {
-            let msg = e
-                .message
-                .as_deref()
-                .unwrap_or("")
-                .split_whitespace()
-                .collect::<Vec<_>>()
-                .join(" ");
+            let msg = one_line(e.message.as_deref());
             let count = e
                 .count
                 .filter(|&c| c > 1)
@@ -376,6 +364,16 @@ pub async fn delete_all(api: &Api<Pod>, names: &[String]) {
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+/// A Kubernetes message (kubelet or event text, possibly multi-line) on one
+/// line, its whitespace runs collapsed; empty when there is none.
+fn one_line(message: Option<&str>) -> String {
+    message
+        .unwrap_or("")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 #[cfg(test)]
