@@ -306,16 +306,8 @@ impl TestNs {
         for (name, node) in pods {
             self.pod_with(name, node, &["sleep", "3600"], "");
         }
-        let names: Vec<String> = pods.iter().map(|(n, _)| format!("pod/{n}")).collect();
-        let mut args = vec![
-            "wait",
-            "-n",
-            &self.name,
-            "--for=condition=Ready",
-            "--timeout=90s",
-        ];
-        args.extend(names.iter().map(String::as_str));
-        self.cluster.kubectl_ok(&args);
+        let names: Vec<&str> = pods.iter().map(|(n, _)| *n).collect();
+        self.wait_ready(&names);
     }
 
     /// Creates one busybox pod on `node` running `command`, with `labels` (YAML flow
