@@ -690,6 +690,26 @@ pub fn encode(ev: &Event) -> Vec<u8> {
 pub(crate) mod tests {
     use super::*;
 
+    /// [`sample`] inside VXLAN (VNI 1, 192.168.77.1:51000 -> 192.168.77.2:8472), used
+    /// across the crate's tests.
+    pub(crate) fn vxlan_sample() -> Event {
+        Event {
+            tunnel: Some(Tunnel {
+                kind: TunnelKind::Vxlan,
+                vni: 1,
+                outer: Packet::Ipv4 {
+                    src: Ipv4Addr::new(192, 168, 77, 1),
+                    dst: Ipv4Addr::new(192, 168, 77, 2),
+                    l4: L4::Udp {
+                        sport: 51000,
+                        dport: 8472,
+                    },
+                },
+            }),
+            ..sample()
+        }
+    }
+
     /// A plain IPv4 ICMP echo request event used across the crate's tests.
     pub(crate) fn sample() -> Event {
         Event {

@@ -378,19 +378,7 @@ mod tests {
 
     #[test]
     fn an_encapsulated_packet_matches_by_its_inner_or_outer_packet() {
-        let mut ev = sample();
-        ev.tunnel = Some(crate::event::Tunnel {
-            kind: crate::event::TunnelKind::Vxlan,
-            vni: 1,
-            outer: Packet::Ipv4 {
-                src: Ipv4Addr::new(192, 168, 77, 1),
-                dst: Ipv4Addr::new(192, 168, 77, 2),
-                l4: L4::Udp {
-                    sport: 51000,
-                    dport: 8472,
-                },
-            },
-        });
+        let mut ev = crate::event::tests::vxlan_sample();
         let f = |addr: Option<&str>, p: Option<&str>, port: Option<u16>| Filter {
             addr: addr.map(ip),
             proto: p.map(proto),

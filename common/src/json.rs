@@ -614,19 +614,7 @@ mod tests {
 
     #[test]
     fn a_tunnel_is_an_object_beside_the_inner_packet() {
-        let mut ev = sample();
-        ev.tunnel = Some(crate::event::Tunnel {
-            kind: crate::event::TunnelKind::Vxlan,
-            vni: 1,
-            outer: Packet::Ipv4 {
-                src: "192.168.77.1".parse().expect("addr"),
-                dst: "192.168.77.2".parse().expect("addr"),
-                l4: L4::Udp {
-                    sport: 51000,
-                    dport: 8472,
-                },
-            },
-        });
+        let ev = crate::event::tests::vxlan_sample();
         let v = one(&ev, &ann());
         assert_eq!(
             v["tunnel"],

@@ -5,7 +5,7 @@ use std::fmt::{self, Display, Write};
 use std::net::Ipv4Addr;
 
 use crate::event::{
-    Event, Packet, Tunnel, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, L4,
+    Event, Packet, Tunnel, TunnelKind, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, L4,
 };
 
 /// Writes the summary of an event: its packet's, after the tunnel's for an
@@ -22,7 +22,7 @@ pub fn write_event_summary<W: Write + ?Sized>(out: &mut W, ev: &Event) -> fmt::R
 fn write_tunnel<W: Write + ?Sized>(out: &mut W, t: &Tunnel) -> fmt::Result {
     out.write_str(t.kind.name())?;
     out.write_char(' ')?;
-    if t.vni != 0 || matches!(t.outer.l4(), Some((IPPROTO_UDP, _))) {
+    if matches!(t.kind, TunnelKind::Vxlan | TunnelKind::Geneve) {
         out.write_str("vni ")?;
         write_dec(out, u64::from(t.vni))?;
         out.write_char(' ')?;
