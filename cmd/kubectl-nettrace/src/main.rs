@@ -39,6 +39,7 @@
 //! (each node's clock converted with the agent's `hello.clock`) through a
 //! 500 ms reorder buffer.
 
+mod address;
 mod agent_pod;
 mod cli;
 mod console;
