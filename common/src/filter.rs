@@ -330,12 +330,31 @@ impl Filter {
                 }
             }
         }
+        let addrs = match *pkt {
+            Packet::Ipv4 { src, dst, .. } => Some((IpAddr::V4(src), IpAddr::V4(dst))),
+            Packet::Ipv6 { src, dst, .. } => Some((IpAddr::V6(src), IpAddr::V6(dst))),
+            Packet::Arp { sender, target, .. } => Some((IpAddr::V4(sender), IpAddr::V4(target))),
+            Packet::Other { .. } | Packet::Unknown => None,
+        };
+        let ports = match pkt.l4() {
+            Some((_, L4::Tcp { sport, dport, .. })) | Some((_, L4::Udp { sport, dport })) => {
+                Some((*sport, *dport))
+            }
+            _ => None,
+        };
+        self.matches_endpoints(addrs, ports)
+    }
+
+    /// Whether a packet's addresses (source, destination) and ports pass
+    /// the address and port filters (`None`: the packet has none).
+    pub fn matches_endpoints(
+        &self,
+        addrs: Option<(IpAddr, IpAddr)>,
+        ports: Option<(u16, u16)>,
+    ) -> bool {
         if self.addrs().next().is_some() {
-            let (src, dst) = match *pkt {
-                Packet::Ipv4 { src, dst, .. } => (IpAddr::V4(src), IpAddr::V4(dst)),
-                Packet::Ipv6 { src, dst, .. } => (IpAddr::V6(src), IpAddr::V6(dst)),
-                Packet::Arp { sender, target, .. } => (IpAddr::V4(sender), IpAddr::V4(target)),
-                Packet::Other { .. } | Packet::Unknown => return false,
+            let Some((src, dst)) = addrs else {
+                return false;
             };
             if self.saddr.is_some_and(|a| a != src)
                 || self.daddr.is_some_and(|a| a != dst)
@@ -345,11 +364,8 @@ impl Filter {
             }
         }
         if self.has_ports() {
-            let (sport, dport) = match pkt.l4() {
-                Some((_, L4::Tcp { sport, dport, .. })) | Some((_, L4::Udp { sport, dport })) => {
-                    (*sport, *dport)
-                }
-                _ => return false,
+            let Some((sport, dport)) = ports else {
+                return false;
             };
             if self.sport.is_some_and(|p| p != sport)
                 || self.dport.is_some_and(|p| p != dport)

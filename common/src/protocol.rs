@@ -99,6 +99,12 @@ pub struct SpecOptions {
     /// packets across the host too (events there are annotated when they are
     /// on a target's host-side veth).
     pub follow_host: bool,
+    /// Scope to the node's own network namespace too (bridges, overlay
+    /// devices, the uplink), besides the targets': what a packet crossing
+    /// nodes goes through between its pod and the wire. The plugin sets it
+    /// when the traced pods are on several nodes.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub node_netns: bool,
 }
 
 /// Plugin → agent: what to trace, and for how long.
@@ -152,6 +158,19 @@ pub struct Hello {
     pub backends: Vec<String>,
     /// Clocks, to put events of several nodes on one time line.
     pub clock: Clock,
+    /// The kernel's boot id (`/proc/sys/kernel/random/boot_id`): nodes that
+    /// report the same one share a kernel (kind, k3d, network-namespace
+    /// nodes) and each sees the others' packets. Empty from older agents.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub boot_id: String,
+    /// Inode of the node's network namespace (the agent's): on a shared
+    /// kernel, which node an event in a node's own namespace belongs to.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub netns: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// What one target resolved to (or why it did not).
@@ -535,6 +554,7 @@ mod tests {
                         ..TraceOptions::default()
                     },
                     follow_host: true,
+                    node_netns: true,
                 },
                 deadline_secs: Some(60),
                 peers: vec![Target {
@@ -553,6 +573,8 @@ mod tests {
                     monotonic_ns: u64::MAX,
                     realtime_ns: 1_764_000_000_000_000_000,
                 },
+                boot_id: "5c1bd8a4-7b0e-4c52-9f0d-2f1e3b6a9c01".into(),
+                netns: 4026531840,
             }),
             Message::Resolved(Resolved {
                 targets: vec![

@@ -19,7 +19,8 @@ use crate::format::{write_drop, write_head, write_stack, Columns, Skb, TextOptio
 use crate::protocol::Annotation;
 
 /// One event object as `nettrace -o json` prints it (the keys text output
-/// needs; `pkt` and the others are skipped). Missing keys take defaults.
+/// needs, and the packet's identity to join what several nodes saw of one
+/// packet; the others are skipped). Missing keys take defaults.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct RemoteEvent {
@@ -58,6 +59,93 @@ pub struct RemoteEvent {
     /// Call stack, innermost first (`--stack`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stack: Option<Vec<String>>,
+    /// The (inner) packet's identity.
+    pub pkt: PacketId,
+    /// The encapsulation, for a tunnelled packet.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tunnel: Option<RemoteTunnel>,
+}
+
+/// The keys of an event's `pkt` object that tell one packet from another:
+/// addresses, protocol, ports, TCP sequence, acknowledgment and flags, ICMP
+/// type, id and sequence. Not the length: it changes along the path (link
+/// headers, encapsulation).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PacketId {
+    /// Source address.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub saddr: Option<std::net::IpAddr>,
+    /// Destination address.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub daddr: Option<std::net::IpAddr>,
+    /// `tcp`, `udp`, `icmp`, `icmpv6` or the protocol number.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proto: Option<Proto>,
+    /// Source port.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sport: Option<u16>,
+    /// Destination port.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dport: Option<u16>,
+    /// TCP sequence number.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u32>,
+    /// TCP acknowledgment number.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ack: Option<u32>,
+    /// TCP flags.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flags: Option<String>,
+    /// ICMP type.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub icmp_type: Option<u8>,
+    /// ICMP echo id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub icmp_id: Option<u16>,
+    /// ICMP echo sequence.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub icmp_seq: Option<u16>,
+}
+
+impl PacketId {
+    /// Whether it names a packet at all (an IP packet with addresses).
+    pub fn is_known(&self) -> bool {
+        self.saddr.is_some() && self.daddr.is_some() && self.proto.is_some()
+    }
+}
+
+/// An IP protocol as `pkt.proto` gives it: a name, or a number.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Proto {
+    /// `tcp`, `udp`, `icmp`, `icmpv6`.
+    Name(String),
+    /// Any other protocol.
+    Number(u8),
+}
+
+/// An event's `tunnel` object (the keys output needs).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RemoteTunnel {
+    /// `vxlan`, `geneve`, `ipip` or `ip6ip`.
+    pub kind: String,
+    /// VNI (VXLAN, Geneve).
+    pub vni: u32,
+}
+
+impl RemoteTunnel {
+    /// As the text output names it: `VXLAN vni 1`, `Geneve vni 7`, `IPIP`.
+    pub fn describe(&self) -> String {
+        match crate::event::TunnelKind::from_json_name(&self.kind) {
+            Some(k @ (crate::event::TunnelKind::Vxlan | crate::event::TunnelKind::Geneve)) => {
+                format!("{} vni {}", k.name(), self.vni)
+            }
+            Some(k) => k.name().to_string(),
+            None => self.kind.clone(),
+        }
+    }
 }
 
 impl RemoteEvent {
@@ -131,22 +219,28 @@ pub fn write_suffix(out: &mut String, ann: Option<&Annotation>, node: Option<&st
 
 /// Appends a whole timeline block of remote events: the
 /// `<------------------- skb: ... ---------------------->` header, the
-/// event lines (annotated as by [`write_remote_event`]), one empty line.
+/// event lines (annotated as by [`write_remote_event`], each with its node
+/// when given), the `end` line when given (e.g. where the packet was lost),
+/// one empty line.
 pub fn write_remote_timeline<'a, I>(
     out: &mut String,
     skb: &str,
     items: I,
-    node: Option<&str>,
+    end: Option<&str>,
     opts: TextOptions,
 ) where
-    I: IntoIterator<Item = (&'a RemoteEvent, Option<&'a Annotation>)>,
+    I: IntoIterator<Item = (&'a RemoteEvent, Option<&'a Annotation>, Option<&'a str>)>,
 {
     let _ = writeln!(
         out,
         "<------------------- skb: {skb} ---------------------->"
     );
-    for (ev, ann) in items {
+    for (ev, ann, node) in items {
         write_remote_event(out, ev, ann, node, opts);
+    }
+    if let Some(end) = end {
+        out.push_str(end);
+        out.push('\n');
     }
     out.push('\n');
 }
@@ -306,7 +400,7 @@ mod tests {
             write_remote_timeline(
                 &mut mine,
                 &tl.skb,
-                tl.events.iter().map(|e| (e, None)),
+                tl.events.iter().map(|e| (e, None, None)),
                 None,
                 opts,
             );
@@ -396,16 +490,56 @@ mod tests {
         write_remote_timeline(
             &mut s,
             "ffff8887b6260800",
-            [(&remote, Some(&pod)), (&remote, None)],
-            Some("n1"),
+            [
+                (&remote, Some(&pod), Some("n1")),
+                (&remote, None, Some("n2")),
+            ],
+            Some("lost between n2 and n3: last seen at x on n2"),
             TextOptions::default(),
         );
         assert_eq!(
             s,
             "<------------------- skb: ffff8887b6260800 ---------------------->\n\
              453516.922978: [napi_gro_receive        ]: ICMP: 10.35.13.63 -> 9.135.224.89, ping request   , seq: 1, pod: shop/client/app, node: n1\n\
-             453516.922978: [napi_gro_receive        ]: ICMP: 10.35.13.63 -> 9.135.224.89, ping request   , seq: 1, node: n1\n\n"
+             453516.922978: [napi_gro_receive        ]: ICMP: 10.35.13.63 -> 9.135.224.89, ping request   , seq: 1, node: n2\n\
+             lost between n2 and n3: last seen at x on n2\n\n"
         );
+    }
+
+    #[test]
+    fn packet_identity_and_tunnel_are_read_from_the_json() {
+        let stack = stack();
+        let a = anns(&stack);
+        let tcp = &events()[3];
+        let r = via_json(tcp, &a[0]);
+        assert_eq!(
+            r.pkt,
+            PacketId {
+                saddr: "fd00::1".parse().ok(),
+                daddr: "fd00::2".parse().ok(),
+                proto: Some(Proto::Name("tcp".into())),
+                sport: Some(35338),
+                dport: Some(8080),
+                seq: Some(1),
+                ack: Some(2),
+                flags: Some("SA".into()),
+                ..PacketId::default()
+            }
+        );
+        assert!(r.pkt.is_known() && r.tunnel.is_none());
+        let icmp = via_json(&sample(), &a[0]);
+        assert_eq!(icmp.pkt.icmp_type, Some(8));
+        assert_eq!(icmp.pkt.icmp_seq, Some(1));
+        assert!(icmp.pkt.icmp_id.is_some());
+        let arp = via_json(&events()[4], &a[0]);
+        assert_eq!(arp.pkt.proto, None);
+        assert!(!arp.pkt.is_known());
+        let vx = via_json(&crate::event::tests::vxlan_sample(), &a[0]);
+        assert_eq!(
+            vx.tunnel.as_ref().map(RemoteTunnel::describe).as_deref(),
+            Some("VXLAN vni 1")
+        );
+        assert!(vx.pkt.is_known());
     }
 
     #[test]

@@ -180,6 +180,32 @@ impl<R> Timeline<R> {
         })
     }
 
+    /// Hands out, unfinished, the contexts whose newest record is older than
+    /// `before` (by `ts_of`), ordered by their first record: the skb left
+    /// what is traced (for an agent, into another node's scope) and its end
+    /// will not be seen here.
+    pub fn flush_idle(&mut self, before: u64, ts_of: impl Fn(&R) -> u64) -> Vec<Block<R>> {
+        let idle: Vec<u64> = self
+            .contexts
+            .iter()
+            .filter(|(_, c)| c.records.last().is_none_or(|r| ts_of(r) < before))
+            .map(|(&id, _)| id)
+            .collect();
+        let mut out = Vec::with_capacity(idle.len());
+        for id in idle {
+            if let Some(ctx) = self.contexts.remove(&id) {
+                for s in &ctx.live {
+                    self.by_skb.remove(s);
+                }
+                out.push(Block {
+                    skb: ctx.first_skb,
+                    records: ctx.records,
+                });
+            }
+        }
+        out
+    }
+
     /// Hands out every open context, ordered by their first record.
     pub fn flush(&mut self) -> Vec<Block<R>> {
         self.by_skb.clear();
@@ -220,6 +246,27 @@ mod tests {
         assert_eq!(recs(&out), vec![(1, vec!["a1", "a2", "a3"])]);
         assert!(t.is_empty());
         assert!(t.flush().is_empty());
+    }
+
+    #[test]
+    fn idle_contexts_leave_unfinished_and_their_skbs_start_afresh() {
+        let mut t = Timeline::new(16);
+        t.push(1, ("a1", 100), false, None);
+        t.push(2, ("b1", 150), false, None);
+        t.push(1, ("a2", 300), false, None);
+        let ts = |r: &(&str, u64)| r.1;
+        assert!(t.flush_idle(100, ts).is_empty());
+        let out = t.flush_idle(200, ts);
+        assert_eq!(out.len(), 1);
+        assert_eq!((out[0].skb, out[0].records.clone()), (2, vec![("b1", 150)]));
+        assert_eq!(t.len(), 1);
+        // skb 2 seen again: a new context
+        t.push(2, ("b2", 400), true, None);
+        assert_eq!(t.len(), 1);
+        let out = t.flush_idle(1000, ts);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].records, [("a1", 100), ("a2", 300)]);
+        assert!(t.is_empty());
     }
 
     #[test]

@@ -167,7 +167,8 @@ fn run() -> Result<Stop> {
 
     let tree = crate::load_tree(None)?;
     let (config, host) = run_config(&spec, &tree)?;
-    let prepared = crate::prepare(&config, &host, &tree, &sink.kernel_scope)?;
+    let mut prepared = crate::prepare(&config, &host, &tree, &sink.kernel_scope)?;
+    prepared.views.idle_flush = Some(TIMELINE_IDLE_FLUSH);
     emit(&Message::Ready(Ready {
         tracers: prepared.loaded.attached.len(),
         scope: sink.scope,
@@ -278,6 +279,12 @@ fn watch_input(lines: mpsc::Receiver<Input>, idle: Duration) -> oneshot::Receive
     rx
 }
 
+/// In timeline mode, how long an skb context stays open without a new
+/// event before the agent sends it unfinished: an skb that crosses into
+/// another node's scope (nodes sharing one kernel) ends there, and the
+/// plugin joins the two blocks.
+pub const TIMELINE_IDLE_FLUSH: Duration = Duration::from_secs(1);
+
 fn hello() -> Hello {
     let kernel = nix::sys::utsname::uname()
         .map(|u| u.release().to_string_lossy().into_owned())
@@ -302,6 +309,10 @@ fn hello() -> Hello {
         kernel,
         backends,
         clock: read_clocks(),
+        boot_id: procfs::sys::kernel::random::boot_id()
+            .map(|id| id.trim().to_string())
+            .unwrap_or_default(),
+        netns: containers::netns_inode(Path::new(HOST_NETNS)).unwrap_or(0),
     }
 }
 
@@ -316,17 +327,7 @@ fn kernel_version(release: &str) -> (u32, u32) {
 /// Both clocks, the realtime one read between two monotonic readings and
 /// paired with their midpoint.
 fn read_clocks() -> Clock {
-    let ns = |id: libc::clockid_t| {
-        let mut t = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: t is a valid timespec to write to.
-        if unsafe { libc::clock_gettime(id, &mut t) } != 0 {
-            return 0;
-        }
-        u64::try_from(t.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(t.tv_nsec).unwrap_or(0)
-    };
+    let ns = crate::system::clock_ns;
     let m1 = ns(libc::CLOCK_MONOTONIC);
     let realtime_ns = ns(libc::CLOCK_REALTIME);
     let m2 = ns(libc::CLOCK_MONOTONIC);
@@ -420,6 +421,9 @@ impl AgentSink {
                 sink.kernel_scope
                     .push(u64::from(host_netns) << 32 | u64::from(index));
             }
+        }
+        if spec.options.node_netns && !sink.kernel_scope.is_empty() {
+            sink.kernel_scope.push(u64::from(host_netns) << 32);
         }
         sink.kernel_scope.sort_unstable();
         sink.kernel_scope.dedup();
@@ -562,7 +566,7 @@ mod tests {
         let spec = Spec {
             options: protocol::SpecOptions {
                 trace: options.clone(),
-                follow_host: false,
+                ..protocol::SpecOptions::default()
             },
             ..Spec::default()
         };

@@ -194,6 +194,7 @@ pub fn prepare(
         timeline: config.timeline,
         count: config.count,
         verbose: host.verbose,
+        idle_flush: None,
     };
     Ok(Prepared {
         loaded,

@@ -33,6 +33,10 @@ pub struct Views {
     pub count: Option<u64>,
     /// Report detach time at exit.
     pub verbose: bool,
+    /// Timeline mode: hand out a context unfinished once nothing was added
+    /// to it for this long (the agent's: an skb that crossed into another
+    /// node's scope ends there, not here).
+    pub idle_flush: Option<Duration>,
 }
 
 /// Why a session ended.
@@ -182,7 +186,7 @@ pub async fn run<S: Sink>(
             // command line does not look at the reason.
             _ = &mut vanished => { stop = Stop::InputClosed; break }
             _ = tick.tick() => {
-                done = printer.release_parked(RETURN_WAIT);
+                done = printer.release_parked(RETURN_WAIT) || printer.flush_idle();
                 printer.write_out()?;
                 printer.report_loss(&stats, false)?;
             }
@@ -414,6 +418,22 @@ impl<'a, S: Sink> Printer<'a, S> {
                 break;
             };
             if self.print_block(&block) {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Emits the contexts idle for `views.idle_flush`; true once `count`
+    /// is reached.
+    fn flush_idle(&mut self) -> bool {
+        let Some(idle) = self.views.idle_flush.filter(|_| self.views.timeline) else {
+            return false;
+        };
+        let idle_ns = u64::try_from(idle.as_nanos()).unwrap_or(u64::MAX);
+        let before = crate::system::clock_ns(libc::CLOCK_MONOTONIC).saturating_sub(idle_ns);
+        for block in self.timeline.flush_idle(before, |r| r.ev.ts_ns) {
+            if self.emit_block(block) {
                 return true;
             }
         }

@@ -14,6 +14,20 @@ const TRACEFS: &str = "/sys/kernel/tracing";
 const DEBUGFS_TRACING: &str = "/sys/kernel/debug/tracing";
 const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
+/// The time of clock `id` (`libc::CLOCK_MONOTONIC`, the clock of the
+/// events' timestamps, or `CLOCK_REALTIME`) in ns; 0 if unreadable.
+pub fn clock_ns(id: libc::clockid_t) -> u64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: t is a valid timespec to write to.
+    if unsafe { libc::clock_gettime(id, &mut t) } != 0 {
+        return 0;
+    }
+    u64::try_from(t.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(t.tv_nsec).unwrap_or(0)
+}
+
 /// Fails with an actionable message unless we run as root.
 pub fn require_root() -> Result<()> {
     if !nix::unistd::geteuid().is_root() {

@@ -533,6 +533,49 @@ fn agent_scopes_several_pods_in_the_kernel_and_follows_what_leaves_them() {
 }
 
 #[test]
+fn agent_traces_the_node_namespace_when_asked_and_sends_idle_blocks() {
+    preflight();
+    let b = Bench::new(236);
+    let c = FakeContainer::start(&b.pod, 5);
+    let mut agent = Agent::spawn(&b.node);
+    // Link tracers only: no skb ends in what is traced, so each block
+    // comes out once its skb has been idle for a second.
+    let spec = json!({"v": 1, "type": "spec", "targets": [target(&c, "web")],
+                      "options": {"proto": "icmp", "tracers": ["link"], "timeline": true,
+                                  "node_netns": true},
+                      "deadline_secs": 120});
+    agent.send(&spec.to_string());
+    agent.wait_for("ready", Duration::from_secs(60), has("ready"));
+    let msgs = agent.messages();
+    assert_eq!(msgs[2]["scope"], "kernel", "{}", agent.describe());
+    let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    assert_eq!(msgs[0]["boot_id"], boot_id.as_str(), "{}", msgs[0]);
+    assert_eq!(msgs[0]["netns"], b.node.inode(), "{}", msgs[0]);
+    // The node pings itself: no pod involved, in scope only through the
+    // node's namespace.
+    ping(&b.node, Ipv4Addr::LOCALHOST, 1);
+    agent.wait_for(
+        "a block from the node's loopback, stdin still open",
+        Duration::from_secs(15),
+        |m| {
+            m.iter().filter(|m| ty(m) == "timeline").any(|t| {
+                t["events"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|e| e["event"]["netns"] == b.node.inode() && e["event"]["ifname"] == "lo")
+            })
+        },
+    );
+    drop(agent.stdin.take());
+    let status = agent.wait_exit(Duration::from_secs(10));
+    assert!(status.success(), "exit {status}\n{}", agent.describe());
+}
+
+#[test]
 fn agent_stops_when_the_plugin_goes_quiet() {
     preflight();
     let mut agent = Agent::spawn_host();

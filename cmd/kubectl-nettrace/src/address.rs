@@ -3,9 +3,6 @@
 //! its EndpointSlices) or the node IP of a hostNetwork pod. The matching is
 //! done by pure functions over `k8s_openapi` objects; [`behind`] fetches them.
 
-// `behind` is not called from main.rs yet; remove this once it is.
-#![allow(dead_code)]
-
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 

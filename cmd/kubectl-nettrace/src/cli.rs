@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+use nettrace_common::filter::Filter;
 use nettrace_common::options::OUTPUT;
 use nettrace_common::protocol::SpecOptions;
 use nettrace_common::{OptionsError, TraceOptions, TracerTree};
@@ -152,15 +153,24 @@ impl Cli {
     /// agent use (against the tracer tree the agents ship), and the
     /// plugin's own; gives the spec's options.
     pub fn spec_options(&self) -> Result<SpecOptions, OptionError> {
-        let tree = TracerTree::parse(TRACER_TREE).map_err(OptionsError::Tracer)?;
-        self.trace.validate(&tree)?;
+        self.packet_filter()?;
         if self.timeout.as_secs() == 0 {
             return Err(OptionError::ZeroTimeout);
         }
         Ok(SpecOptions {
             trace: self.trace.clone(),
             follow_host: self.follow_host,
+            node_netns: false,
         })
+    }
+}
+
+impl Cli {
+    /// The packet filter the agents apply, as they build it from the trace
+    /// options.
+    pub fn packet_filter(&self) -> Result<Filter, OptionError> {
+        let tree = TracerTree::parse(TRACER_TREE).map_err(OptionsError::Tracer)?;
+        Ok(self.trace.validate(&tree)?.filter)
     }
 }
 

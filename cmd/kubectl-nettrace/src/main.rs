@@ -43,6 +43,7 @@ mod address;
 mod agent_pod;
 mod cli;
 mod console;
+mod join;
 mod launch;
 mod merge;
 mod output;
@@ -58,15 +59,19 @@ use k8s_openapi::api::core::v1::{Event, Pod};
 use kube::api::Api;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
+use nettrace_common::filter::Filter;
 use nettrace_common::format::TextOptions;
 use nettrace_common::protocol::SpecOptions;
 use tokio::sync::{mpsc, watch};
 
+use crate::address::Behind;
 use crate::agent_pod::AgentPod;
 use crate::cli::Cli;
 use crate::console::{say, Pipe};
 use crate::session::{End, Session};
-use crate::target::{NodePlan, TargetArg};
+use crate::target::{NodePlan, ResolvedPod, TargetArg};
+use std::collections::HashMap;
+use std::net::IpAddr;
 
 fn main() -> ExitCode {
     let code = plugin_main();
@@ -91,7 +96,10 @@ fn plugin_main() -> ExitCode {
         }
         Err(e) => return fail(cli::one_line_error(&e)),
     };
-    let options = match cli.spec_options() {
+    let (options, filter) = match cli
+        .spec_options()
+        .and_then(|o| Ok((o, cli.packet_filter()?)))
+    {
         Ok(o) => o,
         Err(e) => return fail(e.to_string()),
     };
@@ -112,7 +120,7 @@ fn plugin_main() -> ExitCode {
         Ok(r) => r,
         Err(e) => return fail(format!("cannot start the async runtime: {e}")),
     };
-    match runtime.block_on(run(&cli, options, targets)) {
+    match runtime.block_on(run(&cli, options, filter, targets)) {
         Ok(End::Ok) => ExitCode::SUCCESS,
         Ok(End::Failed) => ExitCode::FAILURE,
         Err(e) => fail(format!("{e:#}")),
@@ -239,9 +247,14 @@ fn print_manifests(pods: &[Pod]) -> Result<End> {
     Ok(End::Ok)
 }
 
-async fn run(cli: &Cli, options: SpecOptions, targets: Vec<TargetArg>) -> Result<End> {
+async fn run(
+    cli: &Cli,
+    mut options: SpecOptions,
+    filter: Filter,
+    targets: Vec<TargetArg>,
+) -> Result<End> {
     let session = agent_pod::session_id();
-    let node_names: Vec<String> = targets
+    let mut node_names: Vec<String> = targets
         .iter()
         .filter_map(|t| match t {
             TargetArg::Node(n) => Some(n.clone()),
@@ -296,6 +309,7 @@ async fn run(cli: &Cli, options: SpecOptions, targets: Vec<TargetArg>) -> Result
         }
         pods.push(p);
     }
+    add_address_targets(cli, &client, &mut pods, &mut node_names).await?;
     if !cli.print_manifest {
         for n in &node_names {
             target::check_node(&client, n).await?;
@@ -303,6 +317,18 @@ async fn run(cli: &Cli, options: SpecOptions, targets: Vec<TargetArg>) -> Result
     }
     let plans: Vec<(String, NodePlan)> =
         target::plan_nodes(&pods, &node_names).into_iter().collect();
+    let pod_nodes: std::collections::BTreeSet<&str> =
+        pods.iter().map(|p| p.node.as_str()).collect();
+    if pod_nodes.len() > 1 {
+        // A packet between these pods crosses nodes: what it goes through
+        // between its pod and the wire (bridge, overlay, uplink) is in
+        // each node's own namespace.
+        options.node_netns = true;
+        if cli.verbose {
+            say!("the pods are on several nodes: each node's own network namespace is traced too (bridges, overlay devices, uplink)");
+        }
+    }
+    let homes = homes(&pods, &plans);
     let manifests = manifests(cli, &session, &plans);
     if cli.print_manifest {
         return print_manifests(&manifests);
@@ -320,6 +346,8 @@ async fn run(cli: &Cli, options: SpecOptions, targets: Vec<TargetArg>) -> Result
         plans: &plans,
         manifests: &manifests,
         stdout: &stdout,
+        homes,
+        filter,
     };
     let result = trace(&run, &mut created, interrupt).await;
     // Whatever happened above, the agent pods go.
@@ -347,6 +375,65 @@ struct Run<'a> {
     manifests: &'a [Pod],
     /// Stdout.
     stdout: &'a std::sync::Arc<Pipe>,
+    /// The node (index in `plans`) of each traced pod's addresses.
+    homes: HashMap<IpAddr, usize>,
+    /// The agents' packet filter.
+    filter: Filter,
+}
+
+/// The node (index in `plans`) of each address of the traced pods.
+fn homes(pods: &[ResolvedPod], plans: &[(String, NodePlan)]) -> HashMap<IpAddr, usize> {
+    let mut homes = HashMap::new();
+    for p in pods {
+        let Some(node) = plans.iter().position(|(n, _)| *n == p.node) else {
+            continue;
+        };
+        for ip in p.ips.iter().filter_map(|ip| ip.parse::<IpAddr>().ok()) {
+            homes.insert(ip, node);
+        }
+    }
+    homes
+}
+
+/// The pods (or hostNetwork nodes) behind the addresses of `-s`, `-d` and
+/// `--addr` are traced too: a packet to them is followed onto their nodes.
+/// Says so on stderr, one line per address.
+async fn add_address_targets(
+    cli: &Cli,
+    client: &Client,
+    pods: &mut Vec<ResolvedPod>,
+    nodes: &mut Vec<String>,
+) -> Result<()> {
+    let mut wanted: Vec<(String, String)> = Vec::new();
+    for (option, ip) in address::option_addresses(&cli.trace) {
+        let behind = address::behind(client, ip).await?;
+        if let Some(line) = behind.describe(option, ip) {
+            say!("{line}");
+        }
+        match behind {
+            Behind::Pod { namespace, name } => wanted.push((namespace, name)),
+            Behind::Service { pods, .. } => wanted.extend(pods),
+            Behind::HostNetworkPod { node, .. } => {
+                if !nodes.contains(&node) {
+                    nodes.push(node);
+                }
+            }
+            Behind::Nothing => {}
+        }
+    }
+    for (namespace, name) in wanted {
+        if pods
+            .iter()
+            .any(|p| p.namespace == namespace && p.name == name)
+        {
+            continue;
+        }
+        match target::fetch_pod(client, &namespace, &name, None).await {
+            Ok(p) => pods.push(p),
+            Err(e) => say!("warning: pod {namespace}/{name} is not traced: {e:#}"),
+        }
+    }
+    Ok(())
 }
 
 async fn trace(
@@ -385,6 +472,8 @@ async fn trace(
         interrupted: interrupt,
         timeout: cli.timeout,
         verbose: cli.verbose,
+        homes: run.homes.clone(),
+        filter: run.filter.clone(),
     }
     .run()
     .await;

@@ -14,6 +14,7 @@ use nettrace_common::remote::{write_remote_event, write_remote_timeline};
 
 use crate::cli::OutputFormat;
 use crate::console::Pipe;
+use crate::join::Joined;
 use crate::stream::Item;
 
 /// Something to print, from one node.
@@ -23,6 +24,8 @@ pub enum Printable {
     Event(usize, Box<Item>),
     /// One timeline block.
     Timeline(usize, String, Vec<Item>),
+    /// One packet's timeline blocks from several nodes, joined.
+    Joined(Box<Joined>),
     /// Loss counters (JSON output only).
     Lost(usize, Lost),
 }
@@ -45,6 +48,7 @@ fn events_in(p: &Printable) -> u64 {
     match p {
         Printable::Event(..) => 1,
         Printable::Timeline(_, _, items) => items.len() as u64,
+        Printable::Joined(j) => j.events.len() as u64,
         Printable::Lost(..) => 0,
     }
 }
@@ -166,11 +170,14 @@ impl Output {
                 self.printed += 1;
             }
             (Printable::Timeline(n, skb, items), OutputFormat::Text) => {
+                let node = self.text_node(*n);
                 write_remote_timeline(
                     &mut buf,
                     skb,
-                    items.iter().map(|i| (&i.event, i.annotation.as_ref())),
-                    self.text_node(*n),
+                    items
+                        .iter()
+                        .map(|i| (&i.event, i.annotation.as_ref(), node)),
+                    None,
                     self.text,
                 );
                 self.printed += 1;
@@ -193,6 +200,28 @@ impl Output {
                 buf.push_str("]}\n");
                 self.printed += 1;
             }
+            (Printable::Joined(j), OutputFormat::Text) => {
+                let lost = j.lost.as_ref().map(|l| l.line(&self.nodes));
+                let nodes = &self.nodes;
+                write_remote_timeline(
+                    &mut buf,
+                    &j.skb,
+                    j.events.iter().map(|(n, i)| {
+                        (
+                            &i.event,
+                            i.annotation.as_ref(),
+                            nodes.get(*n).map(String::as_str),
+                        )
+                    }),
+                    lost.as_deref(),
+                    self.text,
+                );
+                self.printed += 1;
+            }
+            (Printable::Joined(j), OutputFormat::Json) => {
+                self.joined_json(&mut buf, j);
+                self.printed += 1;
+            }
             (Printable::Lost(n, l), OutputFormat::Json) => {
                 buf.push_str("{\"type\":\"lost\",\"node\":");
                 push_str(
@@ -207,6 +236,52 @@ impl Output {
             (Printable::Lost(..), OutputFormat::Text) => {}
         }
         self.buf = buf;
+    }
+
+    /// A joined block as one `timeline` object: `node` (the first node),
+    /// `nodes` (all, in order of appearance), each event with its `node`,
+    /// and `lost_between` when the packet was lost between nodes.
+    fn joined_json(&self, buf: &mut String, j: &Joined) {
+        let name = |n: usize| self.nodes.get(n).map(String::as_str).unwrap_or("");
+        let mut order: Vec<usize> = Vec::new();
+        for (n, _) in &j.events {
+            if !order.contains(n) {
+                order.push(*n);
+            }
+        }
+        buf.push_str("{\"type\":\"timeline\",\"node\":");
+        push_str(buf, order.first().map(|&n| name(n)).unwrap_or(""));
+        buf.push_str(",\"nodes\":[");
+        for (k, &n) in order.iter().enumerate() {
+            if k > 0 {
+                buf.push(',');
+            }
+            push_str(buf, name(n));
+        }
+        buf.push_str("],\"skb\":");
+        push_str(buf, &j.skb);
+        buf.push_str(",\"events\":[");
+        for (k, (n, item)) in j.events.iter().enumerate() {
+            if k > 0 {
+                buf.push(',');
+            }
+            buf.push_str(&annotated_json(
+                &item.raw,
+                item.annotation.as_ref(),
+                Some(name(*n)),
+            ));
+        }
+        buf.push(']');
+        if let Some(l) = &j.lost {
+            buf.push_str(",\"lost_between\":{\"from\":");
+            push_str(buf, name(l.from));
+            buf.push_str(",\"to\":");
+            push_str(buf, name(l.to));
+            buf.push_str(",\"last_seen\":");
+            push_str(buf, &l.last_seen);
+            buf.push('}');
+        }
+        buf.push_str("}\n");
     }
 
     /// Takes what was rendered so far.

@@ -3,6 +3,10 @@
 //! timeout, an agent's end) by closing every agent's stdin and waiting a
 //! little for its `bye`.
 
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use nettrace_common::filter::Filter;
 use std::time::Duration;
 
 use nettrace_common::protocol::{ByeReason, Clock, Lost, Scope};
@@ -10,6 +14,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::console::say;
+use crate::join::{Joiner, SeenOnce, JOIN_HOLD};
 use crate::merge::{unix_ns, Reorder, HOLD};
 use crate::output::{loss_grew, loss_stats, Output, Printable};
 use crate::stream::{Incoming, NodeMsg};
@@ -59,6 +64,12 @@ pub struct Session {
     pub timeout: Duration,
     /// `-v`.
     pub verbose: bool,
+    /// The node (index) of each pod address the trace involves: where a
+    /// packet to it should arrive.
+    pub homes: HashMap<IpAddr, usize>,
+    /// The agents' packet filter (a packet it rejects is not expected on
+    /// its destination's node).
+    pub filter: Filter,
 }
 
 fn scope_name(s: Scope) -> &'static str {
@@ -72,7 +83,7 @@ fn first_ts(p: &Printable) -> u64 {
     match p {
         Printable::Event(_, i) => i.event.ts_ns,
         Printable::Timeline(_, _, items) => items.first().map(|i| i.event.ts_ns).unwrap_or(0),
-        Printable::Lost(..) => 0,
+        Printable::Joined(_) | Printable::Lost(..) => 0,
     }
 }
 
@@ -89,6 +100,16 @@ impl Session {
             .collect();
         let multi = nodes.len() > 1;
         let mut reorder: Reorder<Printable> = Reorder::new(HOLD);
+        // Several nodes: timeline blocks of one packet are joined, and an
+        // event that nodes sharing a kernel both saw is kept once.
+        let mut joiner = Joiner::new(
+            nodes.len(),
+            JOIN_HOLD,
+            std::mem::take(&mut self.homes),
+            std::mem::take(&mut self.filter),
+        );
+        let mut seen = SeenOnce::default();
+        let mut said_shared = false;
         let mut failed = false;
         let mut stopping: Option<Instant> = None;
         let mut begun = false;
@@ -110,6 +131,7 @@ impl Session {
                 break;
             }
             let due = reorder.next_due().map(Instant::from_std).unwrap_or(far);
+            let join_due = joiner.next_due().map(Instant::from_std).unwrap_or(far);
             let stop_wait = stopping
                 .map(|t| (last_heard.max(t) + BYE_WAIT).min(t + DRAIN_CAP))
                 .unwrap_or(far);
@@ -124,6 +146,11 @@ impl Session {
                     match msg {
                         Incoming::Hello(h) => {
                             st.clock = h.clock;
+                            joiner.hello(node, h.clock, &h.boot_id, h.netns);
+                            if joiner.kernels().any_shared() && !said_shared && self.verbose {
+                                said_shared = true;
+                                say!("some nodes share one kernel (the same boot id): an event several of their agents see is shown once");
+                            }
                             say!(
                                 "node {name}: agent {}, kernel {}, backends: {}",
                                 h.agent,
@@ -132,6 +159,9 @@ impl Session {
                             );
                         }
                         Incoming::Resolved(r) => {
+                            for t in r.targets.iter().filter(|t| t.error.is_none()) {
+                                joiner.kernels_mut().resolved(node, t);
+                            }
                             if !r.targets.is_empty() && r.targets.iter().all(|t| t.error.is_some()) {
                                 say!("error: none of the targets on node {name} could be resolved");
                                 failed = true;
@@ -166,7 +196,15 @@ impl Session {
                                 say!("begin tracing......");
                             }
                         }
-                        Incoming::Event(item) => {
+                        Incoming::Event(mut item) => {
+                            let mut node = node;
+                            if multi && joiner.kernels().any_shared() {
+                                joiner.kernels_mut().annotated(node, &item);
+                                match seen.admit(joiner.kernels(), node, &mut item) {
+                                    Some(n) => node = n,
+                                    None => continue,
+                                }
+                            }
                             let p = Printable::Event(node, item);
                             if multi {
                                 let key = unix_ns(first_ts(&p), &st.clock);
@@ -176,12 +214,13 @@ impl Session {
                             }
                         }
                         Incoming::Timeline { skb, events } => {
-                            let p = Printable::Timeline(node, skb, events);
                             if multi {
-                                let key = unix_ns(first_ts(&p), &st.clock);
-                                reorder.push(key, std::time::Instant::now(), p);
+                                for item in &events {
+                                    joiner.kernels_mut().annotated(node, item);
+                                }
+                                joiner.push(node, skb, events, std::time::Instant::now());
                             } else {
-                                self.output.print(&p);
+                                self.output.print(&Printable::Timeline(node, skb, events));
                             }
                         }
                         Incoming::Lost(l) => {
@@ -235,6 +274,12 @@ impl Session {
                     }
                     self.output.flush();
                 }
+                _ = tokio::time::sleep_until(join_due), if !joiner.is_empty() => {
+                    for j in joiner.pop_due(std::time::Instant::now()) {
+                        self.output.render(&Printable::Joined(Box::new(j)));
+                    }
+                    self.output.flush();
+                }
                 _ = report.tick() => {
                     let dropped = self.output.dropped();
                     let due = reported_at.is_none_or(|t| t.elapsed() >= DROP_REPORT_EVERY);
@@ -278,6 +323,9 @@ impl Session {
         }
         for p in reorder.drain() {
             self.output.render(&p);
+        }
+        for j in joiner.drain() {
+            self.output.render(&Printable::Joined(Box::new(j)));
         }
         self.output.flush();
         let total = nodes.iter().fold(Lost::default(), |a, n| Lost {
@@ -378,6 +426,8 @@ mod tests {
             interrupted,
             timeout: Duration::from_secs(3600),
             verbose: true,
+            homes: HashMap::new(),
+            filter: Filter::default(),
         };
         Harness {
             tx,
@@ -571,6 +621,98 @@ mod tests {
         let after = stdout.text().lines().count();
         assert_eq!(after, before + 1, "the event after the stall is printed");
         assert_eq!(pipe.dropped(), dropped, "nothing dropped after the stall");
+    }
+
+    /// A `timeline` line of one ICMP request event per `(ts_ns, tracer, netns)`.
+    fn icmp_timeline(skb: &str, events: &[(u64, &str, u64)]) -> Incoming {
+        let evs: Vec<String> = events
+            .iter()
+            .map(|(ts, tracer, netns)| {
+                format!(
+                    r#"{{"event":{{"type":"event","ts_ns":{ts},"tracer":"{tracer}","skb":"{skb}","netns":{netns},"pkt":{{"l3":"ipv4","saddr":"10.244.1.2","daddr":"10.244.2.3","proto":"icmp","icmp_type":8,"icmp_id":9,"icmp_seq":1}},"summary":"ICMP"}}}}"#
+                )
+            })
+            .collect();
+        parse_line(&format!(
+            r#"{{"v":1,"type":"timeline","skb":"{skb}","events":[{}]}}"#,
+            evs.join(",")
+        ))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn blocks_of_one_packet_from_two_nodes_print_as_one_timeline() {
+        let mut h = start(&["w1", "w2"], None);
+        for (node, netns) in [(0, 11), (1, 12)] {
+            let hello = Hello {
+                boot_id: "one-kernel".into(),
+                netns,
+                ..Hello::default()
+            };
+            h.send(node, Incoming::Hello(hello)).await;
+            h.send(node, Incoming::Ready(Ready::default())).await;
+        }
+        // w2's agent sees the end; w1's followed the skb into w2's
+        // namespace and sends its block later, once idle.
+        h.send(
+            1,
+            icmp_timeline(
+                "ffff1",
+                &[(3_000, "netif_receive_skb", 12), (4_000, "consume_skb", 0)],
+            ),
+        )
+        .await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        h.send(
+            0,
+            icmp_timeline(
+                "ffff1",
+                &[
+                    (1_000, "net_dev_queue", 11),
+                    (3_000, "netif_receive_skb", 12),
+                ],
+            ),
+        )
+        .await;
+        tokio::time::sleep(JOIN_HOLD).await;
+        h.interrupt.send(true).unwrap_or_else(|e| panic!("{e}"));
+        assert!(h.stop_requested().await);
+        for node in [0, 1] {
+            h.send(node, Incoming::Bye(ByeReason::InputClosed)).await;
+            h.send(node, Incoming::Closed(None)).await;
+        }
+        let (pipe, stdout) = (h.pipe.clone(), h.stdout.clone());
+        assert_eq!(h.end().await, End::Ok);
+        assert_eq!(pipe.finish().await, 0);
+        let text = stdout.text();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_default())
+            .filter(|v: &serde_json::Value| v["type"] == "timeline")
+            .collect();
+        assert_eq!(lines.len(), 1, "{text}");
+        assert_eq!(lines[0]["nodes"], serde_json::json!(["w1", "w2"]));
+        let evs: Vec<(String, String)> = lines[0]["events"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|e| {
+                (
+                    e["tracer"].as_str().unwrap_or("").to_string(),
+                    e["node"].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .collect();
+        let want = [
+            ("net_dev_queue", "w1"),
+            ("netif_receive_skb", "w2"),
+            ("consume_skb", "w2"),
+        ];
+        assert_eq!(
+            evs,
+            want.map(|(a, b)| (a.to_string(), b.to_string())),
+            "{text}"
+        );
+        assert!(lines[0].get("lost_between").is_none());
     }
 
     #[tokio::test]

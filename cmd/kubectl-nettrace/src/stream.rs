@@ -390,7 +390,7 @@ mod tests {
                 count: Some(2),
                 ..nettrace_common::TraceOptions::default()
             },
-            follow_host: false,
+            ..SpecOptions::default()
         };
         let spec = build_spec(&plan, vec![t.clone()], &opts, Duration::from_secs(3600), 60);
         assert_eq!(spec.targets, std::slice::from_ref(&t));
