@@ -533,3 +533,44 @@ pub fn output_within(mut cmd: Command, stdin: Option<&str>, within: Duration) ->
         }
     }
 }
+
+/// The timeline blocks of a text output: the lines between a header and the empty line.
+pub fn blocks(lines: &[String]) -> Vec<Vec<String>> {
+    let mut out = Vec::new();
+    let mut cur: Option<Vec<String>> = None;
+    for l in lines {
+        if l.starts_with("<------------------- skb: ") {
+            cur = Some(vec![l.clone()]);
+        } else if l.is_empty() {
+            if let Some(b) = cur.take() {
+                out.push(b);
+            }
+        } else if let Some(b) = cur.as_mut() {
+            b.push(l.clone());
+        }
+    }
+    out
+}
+
+/// Finds, in order, a line matching each step (all of a step's needles), within one block.
+pub fn find_path<'a>(block: &'a [String], steps: &[Vec<String>]) -> Option<Vec<&'a str>> {
+    let mut found = Vec::new();
+    let mut at = 0;
+    for step in steps {
+        let i = block[at..]
+            .iter()
+            .position(|l| step.iter().all(|n| l.contains(n.as_str())))?;
+        found.push(block[at + i].as_str());
+        at += i + 1;
+    }
+    Some(found)
+}
+
+/// One step of [`find_path`]: the needles a line must all contain.
+pub fn step(needles: &[&str]) -> Vec<String> {
+    needles.iter().map(|s| s.to_string()).collect()
+}
+/// `pod: NS/POD/main`, the annotation of the lines of a test pod.
+pub fn pod_of(ns: &TestNs, pod: &str) -> String {
+    format!("pod: {}/{pod}/{CONTAINER}", ns.name)
+}

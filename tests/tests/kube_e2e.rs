@@ -13,8 +13,8 @@
 use std::time::{Duration, Instant};
 
 use nettrace_tests::cluster::{
-    agent_pods_named, agent_prog_ids, exclusive_host, nettrace_progs, shared_host, TestNs,
-    AGENT_NS, CONTAINER,
+    agent_pods_named, agent_prog_ids, blocks, exclusive_host, find_path, nettrace_progs, pod_of,
+    shared_host, step, TestNs, AGENT_NS, CONTAINER,
 };
 use nettrace_tests::{assert_progs_gone, Finished};
 use nix::sys::signal::Signal;
@@ -23,49 +23,8 @@ use serde_json::{json, Value};
 /// What host nettrace and the plugin both say to `--stack` on every tracer.
 const COSTLY_STACK: &str = "--stack with the whole \"all\" tracer is costly: pick tracers with -t, use --stack-tracer without --stack, or add --force-stack";
 
-/// The timeline blocks of a text output: the lines between a header and the empty line.
-fn blocks(lines: &[String]) -> Vec<Vec<String>> {
-    let mut out = Vec::new();
-    let mut cur: Option<Vec<String>> = None;
-    for l in lines {
-        if l.starts_with("<------------------- skb: ") {
-            cur = Some(vec![l.clone()]);
-        } else if l.is_empty() {
-            if let Some(b) = cur.take() {
-                out.push(b);
-            }
-        } else if let Some(b) = cur.as_mut() {
-            b.push(l.clone());
-        }
-    }
-    out
-}
-
-/// Finds, in order, a line matching each step (all of a step's needles), within one block.
-fn find_path<'a>(block: &'a [String], steps: &[Vec<String>]) -> Option<Vec<&'a str>> {
-    let mut found = Vec::new();
-    let mut at = 0;
-    for step in steps {
-        let i = block[at..]
-            .iter()
-            .position(|l| step.iter().all(|n| l.contains(n.as_str())))?;
-        found.push(block[at + i].as_str());
-        at += i + 1;
-    }
-    Some(found)
-}
-
-fn step(needles: &[&str]) -> Vec<String> {
-    needles.iter().map(|s| s.to_string()).collect()
-}
-
 fn assert_exit_ok(fin: &Finished) {
     assert!(fin.status.success(), "plugin failed\n{}", fin.describe());
-}
-
-/// `pod: NS/POD/main`, the annotation of the lines of a test pod.
-fn pod_of(ns: &TestNs, pod: &str) -> String {
-    format!("pod: {}/{pod}/{CONTAINER}", ns.name)
 }
 
 /// Every line that names `pod` names `node` right after it (`, pod: P[ via V], node: N`).

@@ -26,6 +26,8 @@ pub enum OutputFormat {
 
 const AFTER_HELP: &str = "\
 Targets: pod/NAME or NAME (a pod in -n NAMESPACE), node/NAME (the whole node, no pod scoping).
+An address given with -s, -d or --addr that is a pod's, or a Service's ClusterIP, adds the nodes
+of the pods behind it; with --timeline, what several nodes see of one packet is one block.
 Differences from host nettrace: -c is the container (kubectl's convention), so the event
 count is --count N only; --netns, --ifname, --pid, --tracer-file and --ringbuf-kb are not
 available (the agent scopes to the pods' network namespaces). The other options are host

@@ -30,14 +30,20 @@
 //!   ```json
 //!   {"type":"event","time":"5226.642937","ts_ns":5226642937795,"tracer":"net_dev_queue",...,"summary":"ICMP: 10.244.1.7 -> 10.244.2.9, ping request   , seq: 1","pod":{"namespace":"shop","name":"client","container":"app"},"node":"worker-1"}
 //!   ```
-//! - **timeline** (`--timeline`): `{"type":"timeline","node":"worker-1","skb":"ffff888139b46500","events":[<event objects, with "pod" when annotated>]}`
+//! - **timeline** (`--timeline`): `{"type":"timeline","node":"worker-1","skb":"ffff888139b46500","events":[<event objects, with "pod" when annotated>]}`;
+//!   with several nodes, one object per packet across them ([`join`]):
+//!   `"nodes"` (in order of appearance), each event with its `"node"`, and
+//!   `"lost_between":{"from","to","last_seen"}` for a packet lost between two nodes.
 //! - **lost**: `{"type":"lost","node":"worker-1","events":0,"skb_map_full":0,"stack_failed":0,"matched":8,"rate_limited":0}`
 //!   (one node's totals since its start, when they grow and at its end).
 //!
 //! Times stay each node's monotonic clock, as host `nettrace` prints them;
 //! with several nodes, events are printed in the order of their Unix time
 //! (each node's clock converted with the agent's `hello.clock`) through a
-//! 500 ms reorder buffer.
+//! 500 ms reorder buffer, and timeline blocks are held 3 s to be joined.
+//!
+//! An address of `-s`, `-d` or `--addr` that is a pod's, or a Service's
+//! ClusterIP, adds the nodes of the pods behind it ([`address`]).
 
 mod address;
 mod agent_pod;

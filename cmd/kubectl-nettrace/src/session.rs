@@ -74,7 +74,7 @@ pub struct Session {
 
 fn scope_name(s: Scope) -> &'static str {
     match s {
-        Scope::Kernel => "in the kernel (the pods' namespaces and host-side veths)",
+        Scope::Kernel => "in the kernel (the pods' namespaces and host-side veths; with pods on several nodes, the node's own namespace too)",
         Scope::None => "none (whole node, host network or --follow-host)",
     }
 }
