@@ -106,6 +106,7 @@ fn records(n: usize, skbs: usize) -> Vec<Vec<u8>> {
             skb_mode: false,
             packet,
             tunnel: None,
+            ip_id: Some(1),
         };
         out.push(encode(&ev));
         i += 1;

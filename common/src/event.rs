@@ -149,6 +149,8 @@ pub mod offsets {
     pub const L4_PROTO: At<u8> = At::new(148);
     /// `pkt.tcp_flags`.
     pub const TCP_FLAGS: At<u8> = At::new(149);
+    /// IPv4 packets: the identification (the bytes of `ARP_OP`).
+    pub const IP_ID: At<u16> = At::new(146);
     /// `pkt.icmp_type`.
     pub const ICMP_TYPE: At<u8> = At::new(150);
     /// `pkt.icmp_code`.
@@ -247,6 +249,8 @@ pub struct Event {
     pub packet: Packet,
     /// The tunnel the packet travels in, when it is encapsulated.
     pub tunnel: Option<Tunnel>,
+    /// The IPv4 identification of the (inner) packet; `None` for others.
+    pub ip_id: Option<u16>,
 }
 
 /// An encapsulation the kernel side decodes (`enum nt_tunnel_kind`).
@@ -524,6 +528,7 @@ impl Event {
             } else {
                 None
             },
+            ip_id: (l3 == ETH_P_IP).then(|| IP_ID.get(b)),
         })
     }
 }
@@ -649,6 +654,7 @@ pub fn encode(ev: &Event) -> Vec<u8> {
         Packet::Ipv4 { src, dst, l4 } => {
             SADDR.put(&mut b, v4_bytes(src));
             DADDR.put(&mut b, v4_bytes(dst));
+            IP_ID.put(&mut b, ev.ip_id.unwrap_or(0));
             put_l4(&mut b, l4, false);
         }
         Packet::Ipv6 { src, dst, l4 } => {
@@ -740,6 +746,7 @@ pub(crate) mod tests {
                 },
             },
             tunnel: None,
+            ip_id: Some(0x1c46),
         }
     }
 
@@ -894,7 +901,11 @@ pub(crate) mod tests {
         evs.push(e.clone());
         e.packet = Packet::Unknown;
         evs.push(e.clone());
-        for ev in evs {
+        for mut ev in evs {
+            // only IPv4 packets have an identification
+            if !matches!(ev.packet, Packet::Ipv4 { .. }) {
+                ev.ip_id = None;
+            }
             let mut want = ev.clone();
             let bytes = encode(&ev);
             assert_eq!(bytes.len(), EVENT_SIZE);

@@ -21,6 +21,7 @@
 //!   - `l3`: `"ipv4"`, `"ipv6"`, `"arp"`, `"other"` or `"unknown"` (headers not parsed);
 //!   - `ethertype` (number; not for `unknown`);
 //!   - `saddr`, `daddr`: IP addresses (ARP: sender and target protocol addresses);
+//!   - `ip_id`: the IPv4 identification (IPv4 only);
 //!   - `proto`: `"tcp"`, `"udp"`, `"icmp"`, `"icmpv6"` or the IP protocol number;
 //!   - TCP: `sport`, `dport`, `seq`, `ack`, `flags` (letters `SFRPAUEC`, `-` for none);
 //!   - UDP: `sport`, `dport`;
@@ -132,6 +133,8 @@ struct PktJson {
     #[serde(skip_serializing_if = "Option::is_none")]
     daddr: Option<IpAddr>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    ip_id: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     proto: Option<ProtoJson>,
     #[serde(skip_serializing_if = "Option::is_none")]
     sport: Option<u16>,
@@ -197,8 +200,11 @@ fn l4_json(p: &mut PktJson, l4: &L4, v6: bool) {
     }
 }
 
-fn pkt_json(pkt: &Packet) -> PktJson {
-    let mut p = PktJson::default();
+fn pkt_json(pkt: &Packet, ip_id: Option<u16>) -> PktJson {
+    let mut p = PktJson {
+        ip_id: ip_id.filter(|_| matches!(pkt, Packet::Ipv4 { .. })),
+        ..PktJson::default()
+    };
     match pkt {
         Packet::Ipv4 { src, dst, l4 } => {
             p.l3 = "ipv4";
@@ -287,11 +293,11 @@ fn event_json<'a>(ev: &'a Event, ann: &Annotations<'a>) -> EventJson<'a> {
         len: ev.pkt_len,
         skb_mode: ev.skb_mode,
         from_sk: ev.from_sk,
-        pkt: pkt_json(&ev.packet),
+        pkt: pkt_json(&ev.packet, ev.ip_id),
         tunnel: ev.tunnel.map(|t| TunnelJson {
             kind: t.kind.json_name(),
             vni: t.vni,
-            outer: pkt_json(&t.outer),
+            outer: pkt_json(&t.outer, None),
         }),
         // one escape pass over the finished text is cheaper than per fragment
         summary: {
@@ -361,7 +367,7 @@ fn push_display(out: &mut String, key: &str, v: impl Display) {
 }
 
 /// The `pkt` object of [`PktJson`], written directly.
-fn write_pkt_object(out: &mut String, pkt: &Packet) {
+fn write_pkt_object(out: &mut String, pkt: &Packet, ip_id: Option<u16>) {
     type Parts<'p> = (
         &'static str,
         Option<(IpAddr, IpAddr)>,
@@ -404,6 +410,9 @@ fn write_pkt_object(out: &mut String, pkt: &Packet) {
             }
             out.push('"');
         }
+    }
+    if let (Some(id), Packet::Ipv4 { .. }) = (ip_id, pkt) {
+        push_num(out, "ip_id", u64::from(id));
     }
     if let Some((l4, v6)) = l4 {
         push_key(out, "proto");
@@ -488,7 +497,7 @@ fn write_event_object(out: &mut String, ev: &Event, ann: &Annotations<'_>) {
         out.push_str(",\"from_sk\":true");
     }
     push_key(out, "pkt");
-    write_pkt_object(out, &ev.packet);
+    write_pkt_object(out, &ev.packet, ev.ip_id);
     if let Some(t) = &ev.tunnel {
         push_key(out, "tunnel");
         out.push_str("{\"kind\":\"");
@@ -496,7 +505,7 @@ fn write_event_object(out: &mut String, ev: &Event, ann: &Annotations<'_>) {
         out.push('"');
         push_num(out, "vni", u64::from(t.vni));
         push_key(out, "outer");
-        write_pkt_object(out, &t.outer);
+        write_pkt_object(out, &t.outer, None);
         out.push('}');
     }
     // The summary is built from numbers, addresses and fixed ASCII names:
@@ -787,7 +796,7 @@ mod tests {
                 "netns": 4026531840u32, "ifindex": 2, "ifname": "eth1", "pid": 0,
                 "comm": "swapper/3", "len": 84,
                 "pkt": {"l3": "ipv4", "ethertype": 2048, "saddr": "10.35.13.63",
-                        "daddr": "9.135.224.89", "proto": "icmp", "icmp_type": 8,
+                        "daddr": "9.135.224.89", "ip_id": 7238, "proto": "icmp", "icmp_type": 8,
                         "icmp_code": 0, "icmp_id": 77, "icmp_seq": 1},
                 "summary": "ICMP: 10.35.13.63 -> 9.135.224.89, ping request   , seq: 1"
             })
@@ -844,6 +853,8 @@ mod tests {
     #[test]
     fn packet_kinds() {
         let mut ev = sample();
+        // (the identification is checked in icmp_event)
+        ev.ip_id = None;
         let pkt = |ev: &Event| one(ev, &ann())["pkt"].clone();
         ev.packet = Packet::Arp {
             op: 1,

@@ -67,8 +67,8 @@ pub struct RemoteEvent {
 }
 
 /// The keys of an event's `pkt` object that tell one packet from another:
-/// addresses, protocol, ports, TCP sequence, acknowledgment and flags, ICMP
-/// type, id and sequence. Not the length: it changes along the path (link
+/// addresses, IPv4 identification, protocol, ports, TCP sequence,
+/// acknowledgment and flags, ICMP type, id and sequence. Not the length: it changes along the path (link
 /// headers, encapsulation).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(default)]
@@ -79,6 +79,9 @@ pub struct PacketId {
     /// Destination address.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub daddr: Option<std::net::IpAddr>,
+    /// IPv4 identification.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ip_id: Option<u16>,
     /// `tcp`, `udp`, `icmp`, `icmpv6` or the protocol number.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub proto: Option<Proto>,

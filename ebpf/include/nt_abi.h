@@ -65,7 +65,10 @@ struct nt_pkt {
 	__u16 dport;        /* 44 (140): host order */
 	__u16 icmp_id;      /* 46 (142): host order */
 	__u16 icmp_seq;     /* 48 (144): host order */
-	__u16 arp_op;       /* 50 (146): host order */
+	union {
+		__u16 arp_op;   /* 50 (146): ARP operation, host order */
+		__u16 ip_id;    /* 50 (146): IPv4 identification, host order */
+	};
 	__u8 l4_proto;      /* 52 (148): IPPROTO_* */
 	__u8 tcp_flags;     /* 53 (149): FIN=1 SYN=2 RST=4 PSH=8 ACK=16 URG=32 ECE=64 CWR=128 */
 	__u8 icmp_type;     /* 54 (150) */

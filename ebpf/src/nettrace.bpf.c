@@ -638,6 +638,7 @@ static __always_inline int parse_l3(struct nt_pkt *p, __u32 *flags, __u16 proto,
 		p->l3_proto = proto;
 		p->l4_proto = l4;
 		__builtin_memcpy(p->saddr, &sa, 4);
+		p->ip_id = bpf_ntohs(ih->id);
 		__builtin_memcpy(p->daddr, &da, 4);
 		if (bpf_ntohs(ih->frag_off) & 0x1fff) {
 			*flags |= NT_F_L4_BAD;

@@ -737,6 +737,11 @@ fn event_from_json(v: &Value) -> Result<Event, String> {
             .to_string(),
         from_sk: flag("from_sk"),
         skb_mode: flag("skb_mode"),
+        ip_id: v
+            .get("pkt")
+            .and_then(|p| p.get("ip_id"))
+            .and_then(Value::as_u64)
+            .and_then(|n| u16::try_from(n).ok()),
         packet,
         tunnel: None,
     })
@@ -1181,5 +1186,6 @@ fn event_of(packet: &Packet, netns: u32) -> Event {
         skb_mode: false,
         packet: *packet,
         tunnel: None,
+        ip_id: None,
     }
 }

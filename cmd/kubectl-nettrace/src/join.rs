@@ -647,7 +647,15 @@ mod tests {
         let mut other = ev(1_200, "ip_rcv", "eth0", "ffff3");
         other.event.pkt.icmp_seq = Some(2);
         j.push(1, "ffff3".into(), vec![other], t0);
-        assert_eq!(j.drain().len(), 3);
+        // the same flow and time, another IPv4 identification (two UDP
+        // datagrams of one socket, say)
+        let mut a = ev(5_000_000, "ip_rcv", "eth0", "ffff4");
+        a.event.pkt.ip_id = Some(1);
+        let mut b = a.clone();
+        b.event.pkt.ip_id = Some(2);
+        j.push(0, "ffff4".into(), vec![a], t0);
+        j.push(1, "ffff5".into(), vec![b], t0);
+        assert_eq!(j.drain().len(), 5);
     }
 
     #[test]

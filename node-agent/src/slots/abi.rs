@@ -225,6 +225,10 @@ impl Btf {
             assert_eq!(m.bit_off % 8, 0, "{prefix}{} is not byte aligned", m.name);
             let off = base + m.bit_off as usize / 8;
             match self.resolve(m.ty) {
+                // an anonymous union or struct: its members are the parent's
+                Ty::Record { members: inner, .. } if m.name.is_empty() => {
+                    self.flatten(inner, prefix, off, out)
+                }
                 Ty::Record { members: inner, .. } => {
                     self.flatten(inner, &format!("{prefix}{}.", m.name), off, out)
                 }
@@ -378,6 +382,7 @@ fn event_record_matches_the_object() {
         at!("pkt.icmp_id", ICMP_ID),
         at!("pkt.icmp_seq", ICMP_SEQ),
         at!("pkt.arp_op", ARP_OP),
+        at!("pkt.ip_id", IP_ID),
         at!("pkt.l4_proto", L4_PROTO),
         at!("pkt.tcp_flags", TCP_FLAGS),
         at!("pkt.icmp_type", ICMP_TYPE),
@@ -466,6 +471,7 @@ fn a_record_laid_out_by_the_object_decodes() {
     set(&mut b, "pkt.dport", &8080u16.to_le_bytes());
     set(&mut b, "pkt.l4_proto", &[event::IPPROTO_TCP]);
     set(&mut b, "pkt.tcp_flags", &[0x12]);
+    set(&mut b, "pkt.ip_id", &0x1c46u16.to_le_bytes());
     let want = Event {
         ts_ns: 0x0102_0304_0506_0708,
         skb: 0xffff_8887_b626_0800,
@@ -495,6 +501,7 @@ fn a_record_laid_out_by_the_object_decodes() {
             },
         },
         tunnel: None,
+        ip_id: Some(0x1c46),
     };
     assert_eq!(Event::decode(&b), Ok(want.clone()));
 
