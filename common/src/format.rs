@@ -208,13 +208,20 @@ pub fn write_timeline_header(out: &mut String, skb: u64) {
     );
 }
 
-/// Appends a whole timeline block: header, event lines, one empty line.
+/// Appends a whole timeline block: header, event lines with a `NAT` line
+/// where the packet's addresses or ports changed ([`crate::nat`]), one
+/// empty line.
 pub fn write_timeline_block<'a, I>(out: &mut String, skb: u64, items: I, opts: TextOptions)
 where
     I: IntoIterator<Item = (&'a Event, Annotations<'a>)>,
 {
     write_timeline_header(out, skb);
+    let mut nat = crate::nat::Tracker::default();
     for (ev, ann) in items {
+        let now = crate::nat::Endpoints::of_event(ev);
+        for n in nat.next(now) {
+            n.write_line(out);
+        }
         write_event(out, ev, &ann, opts);
     }
     out.push('\n');

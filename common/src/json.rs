@@ -38,7 +38,10 @@
 //! - `stack`: the kernel call stack frames, innermost first, only with `--stack`.
 //!
 //! **timeline** — one finished skb context in `--timeline` mode:
-//! `{"type":"timeline","skb":"ffff88858f243100","events":[<event objects>]}`
+//! `{"type":"timeline","skb":"ffff88858f243100","events":[<event objects>]}`,
+//! with `"nat":[{"at":3,"kind":"dnat","from":"10.96.0.20:80","to":"10.244.1.5:8080"}]`
+//! when the packet's addresses or ports changed (`at`: the first event after
+//! the change; `kind`: `dnat` or `snat`; ports only for TCP and UDP).
 //!
 //! **lost** — loss counters (at exit or when they change):
 //! `{"type":"lost","events":12,"skb_map_full":0,"stack_failed":0,"matched":1000,"rate_limited":0}`
@@ -554,13 +557,28 @@ where
     out.push_str("{\"type\":\"timeline\",\"skb\":\"");
     let _ = fmt::Write::write_fmt(out, format_args!("{skb:016x}"));
     out.push_str("\",\"events\":[");
+    let mut tracker = crate::nat::Tracker::default();
+    let mut nats = Vec::new();
     for (i, (ev, ann)) in items.into_iter().enumerate() {
         if i > 0 {
             out.push(',');
         }
+        let now = crate::nat::Endpoints::of_event(ev);
+        nats.extend(tracker.next(now).into_iter().map(|n| (i, n)));
         write_event_object(out, ev, &ann);
     }
-    out.push_str("]}\n");
+    out.push(']');
+    if !nats.is_empty() {
+        out.push_str(",\"nat\":[");
+        for (k, (i, n)) in nats.iter().enumerate() {
+            if k > 0 {
+                out.push(',');
+            }
+            n.write_json(out, Some(*i));
+        }
+        out.push(']');
+    }
+    out.push_str("}\n");
 }
 
 #[derive(Serialize)]

@@ -12,6 +12,7 @@ pub mod filter;
 pub mod format;
 pub mod json;
 pub mod kallsyms;
+pub mod nat;
 pub mod options;
 pub mod protocol;
 pub mod remote;

@@ -64,6 +64,9 @@ pub struct RemoteEvent {
     /// The encapsulation, for a tunnelled packet.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tunnel: Option<RemoteTunnel>,
+    /// The addresses came from the socket, not the packet's headers.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub from_sk: bool,
 }
 
 /// The keys of an event's `pkt` object that tell one packet from another:
@@ -220,11 +223,35 @@ pub fn write_suffix(out: &mut String, ann: Option<&Annotation>, node: Option<&st
     }
 }
 
+/// The `,"nat":[...]` member of a timeline object over these events (the
+/// translations, each with `at`, the index of the first event after it),
+/// empty when there is none.
+pub fn nat_json<'a, I>(events: I) -> String
+where
+    I: IntoIterator<Item = &'a RemoteEvent>,
+{
+    let mut tracker = crate::nat::Tracker::default();
+    let mut out = String::new();
+    for (i, ev) in events.into_iter().enumerate() {
+        let now = (!ev.from_sk)
+            .then(|| crate::nat::Endpoints::of_remote(&ev.pkt))
+            .flatten();
+        for n in tracker.next(now) {
+            out.push_str(if out.is_empty() { ",\"nat\":[" } else { "," });
+            n.write_json(&mut out, Some(i));
+        }
+    }
+    if !out.is_empty() {
+        out.push(']');
+    }
+    out
+}
+
 /// Appends a whole timeline block of remote events: the
 /// `<------------------- skb: ... ---------------------->` header, the
 /// event lines (annotated as by [`write_remote_event`], each with its node
-/// when given), the `end` line when given (e.g. where the packet was lost),
-/// one empty line.
+/// when given) with the `NAT` lines between them ([`crate::nat`]), the
+/// `end` line when given (e.g. where the packet was lost), one empty line.
 pub fn write_remote_timeline<'a, I>(
     out: &mut String,
     skb: &str,
@@ -238,7 +265,14 @@ pub fn write_remote_timeline<'a, I>(
         out,
         "<------------------- skb: {skb} ---------------------->"
     );
+    let mut nat = crate::nat::Tracker::default();
     for (ev, ann, node) in items {
+        let now = (!ev.from_sk)
+            .then(|| crate::nat::Endpoints::of_remote(&ev.pkt))
+            .flatten();
+        for n in nat.next(now) {
+            n.write_line(out);
+        }
         write_remote_event(out, ev, ann, node, opts);
     }
     if let Some(end) = end {

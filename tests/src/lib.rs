@@ -45,7 +45,9 @@ pub use output::{
     parse_timeline, Block, Event, Step, TcpSummary,
 };
 pub use runner::{Finished, Nettrace};
-pub use traffic::{in_netns, ping, ping_expect_loss, tcp_exchange, udp_send, TcpExchange};
+pub use traffic::{
+    in_netns, ping, ping_expect_loss, tcp_exchange, tcp_exchange_via, udp_send, TcpExchange,
+};
 
 /// Standard preamble for a privileged test: root, the usual tools and the binary under test
 /// (checked before any namespace is created).

@@ -226,6 +226,18 @@ pub fn tcp_exchange(
     server: SocketAddrV4,
     client_port: u16,
 ) -> TcpExchange {
+    tcp_exchange_via(client_ns, server_ns, server, server, client_port)
+}
+
+/// [`tcp_exchange`] with the client connecting to `connect` (a virtual address that NAT
+/// turns into `server`).
+pub fn tcp_exchange_via(
+    client_ns: &Netns,
+    server_ns: &Netns,
+    server: SocketAddrV4,
+    connect: SocketAddrV4,
+    client_port: u16,
+) -> TcpExchange {
     let (ready_tx, ready_rx) = mpsc::channel::<()>();
     std::thread::scope(|s| {
         let server_thread = s.spawn(|| {
@@ -255,7 +267,7 @@ pub fn tcp_exchange(
             .recv_timeout(SOCKET_TIMEOUT)
             .expect("tcp server did not start listening");
         let reply = in_netns(client_ns, || {
-            let mut stream = connect_from(client_port, server);
+            let mut stream = connect_from(client_port, connect);
             stream
                 .write_all(TCP_REQUEST)
                 .unwrap_or_else(|e| panic!("tcp client write: {e}"));

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use nettrace_common::format::{LossStats, TextOptions};
 use nettrace_common::protocol::{Annotation, Lost};
-use nettrace_common::remote::{write_remote_event, write_remote_timeline};
+use nettrace_common::remote::{nat_json, write_remote_event, write_remote_timeline};
 
 use crate::cli::OutputFormat;
 use crate::console::Pipe;
@@ -197,7 +197,9 @@ impl Output {
                     }
                     buf.push_str(&annotated_json(&item.raw, item.annotation.as_ref(), None));
                 }
-                buf.push_str("]}\n");
+                buf.push(']');
+                buf.push_str(&nat_json(items.iter().map(|i| &i.event)));
+                buf.push_str("}\n");
                 self.printed += 1;
             }
             (Printable::Joined(j), OutputFormat::Text) => {
@@ -272,6 +274,7 @@ impl Output {
             ));
         }
         buf.push(']');
+        buf.push_str(&nat_json(j.events.iter().map(|(_, i)| &i.event)));
         if let Some(l) = &j.lost {
             buf.push_str(",\"lost_between\":{\"from\":");
             push_str(buf, name(l.from));
