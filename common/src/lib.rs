@@ -6,6 +6,8 @@
 //!
 //! Nothing here does I/O: every parser takes `&str` or `&[u8]`.
 
+pub mod advice;
+pub mod diag;
 pub mod drop_reason;
 pub mod event;
 pub mod filter;
