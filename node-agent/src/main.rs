@@ -7,6 +7,7 @@ mod kfunc;
 mod kprobe_multi;
 mod loader;
 mod netlink;
+mod nft_trace;
 mod output;
 mod plan;
 mod resolve;
