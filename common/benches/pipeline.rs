@@ -207,6 +207,7 @@ fn text_detail(recs: &[Vec<u8>], sink: &mut Sink) -> usize {
     let opts = TextOptions {
         detail: true,
         timeline: false,
+        advice: true,
     };
     text(recs, sink, opts)
 }
@@ -247,6 +248,7 @@ fn timeline_text(recs: &[Vec<u8>], sink: &mut Sink) -> usize {
         let opts = TextOptions {
             detail: true,
             timeline: true,
+            advice: true,
         };
         let items = block.records.iter().map(|e| (e, annotations(e)));
         format::write_timeline_block(&mut sink.out, block.skb, items, opts);

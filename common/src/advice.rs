@@ -707,6 +707,15 @@ pub fn for_retransmit() -> Advice {
     )
 }
 
+/// An ICMP error sent, its type unknown (the `icmp_send` tracepoint names
+/// the packet it answers).
+pub fn for_icmp_sent() -> Advice {
+    a(
+        "this host answered the packet with an ICMP error: unreachable (no socket, no route, a reject rule), time exceeded or fragmentation needed",
+        "the events just before it say which: a NO_SOCKET drop is a closed UDP port, IP_OUTNOROUTES a missing route",
+    )
+}
+
 /// A reply the kernel held back under its rate limit (an ICMP error, a TCP
 /// challenge ACK).
 pub fn for_rate_limited() -> Advice {

@@ -57,6 +57,9 @@ pub enum Problem {
     /// A reply (ICMP error, TCP challenge ACK) the kernel held back under its
     /// rate limit.
     RateLimited,
+    /// An ICMP error this host sent, of a type the event does not carry
+    /// (the `icmp_send` tracepoint's packet is the one it answers).
+    IcmpSent,
 }
 
 impl Problem {
@@ -69,6 +72,7 @@ impl Problem {
             Problem::IcmpError { .. } => "icmp_error",
             Problem::Retransmit => "retransmit",
             Problem::RateLimited => "rate_limited",
+            Problem::IcmpSent => "icmp_error",
         }
     }
 
@@ -106,6 +110,7 @@ impl Problem {
             } => Self::icmp_text(*icmp_type, *code, *v6),
             Problem::Retransmit => "retransmit".to_string(),
             Problem::RateLimited => "rate limited".to_string(),
+            Problem::IcmpSent => "icmp error sent".to_string(),
         }
     }
 
@@ -121,6 +126,29 @@ impl Problem {
             } => advice::for_icmp_error(*v6, *icmp_type, *code),
             Problem::Retransmit => Some(advice::for_retransmit()),
             Problem::RateLimited => Some(advice::for_rate_limited()),
+            Problem::IcmpSent => Some(advice::for_icmp_sent()),
+        }
+    }
+
+    /// The problem an event shows, from its tracer and, for drops, its
+    /// reason (`Some` only for drops) and location: a drop, a TCP reset or
+    /// retransmission sent, an ICMP error sent; `None` for the rest.
+    pub fn of_event(
+        tracer: &str,
+        drop_reason: Option<&str>,
+        location: Option<&str>,
+    ) -> Option<Problem> {
+        if let Some(reason) = drop_reason {
+            return Some(Problem::Drop {
+                reason: reason.to_string(),
+                location: location.unwrap_or_default().to_string(),
+            });
+        }
+        match tracer {
+            "tcp_send_reset" | "tcp_v4_send_reset" | "tcp_v6_send_reset" => Some(Problem::Reset),
+            "tcp_retransmit_skb" | "__tcp_retransmit_skb" => Some(Problem::Retransmit),
+            "icmp_send" | "__icmp_send" | "icmp6_send" => Some(Problem::IcmpSent),
+            _ => None,
         }
     }
 }

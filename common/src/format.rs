@@ -28,6 +28,9 @@ pub struct TextOptions {
     pub detail: bool,
     /// `--timeline`: pad the interface and task columns to a fixed width.
     pub timeline: bool,
+    /// `--detail` or `--diag`: an `advice:` line under drops, resets,
+    /// retransmissions and ICMP errors sent ([`crate::advice`]).
+    pub advice: bool,
 }
 
 /// A monotonic timestamp shown as `seconds.microseconds`.
@@ -96,10 +99,24 @@ fn write_event_inner(
     write_event_summary(out, ev)?;
     write_drop(out, ann.drop_reason, ann.location);
     out.push('\n');
+    if opts.advice {
+        write_advice(out, ann.tracer, ann.drop_reason);
+    }
     if let Some(ret) = ev.retval {
         writeln!(out, "                return value:{ret:x}")?;
     }
     write_stack(out, ann.stack)
+}
+
+/// The `                advice: ...` line of an event that shows a problem
+/// (see [`crate::diag::Problem::of_event`]), when there is advice for it.
+pub fn write_advice(out: &mut String, tracer: &str, drop_reason: Option<&str>) {
+    let advice = crate::diag::Problem::of_event(tracer, drop_reason, None).and_then(|p| p.advice());
+    if let Some(a) = advice {
+        out.push_str("                ");
+        out.push_str(&a.line());
+        out.push('\n');
+    }
 }
 
 /// An skb address, as the kernel gave it or as text (16 hex digits).
@@ -317,10 +334,12 @@ mod tests {
     const DETAIL: TextOptions = TextOptions {
         detail: true,
         timeline: false,
+        advice: true,
     };
     const TIMELINE: TextOptions = TextOptions {
         detail: true,
         timeline: true,
+        advice: true,
     };
 
     fn ann<'a>(tracer: &'a str, group: &'a str) -> Annotations<'a> {

@@ -61,7 +61,8 @@ impl Backend {
 /// checks them. The serde form is the spec's `options` (protocol v1: keys
 /// `proto`, `saddr`, `daddr`, `addr`, `sport`, `dport`, `port`, `tracers`,
 /// `stack_tracers`, `detail`, `timeline`, `skb_mode`, `ret`, `stack`,
-/// `force_stack`, `raw_tp`, `count`, `rate_limit`, `backend`).
+/// `force_stack`, `raw_tp`, `probe_read`, `count`, `rate_limit`, `backend`,
+/// `diag`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, Args)]
 #[serde(default)]
 pub struct TraceOptions {
@@ -176,6 +177,10 @@ pub struct TraceOptions {
     /// Allow --stack together with the whole "all" tracer
     #[arg(long = "force-stack", help_heading = OUTPUT)]
     pub force_stack: bool,
+    /// Print only the packets that went wrong (dropped, reset, retransmitted, answered with an ICMP error), each with its path (implies --timeline) and advice, and a summary at exit
+    #[arg(long, help_heading = OUTPUT)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub diag: bool,
 }
 
 /// Shared options that cannot be used, in one line each (the same line
@@ -237,8 +242,10 @@ pub struct TraceConfig<'t> {
     pub count: Option<u64>,
     /// `--detail`.
     pub detail: bool,
-    /// `--timeline`.
+    /// `--timeline` (or `--diag`).
     pub timeline: bool,
+    /// `--diag`.
+    pub diag: bool,
 }
 
 impl TraceConfig<'_> {
@@ -252,6 +259,7 @@ impl TraceConfig<'_> {
         TextOptions {
             detail: self.detail,
             timeline: self.timeline,
+            advice: self.detail || self.diag,
         }
     }
 }
@@ -338,7 +346,8 @@ impl TraceOptions {
             rate_limit,
             count: self.count,
             detail: self.detail,
-            timeline: self.timeline,
+            timeline: self.timeline || self.diag,
+            diag: self.diag,
         })
     }
 }
@@ -383,6 +392,7 @@ pub fn every_option() -> (Vec<&'static str>, TraceOptions) {
         "--stack-tracer",
         "kfree_skb,consume_skb",
         "--force-stack",
+        "--diag",
     ];
     let options = TraceOptions {
         saddr: Some("10.0.0.1".into()),
@@ -405,6 +415,7 @@ pub fn every_option() -> (Vec<&'static str>, TraceOptions) {
         stack: true,
         stack_tracers: vec!["kfree_skb".into(), "consume_skb".into()],
         force_stack: true,
+        diag: true,
     };
     (args, options)
 }
@@ -465,6 +476,7 @@ mod tests {
             stack,
             stack_tracers,
             force_stack,
+            diag,
         } = &options;
         for set in [
             saddr.is_some(),
@@ -487,6 +499,7 @@ mod tests {
             *stack,
             !stack_tracers.is_empty(),
             *force_stack,
+            *diag,
         ] {
             assert!(set, "{options:?}");
         }
@@ -499,7 +512,7 @@ mod tests {
         assert!(config.stack_leaves.contains("consume_skb"));
         // Every key of the spec's options is written.
         let json = serde_json::to_value(&options).expect("json");
-        assert_eq!(json.as_object().map(|o| o.len()), Some(20), "{json}");
+        assert_eq!(json.as_object().map(|o| o.len()), Some(21), "{json}");
         assert_eq!(json["tracers"], serde_json::json!(["link", "kfree_skb"]));
         assert_eq!(json["backend"], "kprobe");
         assert_eq!(

@@ -197,6 +197,9 @@ fn write_inner(
     write_drop(out, ev.drop_reason.as_deref(), ev.location.as_deref());
     write_suffix(out, ann, node);
     out.push('\n');
+    if opts.advice {
+        crate::format::write_advice(out, &ev.tracer, ev.drop_reason.as_deref());
+    }
     if let Some(ret) = &ev.ret {
         writeln!(out, "                return value:{ret}")?;
     }
@@ -295,18 +298,22 @@ mod tests {
         TextOptions {
             detail: false,
             timeline: false,
+            advice: false,
         },
         TextOptions {
             detail: true,
             timeline: false,
+            advice: true,
         },
         TextOptions {
             detail: false,
             timeline: true,
+            advice: false,
         },
         TextOptions {
             detail: true,
             timeline: true,
+            advice: true,
         },
     ];
 

@@ -499,6 +499,17 @@ impl Sink for AgentSink {
         out.push('\n');
     }
 
+    /// The pod, when known.
+    fn place(&self, ev: &Event) -> String {
+        match self.annotation(ev) {
+            Some(a) => format!("{}/{}", a.namespace, a.pod),
+            None => format!("netns {}", ev.netns),
+        }
+    }
+
+    /// Nothing: the plugin sums up what every node sent.
+    fn diag_summary(&mut self, _out: &mut String, _summary: &nettrace_common::diag::Summary) {}
+
     /// A `lost` line when the kernel's counters grew, and at the end.
     fn lost(&mut self, out: &mut String, r: &LossReport<'_>) {
         if r.kernel_grew || r.at_exit {

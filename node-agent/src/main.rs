@@ -195,6 +195,7 @@ pub fn prepare(
         timeline: config.timeline,
         count: config.count,
         verbose: host.verbose,
+        diag: config.diag,
         idle_flush: None,
     };
     Ok(Prepared {

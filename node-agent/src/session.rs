@@ -18,6 +18,8 @@ use tokio::io::unix::AsyncFd;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::oneshot;
 
+use nettrace_common::diag::{DiagKey, Problem, Summary};
+
 use crate::loader::{stat, Loaded, Stats};
 use crate::output::{Finish, Output};
 use crate::plan::Plan;
@@ -33,6 +35,8 @@ pub struct Views {
     pub count: Option<u64>,
     /// Report detach time at exit.
     pub verbose: bool,
+    /// `--diag`: only the blocks that show a problem, and a summary at exit.
+    pub diag: bool,
     /// Timeline mode: hand out a context unfinished once nothing was added
     /// to it for this long (the agent's: an skb that crossed into another
     /// node's scope ends there, not here).
@@ -152,6 +156,7 @@ pub async fn run<S: Sink>(
         last_message: None,
         decode_errors: 0,
         parked: std::collections::VecDeque::new(),
+        summary: views.diag.then(Summary::new),
         sink,
     };
 
@@ -203,6 +208,7 @@ pub async fn run<S: Sink>(
         printer.drain(ring.get_mut(), false)?;
         printer.flush_timeline()?;
     }
+    printer.write_summary()?;
     let now = printer.loss_now(&stats);
     printer.report_loss_stdout(&now, true)?;
 
@@ -246,6 +252,8 @@ struct Printer<'a, S> {
     decode_errors: u64,
     /// Finished blocks waiting for return values, oldest first.
     parked: std::collections::VecDeque<(Block<Record>, std::time::Instant)>,
+    /// `--diag`: what went wrong so far.
+    summary: Option<Summary>,
     /// Formats events for stdout.
     sink: S,
 }
@@ -379,6 +387,10 @@ impl<'a, S: Sink> Printer<'a, S> {
     }
 
     fn print_block(&mut self, block: &Block<Record>) -> bool {
+        if self.summary.is_some() && !self.tally_problems(block) {
+            // --diag: nothing went wrong with this packet
+            return false;
+        }
         self.write_block(block);
         self.printed += 1;
         self.views.count.is_some_and(|c| self.printed >= c)
@@ -424,6 +436,39 @@ impl<'a, S: Sink> Printer<'a, S> {
         false
     }
 
+    /// `--diag`: adds the problems a block shows to the summary; whether it
+    /// shows any.
+    fn tally_problems(&mut self, block: &Block<Record>) -> bool {
+        let resolver = self.resolver();
+        let mut any = false;
+        for r in &block.records {
+            let (mut loc, mut reason) = (String::new(), String::new());
+            let ann = resolver.annotations(r, &mut loc, &mut reason);
+            let Some(kind) = Problem::of_event(ann.tracer, ann.drop_reason, ann.location) else {
+                continue;
+            };
+            any = true;
+            let key = DiagKey {
+                kind,
+                place: self.sink.place(&r.ev),
+                rule: None,
+            };
+            if let Some(s) = self.summary.as_mut() {
+                s.add(key, r.ev.ts_ns);
+            }
+        }
+        any
+    }
+
+    /// Appends the `--diag` summary, once.
+    fn write_summary(&mut self) -> Result<()> {
+        if let Some(s) = self.summary.take() {
+            self.sink.diag_summary(&mut self.buf, &s);
+            self.write_out()?;
+        }
+        Ok(())
+    }
+
     /// Emits the contexts idle for `views.idle_flush`; true once `count`
     /// is reached.
     fn flush_idle(&mut self) -> bool {
@@ -445,11 +490,9 @@ impl<'a, S: Sink> Printer<'a, S> {
             return self.write_out();
         }
         for block in self.timeline.flush() {
-            if self.views.count.is_some_and(|c| self.printed >= c) {
+            if self.views.count.is_some_and(|c| self.printed >= c) || self.print_block(&block) {
                 break;
             }
-            self.write_block(&block);
-            self.printed += 1;
         }
         self.write_out()
     }

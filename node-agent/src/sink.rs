@@ -4,6 +4,7 @@
 //! command line, or the agent's protocol lines (`crate::agent::AgentSink`).
 //! The session knows nothing of either.
 
+use nettrace_common::diag::Summary;
 use nettrace_common::format::{self, Annotations, LossStats, TextOptions};
 use nettrace_common::{json, Event};
 
@@ -42,6 +43,14 @@ pub trait Sink {
     /// not, the reader gets them on stdout, and stderr only says why stdout
     /// itself lost events.
     fn losses_on_stderr(&self) -> bool;
+
+    /// Where an event happened, for the `--diag` summary.
+    fn place(&self, ev: &Event) -> String {
+        format!("netns {}", ev.netns)
+    }
+
+    /// Appends the `--diag` summary at the end of the session.
+    fn diag_summary(&mut self, out: &mut String, summary: &Summary);
 }
 
 /// The command line's output: text lines (as the original nettrace prints
@@ -93,5 +102,20 @@ impl Sink for Lines {
 
     fn losses_on_stderr(&self) -> bool {
         true
+    }
+
+    fn diag_summary(&mut self, out: &mut String, summary: &Summary) {
+        match self {
+            Lines::Text(_) => {
+                out.push_str("--- diag summary ---\n");
+                out.push_str(&summary.render());
+            }
+            Lines::Json => {
+                for row in summary.render_json() {
+                    out.push_str(&row);
+                    out.push('\n');
+                }
+            }
+        }
     }
 }

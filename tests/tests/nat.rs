@@ -61,9 +61,7 @@ fn a_dnat_is_a_nat_line_between_the_events_before_and_after_it() {
     assert_eq!(x.client.ip(), &a);
     let dnat = format!("                NAT  {VIP}:80 -> {b}:8080 (DNAT)");
     let undo = format!("                NAT  {b}:8080 -> {VIP}:80 (SNAT)");
-    let fin = nt.stop_when(WAIT, |l| {
-        l.iter().any(|x| *x == dnat) && l.iter().any(|x| *x == undo)
-    });
+    let fin = nt.stop_when(WAIT, |l| l.contains(&dnat) && l.contains(&undo));
     fin.assert_success();
 
     let syn_to_vip = format!("TCP: {a}:{client_port} -> {VIP}:80, seq: ");

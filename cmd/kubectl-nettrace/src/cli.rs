@@ -9,7 +9,7 @@ use clap::{Parser, ValueEnum};
 use nettrace_common::filter::Filter;
 use nettrace_common::options::OUTPUT;
 use nettrace_common::protocol::SpecOptions;
-use nettrace_common::{OptionsError, TraceOptions, TracerTree};
+use nettrace_common::{OptionsError, TextOptions, TraceConfig, TraceOptions, TracerTree};
 use thiserror::Error;
 
 /// The tracer tree the agents ship (to check `-t` names up front).
@@ -171,8 +171,18 @@ impl Cli {
     /// The packet filter the agents apply, as they build it from the trace
     /// options.
     pub fn packet_filter(&self) -> Result<Filter, OptionError> {
+        self.with_config(|c| c.filter.clone())
+    }
+
+    /// The text layout the options ask for, as host `nettrace` takes it.
+    pub fn text_options(&self) -> Result<TextOptions, OptionError> {
+        self.with_config(|c| c.text_options())
+    }
+
+    /// `f` of the checked trace options.
+    fn with_config<R>(&self, f: impl FnOnce(&TraceConfig<'_>) -> R) -> Result<R, OptionError> {
         let tree = TracerTree::parse(TRACER_TREE).map_err(OptionsError::Tracer)?;
-        Ok(self.trace.validate(&tree)?.filter)
+        Ok(f(&self.trace.validate(&tree)?))
     }
 }
 

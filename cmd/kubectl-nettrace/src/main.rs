@@ -102,10 +102,10 @@ fn plugin_main() -> ExitCode {
         }
         Err(e) => return fail(cli::one_line_error(&e)),
     };
-    let (options, filter) = match cli
+    let checked = cli
         .spec_options()
-        .and_then(|o| Ok((o, cli.packet_filter()?)))
-    {
+        .and_then(|o| Ok((o, cli.packet_filter()?, cli.text_options()?)));
+    let (options, filter, text) = match checked {
         Ok(o) => o,
         Err(e) => return fail(e.to_string()),
     };
@@ -126,7 +126,7 @@ fn plugin_main() -> ExitCode {
         Ok(r) => r,
         Err(e) => return fail(format!("cannot start the async runtime: {e}")),
     };
-    match runtime.block_on(run(&cli, options, filter, targets)) {
+    match runtime.block_on(run(&cli, options, filter, text, targets)) {
         Ok(End::Ok) => ExitCode::SUCCESS,
         Ok(End::Failed) => ExitCode::FAILURE,
         Err(e) => fail(format!("{e:#}")),
@@ -257,6 +257,7 @@ async fn run(
     cli: &Cli,
     mut options: SpecOptions,
     filter: Filter,
+    text: TextOptions,
     targets: Vec<TargetArg>,
 ) -> Result<End> {
     let session = agent_pod::session_id();
@@ -354,6 +355,7 @@ async fn run(
         stdout: &stdout,
         homes,
         filter,
+        text,
     };
     let result = trace(&run, &mut created, interrupt).await;
     // Whatever happened above, the agent pods go.
@@ -385,6 +387,8 @@ struct Run<'a> {
     homes: HashMap<IpAddr, usize>,
     /// The agents' packet filter.
     filter: Filter,
+    /// The text layout.
+    text: TextOptions,
 }
 
 /// The node (index in `plans`) of each address of the traced pods.
@@ -462,14 +466,12 @@ async fn trace(
     let nodes: Vec<String> = plans.iter().map(|(n, _)| n.clone()).collect();
     let output = output::Output::new(
         cli.output,
-        TextOptions {
-            detail: cli.trace.detail,
-            timeline: cli.trace.timeline,
-        },
+        run.text,
         nodes.clone(),
         cli.trace.count,
         run.stdout.clone(),
-    );
+    )
+    .with_diag(cli.trace.diag);
     let end = Session {
         nodes,
         output,

@@ -14,6 +14,8 @@ use nettrace_common::remote::{nat_json, write_remote_event, write_remote_timelin
 
 use crate::cli::OutputFormat;
 use crate::console::Pipe;
+use nettrace_common::diag::{DiagKey, Problem, Summary};
+
 use crate::join::Joined;
 use crate::stream::Item;
 
@@ -41,6 +43,8 @@ pub struct Output {
     /// Events rendered into `buf`.
     buf_events: u64,
     out: Arc<Pipe>,
+    /// `--diag`: what went wrong, over all nodes.
+    summary: Option<Summary>,
 }
 
 /// How many events a printable holds.
@@ -111,7 +115,67 @@ impl Output {
             buf: String::new(),
             buf_events: 0,
             out,
+            summary: None,
         }
+    }
+
+    /// `--diag`: sum up the problems of what is printed, for [`Output::write_summary`].
+    pub fn with_diag(mut self, diag: bool) -> Self {
+        self.summary = diag.then(Summary::new);
+        self
+    }
+
+    /// Adds the problems of one node's events to the summary, each placed
+    /// at its node and pod (or namespace).
+    fn tally<'a>(&mut self, items: impl IntoIterator<Item = (usize, &'a Item)>) {
+        let Some(summary) = self.summary.as_mut() else {
+            return;
+        };
+        for (node, item) in items {
+            let ev = &item.event;
+            let Some(kind) = Problem::of_event(
+                &ev.tracer,
+                ev.drop_reason.as_deref(),
+                ev.location.as_deref(),
+            ) else {
+                continue;
+            };
+            let node = self.nodes.get(node).map(String::as_str).unwrap_or("?");
+            let place = match &item.annotation {
+                Some(a) => format!("{node} {}/{}", a.namespace, a.pod),
+                None => format!("{node} netns {}", ev.netns),
+            };
+            summary.add(
+                DiagKey {
+                    kind,
+                    place,
+                    rule: None,
+                },
+                ev.ts_ns,
+            );
+        }
+    }
+
+    /// The `--diag` summary (text table, or JSON rows), once, at the end.
+    pub fn write_summary(&mut self) {
+        let Some(summary) = self.summary.take() else {
+            return;
+        };
+        let mut text = String::new();
+        match self.format {
+            OutputFormat::Text => {
+                text.push_str("--- diag summary ---\n");
+                text.push_str(&summary.render());
+            }
+            OutputFormat::Json => {
+                for row in summary.render_json() {
+                    text.push_str(&row);
+                    text.push('\n');
+                }
+            }
+        }
+        self.flush();
+        self.out.send_control(text);
     }
 
     /// Events dropped so far because stdout was not read fast enough.
@@ -140,6 +204,13 @@ impl Output {
     pub fn render(&mut self, p: &Printable) {
         if self.done() && !matches!(p, Printable::Lost(..)) {
             return;
+        }
+        // (counted even when stdout drops it)
+        match p {
+            Printable::Event(n, item) => self.tally([(*n, item.as_ref())]),
+            Printable::Timeline(n, _, items) => self.tally(items.iter().map(|i| (*n, i))),
+            Printable::Joined(j) => self.tally(j.events.iter().map(|(n, i)| (*n, i))),
+            Printable::Lost(..) => {}
         }
         let events = events_in(p);
         if events > 0 && !self.out.has_room(self.buf.len() + 1) {

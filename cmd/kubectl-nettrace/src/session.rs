@@ -328,6 +328,8 @@ impl Session {
             self.output.render(&Printable::Joined(Box::new(j)));
         }
         self.output.flush();
+        self.output.write_summary();
+        self.output.flush();
         let total = nodes.iter().fold(Lost::default(), |a, n| Lost {
             events: a.events + n.lost.events,
             skb_map_full: a.skb_map_full + n.lost.skb_map_full,
