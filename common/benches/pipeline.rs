@@ -122,6 +122,7 @@ fn annotations(ev: &Event) -> Annotations<'static> {
             drop_reason: Some("NETFILTER_DROP"),
             location: Some("nft_do_chain+0x46f"),
             stack: None,
+            rule: None,
         };
     }
     let (tracer, group, _) = TRACERS[ev.tracer_id as usize];

@@ -19,6 +19,8 @@ pub struct Annotations<'a> {
     pub location: Option<&'a str>,
     /// Resolved call stack frames, innermost first.
     pub stack: Option<&'a [String]>,
+    /// The netfilter rule that decided the packet's fate (`--nft-trace`).
+    pub rule: Option<&'a crate::rule::NftRule>,
 }
 
 /// Which text layout to use.
@@ -99,6 +101,9 @@ fn write_event_inner(
     write_event_summary(out, ev)?;
     write_drop(out, ann.drop_reason, ann.location);
     out.push('\n');
+    if let Some(rule) = ann.rule {
+        rule.write_line(out);
+    }
     if opts.advice {
         write_advice(out, ann.tracer, ann.drop_reason);
     }
@@ -457,6 +462,7 @@ mod tests {
             drop_reason: Some("NETFILTER_DROP"),
             location: Some("nf_hook_slow+0x9c"),
             stack: Some(&stack),
+            rule: None,
         };
         assert_eq!(
             line(&ev, &a, TextOptions::default()),

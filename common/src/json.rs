@@ -36,6 +36,9 @@
 //! - `location`: where the skb was freed (`symbol+0xoffset`), when known.
 //! - `ret`: the traced function's return value as a hex string, only with `--ret`.
 //! - `stack`: the kernel call stack frames, innermost first, only with `--stack`.
+//! - `nft`: with `--nft-trace`, the netfilter rule that dropped the packet:
+//!   `{"family","table","chain","handle"?,"verdict","comment"?}` (no `handle`
+//!   for a chain's policy).
 //!
 //! **timeline** — one finished skb context in `--timeline` mode:
 //! `{"type":"timeline","skb":"ffff88858f243100","events":[<event objects>]}`,
@@ -278,6 +281,8 @@ struct EventJson<'a> {
     ret: Option<AsStr<Hex>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     stack: Option<&'a [String]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    nft: Option<&'a crate::rule::NftRule>,
 }
 
 fn event_json<'a>(ev: &'a Event, ann: &Annotations<'a>) -> EventJson<'a> {
@@ -313,6 +318,7 @@ fn event_json<'a>(ev: &'a Event, ann: &Annotations<'a>) -> EventJson<'a> {
         location: ann.location,
         ret: ev.retval.map(|r| AsStr(Hex(r))),
         stack: ann.stack,
+        nft: ann.rule,
     }
 }
 
@@ -539,6 +545,10 @@ fn write_event_object(out: &mut String, ev: &Event, ann: &Annotations<'_>) {
             push_json_str(out, frame);
         }
         out.push(']');
+    }
+    if let Some(rule) = ann.rule {
+        push_key(out, "nft");
+        out.push_str(&serde_json::to_string(rule).unwrap_or_else(|_| "null".into()));
     }
     out.push('}');
 }
@@ -786,6 +796,7 @@ mod tests {
                 drop_reason: Some("NETFILTER_DROP"),
                 location: Some("nf_hook_slow+0x9c\\"),
                 stack: Some(&stack),
+                rule: None,
             },
             Annotations {
                 stack: Some(&[]),
@@ -847,6 +858,7 @@ mod tests {
             drop_reason: Some("NETFILTER_DROP"),
             location: Some("nf_hook_slow+0x9c"),
             stack: Some(&stack),
+            rule: None,
         };
         let v = one(&ev, &a);
         assert_eq!(v.get("ifname"), None);

@@ -18,6 +18,7 @@ pub mod nat;
 pub mod options;
 pub mod protocol;
 pub mod remote;
+pub mod rule;
 pub mod summary;
 pub mod timeline;
 pub mod tracer;

@@ -62,7 +62,7 @@ impl Backend {
 /// `proto`, `saddr`, `daddr`, `addr`, `sport`, `dport`, `port`, `tracers`,
 /// `stack_tracers`, `detail`, `timeline`, `skb_mode`, `ret`, `stack`,
 /// `force_stack`, `raw_tp`, `probe_read`, `count`, `rate_limit`, `backend`,
-/// `diag`).
+/// `diag`, `nft_trace`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, Args)]
 #[serde(default)]
 pub struct TraceOptions {
@@ -177,6 +177,10 @@ pub struct TraceOptions {
     /// Allow --stack together with the whole "all" tracer
     #[arg(long = "force-stack", help_heading = OUTPUT)]
     pub force_stack: bool,
+    /// Name the netfilter rule that dropped a packet: adds a temporary nftables table that marks matching packets for the kernel's rule tracing (removed at exit), in the traced namespace (iptables-nft and nft rules; not iptables-legacy)
+    #[arg(long = "nft-trace", help_heading = OUTPUT)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub nft_trace: bool,
     /// Print only the packets that went wrong (dropped, reset, retransmitted, answered with an ICMP error), each with its path (implies --timeline) and advice, and a summary at exit
     #[arg(long, help_heading = OUTPUT)]
     #[serde(skip_serializing_if = "std::ops::Not::not")]
@@ -246,6 +250,8 @@ pub struct TraceConfig<'t> {
     pub timeline: bool,
     /// `--diag`.
     pub diag: bool,
+    /// `--nft-trace`.
+    pub nft_trace: bool,
 }
 
 impl TraceConfig<'_> {
@@ -348,6 +354,7 @@ impl TraceOptions {
             detail: self.detail,
             timeline: self.timeline || self.diag,
             diag: self.diag,
+            nft_trace: self.nft_trace,
         })
     }
 }
@@ -393,6 +400,7 @@ pub fn every_option() -> (Vec<&'static str>, TraceOptions) {
         "kfree_skb,consume_skb",
         "--force-stack",
         "--diag",
+        "--nft-trace",
     ];
     let options = TraceOptions {
         saddr: Some("10.0.0.1".into()),
@@ -416,6 +424,7 @@ pub fn every_option() -> (Vec<&'static str>, TraceOptions) {
         stack_tracers: vec!["kfree_skb".into(), "consume_skb".into()],
         force_stack: true,
         diag: true,
+        nft_trace: true,
     };
     (args, options)
 }
@@ -477,6 +486,7 @@ mod tests {
             stack_tracers,
             force_stack,
             diag,
+            nft_trace,
         } = &options;
         for set in [
             saddr.is_some(),
@@ -500,6 +510,7 @@ mod tests {
             !stack_tracers.is_empty(),
             *force_stack,
             *diag,
+            *nft_trace,
         ] {
             assert!(set, "{options:?}");
         }
@@ -512,7 +523,7 @@ mod tests {
         assert!(config.stack_leaves.contains("consume_skb"));
         // Every key of the spec's options is written.
         let json = serde_json::to_value(&options).expect("json");
-        assert_eq!(json.as_object().map(|o| o.len()), Some(21), "{json}");
+        assert_eq!(json.as_object().map(|o| o.len()), Some(22), "{json}");
         assert_eq!(json["tracers"], serde_json::json!(["link", "kfree_skb"]));
         assert_eq!(json["backend"], "kprobe");
         assert_eq!(

@@ -67,6 +67,9 @@ pub struct RemoteEvent {
     /// The addresses came from the socket, not the packet's headers.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub from_sk: bool,
+    /// The netfilter rule that decided its fate (`--nft-trace`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nft: Option<crate::rule::NftRule>,
 }
 
 /// The keys of an event's `pkt` object that tell one packet from another:
@@ -197,6 +200,9 @@ fn write_inner(
     write_drop(out, ev.drop_reason.as_deref(), ev.location.as_deref());
     write_suffix(out, ann, node);
     out.push('\n');
+    if let Some(rule) = &ev.nft {
+        rule.write_line(out);
+    }
     if opts.advice {
         crate::format::write_advice(out, &ev.tracer, ev.drop_reason.as_deref());
     }
@@ -383,6 +389,7 @@ mod tests {
                 drop_reason: Some("NETFILTER_DROP"),
                 location: Some("nft_do_chain+0x46f"),
                 stack: Some(stack),
+                rule: None,
             },
             Annotations {
                 tracer: "kfree_skb",
@@ -390,6 +397,7 @@ mod tests {
                 drop_reason: Some("NO_SOCKET"),
                 location: None,
                 stack: None,
+                rule: None,
             },
         ]
     }

@@ -169,6 +169,36 @@ fn run() -> Result<Stop> {
     let (config, host) = run_config(&spec, &tree)?;
     let mut prepared = crate::prepare(&config, &host, &tree, &sink.kernel_scope)?;
     prepared.views.idle_flush = Some(TIMELINE_IDLE_FLUSH);
+    let rules = if config.nft_trace {
+        // the node's namespace, and each traced pod's
+        let pods: Vec<(String, std::path::PathBuf)> = resolved
+            .iter()
+            .filter(|r| r.error.is_none() && !r.host_network)
+            .filter(|r| {
+                // one per namespace (a pod's containers share it)
+                let ns = r.netns.unwrap_or(0);
+                !resolved
+                    .iter()
+                    .take_while(|o| !std::ptr::eq(*o, *r))
+                    .any(|o| o.error.is_none() && o.netns.unwrap_or(1) == ns)
+            })
+            .filter_map(|r| {
+                let pid = r.pid?;
+                Some((
+                    format!("pod {}/{}", r.target.namespace, r.target.pod),
+                    std::path::PathBuf::from(format!("/proc/{pid}/ns/net")),
+                ))
+            })
+            .collect();
+        let mut ns = vec![("the node".to_string(), crate::nft_trace::Netns::Current)];
+        ns.extend(
+            pods.iter()
+                .map(|(l, p)| (l.clone(), crate::nft_trace::Netns::Path(p))),
+        );
+        Some(crate::nft_rules::RuleFinder::start(&ns, &config.filter)?)
+    } else {
+        None
+    };
     emit(&Message::Ready(Ready {
         tracers: prepared.loaded.attached.len(),
         scope: sink.scope,
@@ -189,6 +219,7 @@ fn run() -> Result<Stop> {
         prepared.views,
         sink,
         control,
+        rules,
     ))
 }
 

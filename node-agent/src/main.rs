@@ -7,6 +7,7 @@ mod kfunc;
 mod kprobe_multi;
 mod loader;
 mod netlink;
+mod nft_rules;
 mod nft_trace;
 mod output;
 mod plan;
@@ -83,6 +84,19 @@ fn run(cli: Cli) -> Result<()> {
     // shared options by the validator kubectl nettrace and the agent use.
     let config = cli.trace.validate(&tree)?;
     let mut prepared = prepare(&config, &cli.host, &tree, &[])?;
+    let rules = if config.nft_trace {
+        use std::os::fd::AsFd;
+        let ns = match &prepared.scopes.netns {
+            Some(h) => vec![(
+                format!("netns {}", h.label),
+                nft_trace::Netns::Fd(h.fd.as_fd()),
+            )],
+            None => vec![("this namespace".to_string(), nft_trace::Netns::Current)],
+        };
+        Some(nft_rules::RuleFinder::start(&ns, &config.filter)?)
+    } else {
+        None
+    };
     watch::start(std::mem::take(&mut prepared.scopes));
     eprintln!("begin tracing......");
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -98,6 +112,7 @@ fn run(cli: Cli) -> Result<()> {
             prepared.views,
             sink,
             session::Control::default(),
+            rules,
         ))
         .map(|_| ())?;
     match watch::vanished_message() {

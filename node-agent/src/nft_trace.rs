@@ -119,8 +119,10 @@
 //! is GPL-3.0-or-later (this project is GPL-2.0-only) and generates its
 //! bindings with bindgen at build time; `nftnl` needs the libnftnl C library.
 
-// The command line wires this in with `--nft-trace`; until then only the
-// tests use parts of it.
+// The session (`crate::nft_rules`) uses the tracer, its events and rule
+// lookups, and relies on Drop and the kernel-owned table for removal; the
+// explicit `finish`, the signal-handler cleanup, the counters and the
+// skb-address correlation are exercised by this module's tests only.
 #![allow(dead_code)]
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -803,9 +805,8 @@ impl NftTrace {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => return Err(e).context("reading nftables trace events"),
             }
-            if left.is_zero() && self.queue.is_empty() {
-                return Ok(None);
-            }
+            // Nothing usable in that datagram (our own table's events): the
+            // next round polls again, and returns when nothing is waiting.
         }
     }
 

@@ -19,8 +19,10 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::oneshot;
 
 use nettrace_common::diag::{DiagKey, Problem, Summary};
+use nettrace_common::rule::NftRule;
 
 use crate::loader::{stat, Loaded, Stats};
+use crate::nft_rules::RuleFinder;
 use crate::output::{Finish, Output};
 use crate::plan::Plan;
 use crate::sink::{LossReport, Sink};
@@ -76,6 +78,8 @@ pub struct Control {
 struct Record {
     ev: Event,
     stack: Option<Vec<String>>,
+    /// `--nft-trace`: the rule that dropped the packet (drops only).
+    rule: Option<NftRule>,
 }
 
 /// Formatted output is written out whenever this much has accumulated.
@@ -109,6 +113,7 @@ pub async fn run<S: Sink>(
     views: Views,
     sink: S,
     control: Control,
+    rules: Option<RuleFinder>,
 ) -> Result<Stop> {
     let ring = loaded.take_ring_buffer()?;
     let stats = loaded.take_stats()?;
@@ -157,6 +162,7 @@ pub async fn run<S: Sink>(
         decode_errors: 0,
         parked: std::collections::VecDeque::new(),
         summary: views.diag.then(Summary::new),
+        rules,
         sink,
     };
 
@@ -254,6 +260,8 @@ struct Printer<'a, S> {
     parked: std::collections::VecDeque<(Block<Record>, std::time::Instant)>,
     /// `--diag`: what went wrong so far.
     summary: Option<Summary>,
+    /// `--nft-trace`: the rules that dropped packets.
+    rules: Option<RuleFinder>,
     /// Formats events for stdout.
     sink: S,
 }
@@ -319,7 +327,16 @@ impl<'a, S: Sink> Printer<'a, S> {
     /// Prints or buffers one event; true once `count` is reached.
     fn handle(&mut self, ev: Event, ips: &[u64]) -> bool {
         let stack = ev.stack_id.map(|_| self.symbols.stack(ips));
-        let rec = Record { ev, stack };
+        let is_drop = self
+            .plan
+            .tracers
+            .get(ev.tracer_id as usize)
+            .is_some_and(|t| t.role == Role::Drop);
+        let rule = match (&mut self.rules, is_drop) {
+            (Some(rules), true) => rules.rule_for(&ev),
+            _ => None,
+        };
+        let rec = Record { ev, stack, rule };
         if !self.views.timeline {
             self.write_record(&rec);
             self.printed += 1;
@@ -451,7 +468,7 @@ impl<'a, S: Sink> Printer<'a, S> {
             let key = DiagKey {
                 kind,
                 place: self.sink.place(&r.ev),
-                rule: None,
+                rule: r.rule.as_ref().map(NftRule::short),
             };
             if let Some(s) = self.summary.as_mut() {
                 s.add(key, r.ev.ts_ns);
@@ -532,6 +549,7 @@ impl<'a> Resolver<'a> {
             drop_reason: is_drop.then_some(reason.as_str()),
             location: (is_drop && rec.ev.location != 0).then_some(location.as_str()),
             stack: rec.stack.as_deref(),
+            rule: rec.rule.as_ref(),
         }
     }
 }
