@@ -400,6 +400,109 @@ fn an_iptables_drop_of_traffic_to_a_pod_shows_its_reason_and_pod() {
     );
 }
 
+#[test]
+fn nft_trace_names_the_iptables_rule_and_diag_sums_it_up_by_pod_and_node() {
+    let _host = shared_host();
+    let mut ns = TestNs::new("nftdiag");
+    ns.pods(&[("a", "nt-node1"), ("c", "nt-node1")]);
+    let (a_ip, c_ip) = (ns.ip("a"), ns.ip("c"));
+    // A NetworkPolicy-like rule in the node: ICMP to c is dropped on the bridge's FORWARD.
+    let comment = format!("nt-e2e {}", ns.name);
+    let rule = [
+        "FORWARD",
+        "-d",
+        &c_ip,
+        "-p",
+        "icmp",
+        "-m",
+        "comment",
+        "--comment",
+        &comment,
+        "-j",
+        "DROP",
+    ];
+    let iptables = |op: &str| {
+        std::process::Command::new("ip")
+            .args(["netns", "exec", "nt-node1", "iptables", op])
+            .args(rule)
+            .output()
+            .expect("iptables")
+    };
+    let out = iptables("-I");
+    assert!(out.status.success(), "{out:?}");
+    struct Undo<F: FnMut()>(F);
+    impl<F: FnMut()> Drop for Undo<F> {
+        fn drop(&mut self) {
+            (self.0)()
+        }
+    }
+    let _undo = Undo(|| {
+        let _ = iptables("-D");
+    });
+
+    let nt = ns.trace(&["pod/a", "-p", "icmp", "-d", &c_ip, "--nft-trace", "--diag"]);
+    let out = ns.exec("a", &["ping", "-c", "2", "-i", "0.2", "-W", "1", &c_ip]);
+    assert!(!out.status.success(), "the pings should be dropped");
+    let fin = nt.stop_when(Duration::from_secs(20), |lines| {
+        lines
+            .iter()
+            .filter(|l| l.contains("rule: ip filter FORWARD #"))
+            .count()
+            >= 2
+    });
+    assert_exit_ok(&fin);
+    let request = format!("ICMP: {a_ip} -> {c_ip}, ping request");
+    let rule_line = |l: &String| {
+        l.starts_with("                rule: ip filter FORWARD #")
+            && l.ends_with(&format!(": drop, comment \"{comment}\""))
+    };
+    // each drop, and only drops (--diag), with the rule under it
+    let lines = &fin.stdout_lines;
+    let drops: Vec<usize> = (0..lines.len())
+        .filter(|&i| lines[i].contains("[kfree_skb") && lines[i].contains("reason: NETFILTER_DROP"))
+        .collect();
+    assert_eq!(drops.len(), 2, "{}", fin.describe());
+    for &i in &drops {
+        assert!(lines[i].contains(&request), "{}", lines[i]);
+        assert!(
+            lines.get(i + 1).is_some_and(rule_line),
+            "the rule under the drop\n{}",
+            fin.describe()
+        );
+    }
+    // The summary names the pod the traffic was for and its node, and the rule.
+    let at = lines
+        .iter()
+        .position(|l| l == "--- diag summary ---")
+        .unwrap_or_else(|| panic!("no summary\n{}", fin.describe()));
+    let row = lines
+        .get(at + 2)
+        .unwrap_or_else(|| panic!("no summary row\n{}", fin.describe()));
+    let cells: Vec<&str> = row
+        .split("  ")
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .collect();
+    assert_eq!(cells.first(), Some(&"2"), "{row}");
+    assert!(
+        cells
+            .get(1)
+            .is_some_and(|c| c.starts_with("drop NETFILTER_DROP")),
+        "{row}"
+    );
+    assert_eq!(
+        cells.get(2).copied(),
+        Some(format!("nt-node1 {}/c", ns.name).as_str()),
+        "{row}"
+    );
+    assert!(
+        cells
+            .get(3)
+            .is_some_and(|c| c.starts_with("ip filter FORWARD #")),
+        "{row}"
+    );
+}
+
 /// No node agent process holds a BPF program (within 10 s).
 fn assert_no_agent_progs(what: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);

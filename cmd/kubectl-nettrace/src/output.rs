@@ -149,7 +149,7 @@ impl Output {
                 DiagKey {
                     kind,
                     place,
-                    rule: None,
+                    rule: ev.nft.as_ref().map(|r| r.short()),
                 },
                 ev.ts_ns,
             );
