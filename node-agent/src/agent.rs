@@ -167,8 +167,7 @@ fn run() -> Result<Stop> {
 
     let tree = crate::load_tree(None)?;
     let (config, host) = run_config(&spec, &tree)?;
-    let mut prepared = crate::prepare(&config, &host, &tree, &sink.kernel_scope)?;
-    prepared.views.idle_flush = Some(TIMELINE_IDLE_FLUSH);
+    let prepared = crate::prepare(&config, &host, &tree, &sink.kernel_scope)?;
     let rules = if config.nft_trace {
         // the node's namespace, and each traced pod's
         let pods: Vec<(String, std::path::PathBuf)> = resolved
@@ -309,12 +308,6 @@ fn watch_input(lines: mpsc::Receiver<Input>, idle: Duration) -> oneshot::Receive
     });
     rx
 }
-
-/// In timeline mode, how long an skb context stays open without a new
-/// event before the agent sends it unfinished: an skb that crosses into
-/// another node's scope (nodes sharing one kernel) ends there, and the
-/// plugin joins the two blocks.
-pub const TIMELINE_IDLE_FLUSH: Duration = Duration::from_secs(1);
 
 fn hello() -> Hello {
     let kernel = nix::sys::utsname::uname()

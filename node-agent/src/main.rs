@@ -211,7 +211,7 @@ pub fn prepare(
         count: config.count,
         verbose: host.verbose,
         diag: config.diag,
-        idle_flush: None,
+        idle_flush: Some(session::TIMELINE_IDLE_FLUSH),
     };
     Ok(Prepared {
         loaded,

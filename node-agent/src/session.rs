@@ -40,8 +40,7 @@ pub struct Views {
     /// `--diag`: only the blocks that show a problem, and a summary at exit.
     pub diag: bool,
     /// Timeline mode: hand out a context unfinished once nothing was added
-    /// to it for this long (the agent's: an skb that crossed into another
-    /// node's scope ends there, not here).
+    /// to it for this long ([`TIMELINE_IDLE_FLUSH`]).
     pub idle_flush: Option<Duration>,
 }
 
@@ -87,6 +86,13 @@ const WRITE_CHUNK: usize = 256 * 1024;
 
 /// How long a finished block waits for the return values of its functions.
 const RETURN_WAIT: Duration = Duration::from_millis(500);
+
+/// In timeline mode, how long an skb context stays open without a new event
+/// before it is printed unfinished: its skb went on where nothing is traced
+/// (out of `--netns`, or, for an agent, into another node's scope) and its
+/// end will not be seen; without it, the next packet that gets the same skb
+/// address would join the old block.
+pub const TIMELINE_IDLE_FLUSH: Duration = Duration::from_secs(1);
 
 /// Most skb contexts kept open in timeline mode before the oldest is printed.
 const MAX_OPEN_CONTEXTS: usize = 65536;
