@@ -283,6 +283,20 @@ impl Summary {
         out
     }
 
+    /// The summary as it ends the output: `--- diag summary ---` and the
+    /// table, or one `diag_summary` JSON object per line.
+    pub fn write(&self, out: &mut String, json: bool) {
+        if json {
+            for row in self.render_json() {
+                out.push_str(&row);
+                out.push('\n');
+            }
+        } else {
+            out.push_str("--- diag summary ---\n");
+            out.push_str(&self.render());
+        }
+    }
+
     /// One JSON object per row, in table order (see the module doc).
     pub fn render_json(&self) -> Vec<String> {
         self.rows()

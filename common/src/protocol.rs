@@ -203,6 +203,28 @@ pub struct ResolvedTarget {
     pub error: Option<String>,
 }
 
+impl ResolvedTarget {
+    /// The annotations of its events: in its network namespace, and on its
+    /// host-side veth (with `host_ifname`, when known). `None` when it did
+    /// not resolve or shares the host's network namespace.
+    pub fn annotations(&self) -> Option<(Annotation, Option<Annotation>)> {
+        if self.error.is_some() || self.host_network {
+            return None;
+        }
+        let ann = Annotation {
+            namespace: self.target.namespace.clone(),
+            pod: self.target.pod.clone(),
+            container: self.target.container.clone(),
+            host_ifname: None,
+        };
+        let host = self.host_ifname.as_ref().map(|name| Annotation {
+            host_ifname: Some(name.clone()),
+            ..ann.clone()
+        });
+        Some((ann, host))
+    }
+}
+
 /// Agent → plugin: the resolution of every target, in spec order.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Resolved {

@@ -460,18 +460,10 @@ impl AgentSink {
     }
 
     fn add_annotation(&mut self, r: &ResolvedTarget) {
-        if r.error.is_some() || r.host_network {
+        let Some((ann, host)) = r.annotations() else {
             return;
-        }
-        let ann = Annotation {
-            namespace: r.target.namespace.clone(),
-            pod: r.target.pod.clone(),
-            container: r.target.container.clone(),
-            host_ifname: None,
         };
-        if let (Some(index), Some(name)) = (r.host_ifindex, &r.host_ifname) {
-            let mut host = ann.clone();
-            host.host_ifname = Some(name.clone());
+        if let (Some(index), Some(host)) = (r.host_ifindex, host) {
             self.by_host_if.insert(index, host);
         }
         if let Some(ns) = r.netns.and_then(|n| u32::try_from(n).ok()) {

@@ -105,17 +105,6 @@ impl Sink for Lines {
     }
 
     fn diag_summary(&mut self, out: &mut String, summary: &Summary) {
-        match self {
-            Lines::Text(_) => {
-                out.push_str("--- diag summary ---\n");
-                out.push_str(&summary.render());
-            }
-            Lines::Json => {
-                for row in summary.render_json() {
-                    out.push_str(&row);
-                    out.push('\n');
-                }
-            }
-        }
+        summary.write(out, matches!(self, Lines::Json));
     }
 }

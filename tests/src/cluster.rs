@@ -381,6 +381,51 @@ impl TestNs {
         ip
     }
 
+    /// A pod `web` on `node` answering `hello` on TCP 8080, behind a Service `web` on port 80;
+    /// returns the ClusterIP once `client` (a pod of this namespace) gets an answer through it
+    /// (kube-proxy programs its rules a moment after the endpoints exist).
+    pub fn web_service(&mut self, node: &str, client: &str) -> String {
+        self.pod_with(
+            "web",
+            node,
+            &[
+                "sh",
+                "-c",
+                "while true; do echo hello | nc -l -p 8080; done",
+            ],
+            "app: web",
+        );
+        self.wait_ready(&["web"]);
+        let svc = format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: {}}}\n\
+             spec: {{selector: {{app: web}}, ports: [{{port: 80, targetPort: 8080}}]}}\n",
+            self.name
+        );
+        self.cluster
+            .kubectl_in_ok(&["apply", "-f", "-"], Some(&svc));
+        let vip = self.cluster.kubectl_ok(&[
+            "get",
+            "service",
+            "web",
+            "-n",
+            &self.name,
+            "-o",
+            "jsonpath={.spec.clusterIP}",
+        ]);
+        assert!(vip.starts_with("10.96."), "ClusterIP {vip}");
+        let start = Instant::now();
+        while !String::from_utf8_lossy(&self.exec(client, &["nc", "-w", "2", &vip, "80"]).stdout)
+            .contains("hello")
+        {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "no answer through {vip}:80"
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        vip
+    }
+
     /// `kubectl exec POD -- ARGS`.
     pub fn exec(&self, pod: &str, args: &[&str]) -> Output {
         let mut all = vec!["exec", "-n", &self.name, pod, "--"];
@@ -573,4 +618,54 @@ pub fn step(needles: &[&str]) -> Vec<String> {
 /// `pod: NS/POD/main`, the annotation of the lines of a test pod.
 pub fn pod_of(ns: &TestNs, pod: &str) -> String {
     format!("pod: {}/{pod}/{CONTAINER}", ns.name)
+}
+
+/// An iptables rule in a node's namespace, removed when this is dropped.
+pub struct NodeRule {
+    node: String,
+    rule: Vec<String>,
+}
+
+impl NodeRule {
+    /// `iptables -I FORWARD -d DST -p icmp -m comment --comment COMMENT -j DROP` in `node`:
+    /// a NetworkPolicy-like drop of the ICMP forwarded to a pod on the node's bridge.
+    pub fn drop_icmp_to(node: &str, dst: &str, comment: &str) -> NodeRule {
+        let rule: Vec<String> = [
+            "FORWARD",
+            "-d",
+            dst,
+            "-p",
+            "icmp",
+            "-m",
+            "comment",
+            "--comment",
+            comment,
+            "-j",
+            "DROP",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let r = NodeRule {
+            node: node.to_string(),
+            rule,
+        };
+        let out = r.iptables("-I");
+        assert!(out.status.success(), "{out:?}");
+        r
+    }
+
+    fn iptables(&self, op: &str) -> Output {
+        Command::new("ip")
+            .args(["netns", "exec", &self.node, "iptables", op])
+            .args(&self.rule)
+            .output()
+            .expect("iptables")
+    }
+}
+
+impl Drop for NodeRule {
+    fn drop(&mut self) {
+        let _ = self.iptables("-D");
+    }
 }

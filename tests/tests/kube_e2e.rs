@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use nettrace_tests::cluster::{
     agent_pods_named, agent_prog_ids, blocks, exclusive_host, find_path, nettrace_progs, pod_of,
-    shared_host, step, TestNs, AGENT_NS, CONTAINER,
+    shared_host, step, NodeRule, TestNs, AGENT_NS, CONTAINER,
 };
 use nettrace_tests::{assert_progs_gone, Finished};
 use nix::sys::signal::Signal;
@@ -222,50 +222,12 @@ fn a_service_cluster_ip_is_followed_through_kube_proxy_dnat_with_skb_mode() {
     let _host = shared_host();
     let mut ns = TestNs::new("service");
     ns.pods(&[("a", "nt-node1")]);
-    ns.pod_with(
-        "web",
-        "nt-node1",
-        &[
-            "sh",
-            "-c",
-            "while true; do echo hello | nc -l -p 8080; done",
-        ],
-        "app: web",
-    );
-    ns.wait_ready(&["web"]);
-    let svc = format!(
-        "apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: {}}}\n\
-         spec: {{selector: {{app: web}}, ports: [{{port: 80, targetPort: 8080}}]}}\n",
-        ns.name
-    );
-    ns.cluster.kubectl_in_ok(&["apply", "-f", "-"], Some(&svc));
-    let vip = ns.cluster.kubectl_ok(&[
-        "get",
-        "service",
-        "web",
-        "-n",
-        &ns.name,
-        "-o",
-        "jsonpath={.spec.clusterIP}",
-    ]);
-    assert!(vip.starts_with("10.96."), "ClusterIP {vip}");
+    let vip = ns.web_service("nt-node1", "a");
     let (a_ip, web_ip) = (ns.ip("a"), ns.ip("web"));
     let (a_veth, web_veth) = (
         ns.host_veth("a", "nt-node1"),
         ns.host_veth("web", "nt-node1"),
     );
-    // kube-proxy programs the rules a moment after the endpoints exist: ask until answered.
-    let start = Instant::now();
-    while !String::from_utf8_lossy(&ns.exec("a", &["nc", "-w", "2", &vip, "80"]).stdout)
-        .contains("hello")
-    {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "no answer through {vip}:80"
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
-
     let nt = ns.trace(&[
         "pod/a",
         "-p",
@@ -333,37 +295,7 @@ fn an_iptables_drop_of_traffic_to_a_pod_shows_its_reason_and_pod() {
     let c_veth = ns.host_veth("c", "nt-node1");
     // A NetworkPolicy-like rule in the node: ICMP to c is dropped on the bridge's FORWARD.
     let comment = format!("nt-e2e {}", ns.name);
-    let rule = [
-        "FORWARD",
-        "-d",
-        &c_ip,
-        "-p",
-        "icmp",
-        "-m",
-        "comment",
-        "--comment",
-        &comment,
-        "-j",
-        "DROP",
-    ];
-    let iptables = |op: &str| {
-        std::process::Command::new("ip")
-            .args(["netns", "exec", "nt-node1", "iptables", op])
-            .args(rule)
-            .output()
-            .expect("iptables")
-    };
-    let out = iptables("-I");
-    assert!(out.status.success(), "{out:?}");
-    struct Undo<F: FnMut()>(F);
-    impl<F: FnMut()> Drop for Undo<F> {
-        fn drop(&mut self) {
-            (self.0)()
-        }
-    }
-    let _undo = Undo(|| {
-        let _ = iptables("-D");
-    });
+    let _rule = NodeRule::drop_icmp_to("nt-node1", &c_ip, &comment);
 
     let nt = ns.trace(&["pod/a", "-p", "icmp", "-d", &c_ip]);
     let out = ns.exec("a", &["ping", "-c", "1", "-W", "1", &c_ip]);
@@ -408,37 +340,7 @@ fn nft_trace_names_the_iptables_rule_and_diag_sums_it_up_by_pod_and_node() {
     let (a_ip, c_ip) = (ns.ip("a"), ns.ip("c"));
     // A NetworkPolicy-like rule in the node: ICMP to c is dropped on the bridge's FORWARD.
     let comment = format!("nt-e2e {}", ns.name);
-    let rule = [
-        "FORWARD",
-        "-d",
-        &c_ip,
-        "-p",
-        "icmp",
-        "-m",
-        "comment",
-        "--comment",
-        &comment,
-        "-j",
-        "DROP",
-    ];
-    let iptables = |op: &str| {
-        std::process::Command::new("ip")
-            .args(["netns", "exec", "nt-node1", "iptables", op])
-            .args(rule)
-            .output()
-            .expect("iptables")
-    };
-    let out = iptables("-I");
-    assert!(out.status.success(), "{out:?}");
-    struct Undo<F: FnMut()>(F);
-    impl<F: FnMut()> Drop for Undo<F> {
-        fn drop(&mut self) {
-            (self.0)()
-        }
-    }
-    let _undo = Undo(|| {
-        let _ = iptables("-D");
-    });
+    let _rule = NodeRule::drop_icmp_to("nt-node1", &c_ip, &comment);
 
     let nt = ns.trace(&["pod/a", "-p", "icmp", "-d", &c_ip, "--nft-trace", "--diag"]);
     let out = ns.exec("a", &["ping", "-c", "2", "-i", "0.2", "-W", "1", &c_ip]);

@@ -10,7 +10,7 @@
 //! Needs root and the cluster (`./dev test` brings it up); a missing piece fails the test.
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nettrace_tests::cluster::{
     blocks, exclusive_host, find_path, pod_of, shared_host, step, TestNs,
@@ -142,44 +142,8 @@ fn a_connection_to_a_service_on_another_node_is_natted_then_crosses_the_overlay_
     let _host = shared_host();
     let mut ns = TestNs::new("svcacross");
     ns.pods(&[("a", "nt-node1")]);
-    ns.pod_with(
-        "web",
-        "nt-node2",
-        &[
-            "sh",
-            "-c",
-            "while true; do echo hello | nc -l -p 8080; done",
-        ],
-        "app: web",
-    );
-    ns.wait_ready(&["web"]);
-    let svc = format!(
-        "apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: {}}}\n\
-         spec: {{selector: {{app: web}}, ports: [{{port: 80, targetPort: 8080}}]}}\n",
-        ns.name
-    );
-    ns.cluster.kubectl_in_ok(&["apply", "-f", "-"], Some(&svc));
-    let vip = ns.cluster.kubectl_ok(&[
-        "get",
-        "service",
-        "web",
-        "-n",
-        &ns.name,
-        "-o",
-        "jsonpath={.spec.clusterIP}",
-    ]);
+    let vip = ns.web_service("nt-node2", "a");
     let (a_ip, web_ip) = (ns.ip("a"), ns.ip("web"));
-    // kube-proxy programs the rules a moment after the endpoints exist: ask until answered.
-    let start = Instant::now();
-    while !String::from_utf8_lossy(&ns.exec("a", &["nc", "-w", "2", &vip, "80"]).stdout)
-        .contains("hello")
-    {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "no answer through {vip}:80"
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
 
     let nt = ns.trace(&[
         "pod/a",

@@ -380,18 +380,13 @@ impl Kernels {
 
     /// Records what a node's agent resolved one of its pods to.
     pub fn resolved(&mut self, node: usize, r: &ResolvedTarget) {
-        let ann = Annotation {
-            namespace: r.target.namespace.clone(),
-            pod: r.target.pod.clone(),
-            container: r.target.container.clone(),
-            host_ifname: None,
+        let Some((ann, host)) = r.annotations() else {
+            return;
         };
-        if let (Some(index), Some(name)) = (r.host_ifindex, &r.host_ifname) {
-            let mut host = ann.clone();
-            host.host_ifname = Some(name.clone());
+        if let (Some(index), Some(host)) = (r.host_ifindex, host) {
             self.veths.insert((node, index), host);
         }
-        if let Some(netns) = r.netns.filter(|_| !r.host_network) {
+        if let Some(netns) = r.netns {
             self.claim(node, netns, Some(ann));
         }
     }

@@ -162,18 +162,7 @@ impl Output {
             return;
         };
         let mut text = String::new();
-        match self.format {
-            OutputFormat::Text => {
-                text.push_str("--- diag summary ---\n");
-                text.push_str(&summary.render());
-            }
-            OutputFormat::Json => {
-                for row in summary.render_json() {
-                    text.push_str(&row);
-                    text.push('\n');
-                }
-            }
-        }
+        summary.write(&mut text, self.format == OutputFormat::Json);
         self.flush();
         self.out.send_control(text);
     }
