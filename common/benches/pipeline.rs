@@ -107,6 +107,7 @@ fn records(n: usize, skbs: usize) -> Vec<Vec<u8>> {
             packet,
             tunnel: None,
             ip_id: Some(1),
+            ct: None,
         };
         out.push(encode(&ev));
         i += 1;

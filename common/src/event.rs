@@ -1,10 +1,16 @@
 //! The event record the kernel programs write to the ring buffer
 //! (`struct nt_event` in `ebpf/include/nt_abi.h`), decoded by byte offset.
+//!
+//! A record is the event ([`EVENT_SIZE`] bytes), then the skb's conntrack
+//! entry when `flags` has [`F_CT`] ([`crate::conntrack::CT_SIZE`] bytes),
+//! then the kernel stack frames when `stack_id` counts some.
 
 use std::marker::PhantomData;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use thiserror::Error;
+
+use crate::conntrack::{Conntrack, CT_SIZE};
 
 /// Size in bytes of one event record.
 pub const EVENT_SIZE: usize = 200;
@@ -182,6 +188,9 @@ pub const F_L4_BAD: u32 = 0x8;
 /// `flags` bit: the packet is the inner one of a tunnel, whose outer headers
 /// are in the record's `tun` part.
 pub const F_TUNNEL: u32 = 0x10;
+/// `flags` bit: the skb's conntrack entry (`struct nt_ct`) follows the
+/// record (`--detail`).
+pub const F_CT: u32 = 0x20;
 
 /// Ethertype of IPv4.
 pub const ETH_P_IP: u16 = 0x0800;
@@ -251,6 +260,9 @@ pub struct Event {
     pub tunnel: Option<Tunnel>,
     /// The IPv4 identification of the (inner) packet; `None` for others.
     pub ip_id: Option<u16>,
+    /// The conntrack entry the skb carries (`--detail`, where the kernel's
+    /// BTF describes it); `None` without one.
+    pub ct: Option<Conntrack>,
 }
 
 /// An encapsulation the kernel side decodes (`enum nt_tunnel_kind`).
@@ -440,10 +452,15 @@ fn v4(a: [u8; 16]) -> Ipv4Addr {
     Ipv4Addr::new(a[0], a[1], a[2], a[3])
 }
 
-/// The kernel stack carried after the event record `buf`, innermost frame
-/// first: at most `frames` 8-byte addresses, as many as the record holds.
+/// The kernel stack carried after the event record `buf` (and its
+/// conntrack entry), innermost frame first: at most `frames` 8-byte
+/// addresses, as many as the record holds.
 pub fn stack_ips(buf: &[u8], frames: u32) -> Vec<u64> {
-    buf.get(EVENT_SIZE..)
+    let ct = buf
+        .get(..EVENT_SIZE)
+        .is_some_and(|b| offsets::FLAGS.get(b) & F_CT != 0);
+    let start = EVENT_SIZE + if ct { CT_SIZE } else { 0 };
+    buf.get(start..)
         .unwrap_or_default()
         .chunks_exact(8)
         .take(frames as usize)
@@ -452,7 +469,9 @@ pub fn stack_ips(buf: &[u8], frames: u32) -> Vec<u64> {
 }
 
 impl Event {
-    /// Decodes one record; extra bytes past [`EVENT_SIZE`] are ignored.
+    /// Decodes one record: the event and, with [`F_CT`], the conntrack
+    /// entry after it (`None` if the record is too short for it); the
+    /// stack frames are left for [`stack_ips`].
     pub fn decode(buf: &[u8]) -> Result<Event, DecodeError> {
         use offsets::*;
         let b: &[u8; EVENT_SIZE] = buf
@@ -529,6 +548,11 @@ impl Event {
                 None
             },
             ip_id: (l3 == ETH_P_IP).then(|| IP_ID.get(b)),
+            ct: if flags & F_CT != 0 {
+                buf.get(EVENT_SIZE..).and_then(Conntrack::decode)
+            } else {
+                None
+            },
         })
     }
 }
@@ -577,13 +601,13 @@ fn icmp(b: &[u8; EVENT_SIZE]) -> L4 {
 
 /// Builds the record of an event (the inverse of [`Event::decode`]).
 ///
-/// `flags` is taken from the event with the RET, FROM_SK, SKB_MODE, L4_BAD
-/// and TUNNEL bits set from `retval`, `from_sk`, `skb_mode`, the packet and
-/// the tunnel.
+/// `flags` is taken from the event with the RET, FROM_SK, SKB_MODE, L4_BAD,
+/// TUNNEL and CT bits set from `retval`, `from_sk`, `skb_mode`, the packet,
+/// the tunnel and the conntrack entry (appended after the event).
 pub fn encode(ev: &Event) -> Vec<u8> {
     use offsets::*;
     let mut b = vec![0u8; EVENT_SIZE];
-    let mut flags = ev.flags & !(F_RET | F_FROM_SK | F_SKB_MODE | F_L4_BAD | F_TUNNEL);
+    let mut flags = ev.flags & !(F_RET | F_FROM_SK | F_SKB_MODE | F_L4_BAD | F_TUNNEL | F_CT);
     if ev.retval.is_some() {
         flags |= F_RET;
     }
@@ -688,6 +712,10 @@ pub fn encode(ev: &Event) -> Vec<u8> {
             }
         }
     }
+    if let Some(ct) = &ev.ct {
+        flags |= F_CT;
+        b.extend_from_slice(&ct.encode());
+    }
     FLAGS.put(&mut b, flags);
     b
 }
@@ -747,6 +775,7 @@ pub(crate) mod tests {
             },
             tunnel: None,
             ip_id: Some(0x1c46),
+            ct: None,
         }
     }
 
@@ -913,6 +942,37 @@ pub(crate) mod tests {
             want.flags = got.flags;
             assert_eq!(got, want);
         }
+    }
+
+    #[test]
+    fn a_conntrack_entry_follows_the_event_and_the_stack_follows_it() {
+        let mut ev = sample();
+        ev.ct = Some(crate::conntrack::tests::dnat_sample());
+        ev.stack_id = Some(2);
+        let mut b = encode(&ev);
+        assert_eq!(b.len(), EVENT_SIZE + CT_SIZE);
+        assert_eq!(offsets::FLAGS.get(&b) & F_CT, F_CT);
+        b.extend_from_slice(&0xffff_ffff_8100_0001u64.to_ne_bytes());
+        b.extend_from_slice(&0xffff_ffff_8100_0002u64.to_ne_bytes());
+        let got = Event::decode(&b).expect("decodes");
+        assert_eq!(got.ct, ev.ct);
+        assert_eq!(got.flags & F_CT, F_CT);
+        assert_eq!(
+            stack_ips(&b, 2),
+            [0xffff_ffff_8100_0001, 0xffff_ffff_8100_0002]
+        );
+        // without the flag, the same bytes after the event are the stack
+        let plain = encode(&sample());
+        assert_eq!(stack_ips(&plain, 4), Vec::<u64>::new());
+        // a record cut short of its entry decodes without it
+        let short = Event::decode(&b[..EVENT_SIZE + CT_SIZE - 1]).expect("decodes");
+        assert_eq!(short.ct, None);
+        // the CT bit of `flags` follows the entry
+        let mut no_ct = ev.clone();
+        no_ct.ct = None;
+        no_ct.flags = F_CT;
+        assert_eq!(encode(&no_ct).len(), EVENT_SIZE);
+        assert_eq!(offsets::FLAGS.get(&encode(&no_ct)) & F_CT, 0);
     }
 
     #[test]

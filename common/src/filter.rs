@@ -25,6 +25,8 @@ pub const FL_V6: u32 = 0x10;
 pub const FL_SCOPE: u32 = 0x20;
 /// Filter flag: an skb that matched is followed out of the scope.
 pub const FL_FOLLOW: u32 = 0x40;
+/// Filter flag: read the conntrack entry of matched skbs (`--detail`).
+pub const FL_CT: u32 = 0x80;
 
 const PROTO_NAMES: &str = "ip, ipv4, ip6, ipv6, arp, tcp, udp, icmp, icmp6, icmpv6, sctp";
 
@@ -171,6 +173,8 @@ pub struct Filter {
     pub scope_map: bool,
     /// Follow an skb that matched wherever it goes next (agent scoping).
     pub follow: bool,
+    /// Read the conntrack entry of matched skbs (`--detail`; no filtering).
+    pub conntrack: bool,
 }
 
 /// Where [`Filter::encode`] writes each field of `struct nt_filter` (bytes
@@ -291,6 +295,9 @@ impl Filter {
         }
         if self.follow {
             flags |= FL_FOLLOW;
+        }
+        if self.conntrack {
+            flags |= FL_CT;
         }
         NETNS.put(&mut b, self.netns.unwrap_or(0));
         IFINDEX.put(&mut b, self.ifindex.unwrap_or(0));

@@ -7,6 +7,7 @@
 //! Nothing here does I/O: every parser takes `&str` or `&[u8]`.
 
 pub mod advice;
+pub mod conntrack;
 pub mod diag;
 pub mod drop_reason;
 pub mod event;

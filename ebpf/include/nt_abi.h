@@ -29,6 +29,7 @@ enum nt_event_flags {
 	NT_F_SKB_MODE = 0x4,  /* emitted because skb-mode remembered the skb */
 	NT_F_L4_BAD = 0x8,    /* L3 parsed, L4 header not readable */
 	NT_F_TUNNEL = 0x10,   /* pkt is the inner packet of the tunnel in nt_event.tun */
+	NT_F_CT = 0x20,       /* a struct nt_ct (the skb's conntrack entry) follows the record */
 };
 
 /* nt_tunnel.kind */
@@ -98,6 +99,48 @@ struct nt_event {
 
 _Static_assert(sizeof(struct nt_event) == 200, "nt_event layout");
 
+/*
+ * nt_ct.ctinfo: the kernel's enum ip_conntrack_info, as skb->_nfct's low
+ * three bits hold it (5, "new" in the reply direction, is never set; 6 is unused).
+ */
+enum nt_ct_info {
+	NT_CT_ESTABLISHED = 0,
+	NT_CT_RELATED = 1,
+	NT_CT_NEW = 2,
+	NT_CT_ESTABLISHED_REPLY = 3,
+	NT_CT_RELATED_REPLY = 4,
+	NT_CT_UNTRACKED = 7,  /* IP_CT_UNTRACKED: no entry on purpose (-j NOTRACK) */
+};
+
+/* One direction of a conntrack entry (the kernel's struct nf_conntrack_tuple). */
+struct nt_ct_tuple {
+	__u8 saddr[16];     /*  0: IPv4 in the first 4 bytes, network order */
+	__u8 daddr[16];     /* 16 */
+	__u16 sport;        /* 32: src.u.all, host order: a port; ICMP: the echo id */
+	__u16 dport;        /* 34: dst.u.all, host order: a port; ICMP: type << 8 | code */
+	__u16 l3num;        /* 36: AF_INET (2) or AF_INET6 (10) */
+	__u8 protonum;      /* 38: IPPROTO_* */
+	__u8 pad;           /* 39 */
+};                          /* 40 */
+
+_Static_assert(sizeof(struct nt_ct_tuple) == 40, "nt_ct_tuple layout");
+
+/*
+ * The conntrack entry of an skb (skb->_nfct), read with --detail (NT_FL_CT):
+ * it follows the record when nt_event.flags has NT_F_CT, before the stack
+ * frames if any. An skb without an entry (not seen by conntrack yet, or found
+ * invalid) gets none.
+ */
+struct nt_ct {
+	__u32 status;       /*  0: ct->status, the kernel's IPS_* bits; 0 when untracked */
+	__u8 ctinfo;        /*  4: enum nt_ct_info */
+	__u8 pad[3];        /*  5 */
+	struct nt_ct_tuple orig;  /*  8: tuplehash[IP_CT_DIR_ORIGINAL]; zero when untracked */
+	struct nt_ct_tuple reply; /* 48: tuplehash[IP_CT_DIR_REPLY] */
+};                          /* 88 */
+
+_Static_assert(sizeof(struct nt_ct) == 88, "nt_ct layout");
+
 /* nt_filter.flags */
 enum nt_filter_flags {
 	NT_FL_SADDR = 0x1,
@@ -107,6 +150,7 @@ enum nt_filter_flags {
 	NT_FL_V6 = 0x10,      /* the address filters are IPv6 addresses */
 	NT_FL_SCOPE = 0x20,   /* only (netns, ifindex) pairs in nt_scope match */
 	NT_FL_FOLLOW = 0x40,  /* an skb that matched is followed out of the scope */
+	NT_FL_CT = 0x80,      /* --detail: read the conntrack entry of matched skbs (skb->_nfct) */
 };
 
 /* The packet filter, written once into .rodata before loading. */
@@ -235,6 +279,7 @@ struct nt_abi_enums {
 	enum nt_kfunc_mark kfunc_mark;
 	enum nt_kfunc_bits kfunc_bits;
 	enum nt_tunnel_kind tunnel_kind;
+	enum nt_ct_info ct_info;
 };
 
 const volatile struct nt_abi_enums nt_abi_anchor __attribute__((used)) = {};

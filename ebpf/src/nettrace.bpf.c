@@ -890,10 +890,20 @@ static __always_inline int in_scope(const struct nt_where *w)
 	return w->ifindex && bpf_map_lookup_elem(&nt_scope, &key) != 0;
 }
 
-/* Scratch space of a matched event with its stack (too big for the stack). */
+/*
+ * Scratch space of a matched event with what follows it in the record (too
+ * big for the stack): the stack frames, right after the event or after the
+ * conntrack entry when the record carries one.
+ */
 struct nt_scratch_rec {
 	struct nt_event e;
-	__u64 ips[NT_MAX_STACK_DEPTH];
+	union {
+		__u64 ips[NT_MAX_STACK_DEPTH];
+		struct {
+			struct nt_ct ct;
+			__u64 ips[NT_MAX_STACK_DEPTH];
+		} c;
+	} tail;
 };
 
 struct {
@@ -902,6 +912,81 @@ struct {
 	__type(key, __u32);
 	__type(value, struct nt_scratch_rec);
 } nt_scratch SEC(".maps");
+
+/* One direction of a conntrack entry, read with direct loads (typed t). */
+static __always_inline void ct_tuple_typed(struct nt_ct_tuple *o, const struct nf_conntrack_tuple *t)
+{
+	__u32 w;
+	int i;
+
+	for (i = 0; i < 4; i++) {
+		w = t->src.u3.all[i];
+		__builtin_memcpy(&o->saddr[4 * i], &w, 4);
+		w = t->dst.u3.all[i];
+		__builtin_memcpy(&o->daddr[4 * i], &w, 4);
+	}
+	o->sport = bpf_ntohs(t->src.u.all);
+	o->dport = bpf_ntohs(t->dst.u.all);
+	o->l3num = t->src.l3num;
+	o->protonum = t->dst.protonum;
+	o->pad = 0;
+}
+
+/* The same, copied with bpf_probe_read_kernel (kernels without bpf_rdonly_cast). */
+static __always_inline void ct_tuple_copy(struct nt_ct_tuple *o, const struct nf_conntrack_tuple *t)
+{
+	if (BPF_CORE_READ_INTO(&o->saddr, t, src.u3))
+		__builtin_memset(o->saddr, 0, sizeof(o->saddr));
+	if (BPF_CORE_READ_INTO(&o->daddr, t, dst.u3))
+		__builtin_memset(o->daddr, 0, sizeof(o->daddr));
+	o->sport = bpf_ntohs(BPF_CORE_READ(t, src.u.all));
+	o->dport = bpf_ntohs(BPF_CORE_READ(t, dst.u.all));
+	o->l3num = BPF_CORE_READ(t, src.l3num);
+	o->protonum = BPF_CORE_READ(t, dst.protonum);
+	o->pad = 0;
+}
+
+/*
+ * --detail: the conntrack entry the skb carries into *c. 0 (nothing
+ * written) when it has none, or the running kernel's BTF can't describe it:
+ * no _nfct in sk_buff (conntrack not configured), no struct nf_conn in
+ * vmlinux (nf_conntrack is a module). skb is typed when tskb is set.
+ */
+static __always_inline int read_ct(struct sk_buff *skb, const int tskb, struct nt_ct *c)
+{
+	const struct nf_conn *ct;
+	unsigned long nfct;
+
+	if (!bpf_core_field_exists(skb->_nfct) || !bpf_core_type_exists(struct nf_conn))
+		return 0;
+	nfct = NT_RD(tskb, skb, _nfct);
+	if (!nfct)
+		return 0;
+	c->ctinfo = nfct & 7;
+	__builtin_memset(c->pad, 0, sizeof(c->pad));
+	ct = (const struct nf_conn *)(nfct & ~7UL);
+	if (!ct) {
+		/* IP_CT_UNTRACKED: a state without an entry. */
+		c->status = 0;
+		__builtin_memset(&c->orig, 0, sizeof(c->orig));
+		__builtin_memset(&c->reply, 0, sizeof(c->reply));
+		return 1;
+	}
+	c->status = BPF_CORE_READ(ct, status);
+	if (NT_CAST()) {
+		/* Cast per tuple: the kernel's BTF also has nf_conn___init (a
+		 * kfunc wrapper), which makes struct nf_conn's own type id
+		 * ambiguous to CO-RE. */
+		const __u32 id = bpf_core_type_id_kernel(struct nf_conntrack_tuple);
+
+		ct_tuple_typed(&c->orig, nt_rdonly_cast(&ct->tuplehash[0].tuple, id));
+		ct_tuple_typed(&c->reply, nt_rdonly_cast(&ct->tuplehash[1].tuple, id));
+	} else {
+		ct_tuple_copy(&c->orig, &ct->tuplehash[0].tuple);
+		ct_tuple_copy(&c->reply, &ct->tuplehash[1].tuple);
+	}
+	return 1;
+}
 
 /*
  * The key under which a function entry waits for its return. A task runs on
@@ -961,7 +1046,7 @@ static __always_inline int nt_body(void *ctx, struct nt_args *a, struct nt_slot 
 	struct nt_meta m;
 	struct nt_scratch_rec *r;
 	struct nt_event *e;
-	__u32 zero = 0, flags = 0;
+	__u32 zero = 0, flags = 0, ct_len = 0;
 	__u64 pid_tgid = 0;
 	int remembered = 0, where_read = 0, follow_any = 0, v;
 	long n;
@@ -1064,6 +1149,11 @@ static __always_inline int nt_body(void *ctx, struct nt_args *a, struct nt_slot 
 		e->ifname[0] = 0;
 	}
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
+	/* --detail only: without NT_FL_CT the verifier drops this. */
+	if ((CFG.flags & NT_FL_CT) && read_ct(skb, NT_SKB_TYPED(typed), &r->tail.c.ct)) {
+		e->flags |= NT_F_CT;
+		ct_len = sizeof(struct nt_ct);
+	}
 
 	if (slot->ret) {
 		struct nt_stash_key key = stash_key(pid_tgid, slot->tracer_id);
@@ -1071,19 +1161,22 @@ static __always_inline int nt_body(void *ctx, struct nt_args *a, struct nt_slot 
 		bpf_map_update_elem(&nt_stash, &key, e, BPF_ANY);
 	}
 	if (slot->stack) {
-		n = bpf_get_stack(ctx, r->ips, sizeof(r->ips), 0);
+		/* The frames follow the conntrack entry when there is one. */
+		__u64 *ips = ct_len ? r->tail.c.ips : r->tail.ips;
+
+		n = bpf_get_stack(ctx, ips, sizeof(r->tail.ips), 0);
 		if (n <= 0) {
 			stat_inc(NT_STAT_STACK_FAIL);
 		} else {
 			e->stack_id = n / 8;
-			if (n > sizeof(r->ips))
-				n = sizeof(r->ips);
-			if (bpf_ringbuf_output(&nt_events, r, sizeof(r->e) + n, 0))
+			if (n > sizeof(r->tail.ips))
+				n = sizeof(r->tail.ips);
+			if (bpf_ringbuf_output(&nt_events, r, sizeof(r->e) + ct_len + n, 0))
 				stat_inc(NT_STAT_RB_FULL);
 			return 0;
 		}
 	}
-	if (bpf_ringbuf_output(&nt_events, e, sizeof(*e), 0))
+	if (bpf_ringbuf_output(&nt_events, r, sizeof(r->e) + ct_len, 0))
 		stat_inc(NT_STAT_RB_FULL);
 	return 0;
 }
@@ -1128,7 +1221,8 @@ static __always_inline int nt_ret_body(struct nt_slot *slot, __u64 retval)
 	if (!e)
 		return 0;
 	e->retval = retval;
-	e->flags |= NT_F_RET;
+	/* The entry's conntrack entry stayed in its own record. */
+	e->flags = (e->flags & ~NT_F_CT) | NT_F_RET;
 	e->ts_ns = bpf_ktime_get_ns();
 	e->stack_id = -1;
 	if (slot->role == NT_ROLE_CLONE && retval && (CFG.flags & NT_FL_REMEMBER)) {

@@ -950,6 +950,33 @@ mod tests {
                     ..Filter::default()
                 },
             ),
+            (
+                "--detail",
+                Filter {
+                    conntrack: true,
+                    ..Filter::default()
+                },
+            ),
+            (
+                "--detail -p tcp --port 80 --skb-mode",
+                Filter {
+                    conntrack: true,
+                    proto: proto("tcp"),
+                    port: Some(80),
+                    skb_mode: true,
+                    ..Filter::default()
+                },
+            ),
+            (
+                "--detail agent scope -d v6",
+                Filter {
+                    conntrack: true,
+                    scope_map: true,
+                    follow: true,
+                    daddr: addr("fd00::2"),
+                    ..Filter::default()
+                },
+            ),
         ]
     }
 

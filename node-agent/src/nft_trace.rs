@@ -2134,6 +2134,7 @@ mod tests {
             },
             tunnel: None,
             ip_id: Some(0x1234),
+            ct: None,
         };
         let events = [
             skb_event(0x1000, 2, 40),

@@ -744,6 +744,7 @@ fn event_from_json(v: &Value) -> Result<Event, String> {
             .and_then(|n| u16::try_from(n).ok()),
         packet,
         tunnel: None,
+        ct: None,
     })
 }
 
@@ -1187,5 +1188,6 @@ fn event_of(packet: &Packet, netns: u32) -> Event {
         packet: *packet,
         tunnel: None,
         ip_id: None,
+        ct: None,
     }
 }

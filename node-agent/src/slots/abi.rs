@@ -406,6 +406,7 @@ fn event_record_matches_the_object() {
             ("NT_F_SKB_MODE", event::F_SKB_MODE.into()),
             ("NT_F_L4_BAD", event::F_L4_BAD.into()),
             ("NT_F_TUNNEL", event::F_TUNNEL.into()),
+            ("NT_F_CT", event::F_CT.into()),
         ],
         &[],
     ));
@@ -502,6 +503,7 @@ fn a_record_laid_out_by_the_object_decodes() {
         },
         tunnel: None,
         ip_id: Some(0x1c46),
+        ct: None,
     };
     assert_eq!(Event::decode(&b), Ok(want.clone()));
 
@@ -581,6 +583,129 @@ fn a_record_laid_out_by_the_object_decodes() {
 }
 
 #[test]
+fn conntrack_block_matches_the_object() {
+    use nettrace_common::conntrack::{self as ct, offsets::*, CtState};
+    let tuple = |dir: &'static str, base: usize| {
+        [
+            ("saddr", T_SADDR.off, T_SADDR.size()),
+            ("daddr", T_DADDR.off, T_DADDR.size()),
+            ("sport", T_SPORT.off, T_SPORT.size()),
+            ("dport", T_DPORT.off, T_DPORT.size()),
+            ("l3num", T_L3NUM.off, T_L3NUM.size()),
+            ("protonum", T_PROTONUM.off, T_PROTONUM.size()),
+        ]
+        .map(|(f, off, size)| (format!("{dir}{f}"), base + off, size))
+    };
+    let rust = "common/src/conntrack.rs (offsets, CT_SIZE)";
+    let named: Vec<(String, usize, usize)> = [
+        ("status".to_string(), STATUS.off, STATUS.size()),
+        ("ctinfo".to_string(), CTINFO.off, CTINFO.size()),
+    ]
+    .into_iter()
+    .chain(tuple("orig.", ORIG))
+    .chain(tuple("reply.", REPLY))
+    .collect();
+    let fields: Vec<(&str, usize, usize)> =
+        named.iter().map(|(f, o, s)| (f.as_str(), *o, *s)).collect();
+    let mut errors = compare_struct(
+        "nt_ct",
+        ct::CT_SIZE,
+        rust,
+        &fields,
+        &["pad", "orig.pad", "reply.pad"],
+    );
+    let named: Vec<(String, usize, usize)> = tuple("", 0).into_iter().collect();
+    let fields: Vec<(&str, usize, usize)> =
+        named.iter().map(|(f, o, s)| (f.as_str(), *o, *s)).collect();
+    errors.extend(compare_struct(
+        "nt_ct_tuple",
+        TUPLE_SIZE,
+        rust,
+        &fields,
+        &["pad"],
+    ));
+    let states = [
+        ("NT_CT_ESTABLISHED", CtState::Established),
+        ("NT_CT_RELATED", CtState::Related),
+        ("NT_CT_NEW", CtState::New),
+        ("NT_CT_ESTABLISHED_REPLY", CtState::EstablishedReply),
+        ("NT_CT_RELATED_REPLY", CtState::RelatedReply),
+        ("NT_CT_UNTRACKED", CtState::Untracked),
+    ];
+    let values: Vec<(&str, i64)> = states
+        .iter()
+        .map(|&(n, s)| (n, i64::from(s.code())))
+        .collect();
+    errors.extend(compare_enum(
+        "nt_ct_info",
+        "common/src/conntrack.rs CtState::code",
+        &values,
+        &[],
+    ));
+    for (_, s) in states {
+        if CtState::from_code(s.code()) != s {
+            errors.push(format!("CtState::from_code does not invert code for {s:?}"));
+        }
+    }
+    check("struct nt_ct", errors);
+}
+
+/// A record with a conntrack block laid out by the object's BTF decodes to
+/// what the kernel wrote, and the stack frames after it stay the stack.
+#[test]
+fn a_conntrack_block_laid_out_by_the_object_decodes() {
+    use nettrace_common::conntrack::{Conntrack, CtState, CtTuple, CT_SIZE};
+    let btf = &object().0;
+    let (ev_size, ev_fields) = btf.layout("nt_event");
+    let (ct_size, fields) = btf.layout("nt_ct");
+    let mut b = vec![0u8; ev_size + ct_size];
+    let flags = btf.value("nt_event_flags", "NT_F_CT") as u32;
+    let (off, _) = ev_fields["flags"];
+    b[off..off + 4].copy_from_slice(&flags.to_le_bytes());
+    let (off, _) = ev_fields["stack_id"];
+    b[off..off + 4].copy_from_slice(&1i32.to_le_bytes());
+    let set = |b: &mut [u8], field: &str, v: &[u8]| {
+        let (off, len) = fields[field];
+        assert!(v.len() <= len, "{field}");
+        b[ev_size + off..ev_size + off + v.len()].copy_from_slice(v);
+    };
+    let status = (1u32 << 5) | (1 << 3);
+    set(&mut b, "status", &status.to_le_bytes());
+    let new = btf.value("nt_ct_info", "NT_CT_NEW") as u8;
+    set(&mut b, "ctinfo", &[new]);
+    for (dir, (s, d, sp, dp)) in [
+        ("orig", ([10, 0, 0, 1], [10, 0, 0, 100], 40000u16, 80u16)),
+        ("reply", ([10, 0, 1, 2], [10, 0, 0, 1], 8080, 40000)),
+    ] {
+        set(&mut b, &format!("{dir}.saddr"), &s);
+        set(&mut b, &format!("{dir}.daddr"), &d);
+        set(&mut b, &format!("{dir}.sport"), &sp.to_le_bytes());
+        set(&mut b, &format!("{dir}.dport"), &dp.to_le_bytes());
+        set(&mut b, &format!("{dir}.l3num"), &2u16.to_le_bytes());
+        set(&mut b, &format!("{dir}.protonum"), &[event::IPPROTO_TCP]);
+    }
+    b.extend_from_slice(&0xffff_ffff_8100_0042u64.to_ne_bytes());
+    let tcp = |s: [u8; 4], d: [u8; 4], sport, dport| CtTuple {
+        proto: event::IPPROTO_TCP,
+        src: Ipv4Addr::from(s).into(),
+        dst: Ipv4Addr::from(d).into(),
+        sport,
+        dport,
+    };
+    let want = Conntrack {
+        state: CtState::New,
+        status,
+        orig: Some(tcp([10, 0, 0, 1], [10, 0, 0, 100], 40000, 80)),
+        reply: Some(tcp([10, 0, 1, 2], [10, 0, 0, 1], 8080, 40000)),
+    };
+    assert_eq!(ct_size, CT_SIZE);
+    let ev = Event::decode(&b).expect("decodes");
+    assert_eq!(ev.ct, Some(want));
+    assert_eq!(event::stack_ips(&b, 1), [0xffff_ffff_8100_0042]);
+    assert_eq!(&want.encode()[..], &b[ev_size..ev_size + ct_size]);
+}
+
+#[test]
 fn filter_matches_the_object() {
     use filter::offsets::*;
     let fields = [
@@ -617,6 +742,7 @@ fn filter_matches_the_object() {
             ("NT_FL_V6", filter::FL_V6.into()),
             ("NT_FL_SCOPE", filter::FL_SCOPE.into()),
             ("NT_FL_FOLLOW", filter::FL_FOLLOW.into()),
+            ("NT_FL_CT", filter::FL_CT.into()),
         ],
         &[],
     ));
@@ -653,6 +779,7 @@ fn an_encoded_filter_reads_back_by_the_object_layout() {
         skb_mode: true,
         scope_map: true,
         follow: true,
+        conntrack: true,
     };
     let b = f.encode();
     assert_eq!(b.len(), size);
@@ -672,10 +799,12 @@ fn an_encoded_filter_reads_back_by_the_object_layout() {
         ("pad", 0),
         (
             "flags",
-            ["SADDR", "DADDR", "ADDR", "SKB_MODE", "SCOPE", "FOLLOW"]
-                .iter()
-                .map(|f| flag(&format!("NT_FL_{f}")))
-                .fold(0, |a, b| a | b),
+            [
+                "SADDR", "DADDR", "ADDR", "SKB_MODE", "SCOPE", "FOLLOW", "CT",
+            ]
+            .iter()
+            .map(|f| flag(&format!("NT_FL_{f}")))
+            .fold(0, |a, b| a | b),
         ),
     ];
     for (field, v) in want {
