@@ -3,6 +3,7 @@
 
 use std::fmt::{self, Display, Write};
 
+use crate::conntrack::Conntrack;
 use crate::event::Event;
 use crate::summary::{write_dec, write_event_summary, write_padded};
 
@@ -76,7 +77,10 @@ const TIMELINE_DEV_TASK_WIDTH: usize = 30;
 ///
 /// Default: `{ts}: [{tracer:<24}]: {summary}`; with `detail`:
 /// `{ts}: [{skb:016x}][{ifindex}:{ifname}][pid:{pid},{comm}][{group:<12}][{tracer:<24}]: {summary}`.
-/// Followed by a `return value:` line and a `Call Stack:` block when present.
+/// Followed by, when present, in this order: the netfilter rule line
+/// (`--nft-trace`), the conntrack entry's `ct:` line (with `detail` only, see
+/// [`crate::conntrack::write_ct_line`]), the `advice:` line, a
+/// `return value:` line and a `Call Stack:` block.
 pub fn write_event(out: &mut String, ev: &Event, ann: &Annotations<'_>, opts: TextOptions) {
     // fmt::Write for String never fails.
     let _ = write_event_inner(out, ev, ann, opts);
@@ -104,6 +108,7 @@ fn write_event_inner(
     if let Some(rule) = ann.rule {
         rule.write_line(out);
     }
+    write_ct(out, ev.ct.as_ref(), opts);
     if opts.advice {
         write_advice(out, ann.tracer, ann.drop_reason);
     }
@@ -111,6 +116,14 @@ fn write_event_inner(
         writeln!(out, "                return value:{ret:x}")?;
     }
     write_stack(out, ann.stack)
+}
+
+/// Appends the `ct:` line of a conntrack entry, with `--detail` only (the
+/// same for host and remote events).
+pub(crate) fn write_ct(out: &mut String, ct: Option<&Conntrack>, opts: TextOptions) {
+    if let (Some(ct), true) = (ct, opts.detail) {
+        crate::conntrack::write_ct_line(out, ct);
+    }
 }
 
 /// The `                advice: ...` line of an event that shows a problem
@@ -469,6 +482,24 @@ mod tests {
             "453516.922978: [kfree_skb               ]: ICMP: 10.35.13.63 -> 9.135.224.89, ping request   , seq: 1, reason: NETFILTER_DROP, location: nf_hook_slow+0x9c\n\
              Call Stack:\n    -> kfree_skb_reason+0x0\n    -> nf_hook_slow+0x9c\n"
         );
+    }
+
+    #[test]
+    fn conntrack_line_with_detail_only() {
+        let mut ev = sample();
+        ev.ct = Some(crate::conntrack::tests::dnat_sample());
+        ev.retval = Some(0x2a);
+        let a = ann("net_dev_queue", "link-out");
+        let ct = "                ct: established, dnat confirmed seen-reply, orig tcp 10.250.56.2:40123 -> 10.250.58.100:80, reply 10.250.57.2:8080 -> 10.250.56.2:40123\n";
+        for opts in [DETAIL, TIMELINE] {
+            let text = line(&ev, &a, opts);
+            let lines: Vec<&str> = text.split_inclusive('\n').collect();
+            assert_eq!(lines.len(), 3, "{text}");
+            assert_eq!(lines[1], ct);
+            assert_eq!(lines[2], "                return value:2a\n");
+        }
+        let plain = line(&ev, &a, TextOptions::default());
+        assert!(!plain.contains("ct:"), "{plain}");
     }
 
     #[test]

@@ -39,6 +39,20 @@
 //! - `nft`: with `--nft-trace`, the netfilter rule that dropped the packet:
 //!   `{"family","table","chain","handle"?,"verdict","comment"?}` (no `handle`
 //!   for a chain's policy).
+//! - `ct`: with `--detail`, the conntrack entry the skb carries, when it has
+//!   one and the kernel's BTF describes conntrack (see [`crate::conntrack`]):
+//!   `{"state":"established","status":["dnat","confirmed","seen_reply"],
+//!   "orig":{"proto":"tcp","src":"10.250.56.2:40123","dst":"10.250.58.100:80"},
+//!   "reply":{"proto":"tcp","src":"10.250.57.2:8080","dst":"10.250.56.2:40123"}}`.
+//!   `state`: `new`, `established`, `related`, `established_reply`,
+//!   `related_reply` or `untracked` (then no tuples); `status`: the set
+//!   `IPS_*` bits by name (`snat`, `dnat`, `confirmed`, `seen_reply`,
+//!   `assured`, `expected`, `seq_adjust`, `snat_done`, `dnat_done`, `dying`,
+//!   `fixed_timeout`, `template`, `untracked`, `helper`, `offload`,
+//!   `hw_offload`, `bitN`); a tuple's `proto` is a name (`tcp`, `udp`,
+//!   `icmp`, `icmpv6`, `sctp`, `dccp`, `udplite`, `gre`) or a number, `src`
+//!   and `dst` are `ADDR:PORT` for protocols with ports, the address
+//!   otherwise; ICMP tuples add `icmp_id`, `icmp_type`, `icmp_code`.
 //!
 //! **timeline** — one finished skb context in `--timeline` mode:
 //! `{"type":"timeline","skb":"ffff88858f243100","events":[<event objects>]}`,
@@ -55,6 +69,7 @@ use std::net::IpAddr;
 
 use serde::{Serialize, Serializer};
 
+use crate::conntrack::Conntrack;
 use crate::event::{Event, Packet, L4};
 use crate::format::{write_hex16, write_timestamp, Annotations, LossStats, Timestamp};
 use crate::summary::{icmp_type_name, write_tcp_flags};
@@ -270,6 +285,8 @@ struct EventJson<'a> {
     pkt: PktJson,
     #[serde(skip_serializing_if = "Option::is_none")]
     tunnel: Option<TunnelJson>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ct: Option<&'a Conntrack>,
     summary: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     drop_reason: Option<&'a str>,
@@ -307,6 +324,7 @@ fn event_json<'a>(ev: &'a Event, ann: &Annotations<'a>) -> EventJson<'a> {
             vni: t.vni,
             outer: pkt_json(&t.outer, None),
         }),
+        ct: ev.ct.as_ref(),
         // one escape pass over the finished text is cheaper than per fragment
         summary: {
             let mut s = String::with_capacity(96);
@@ -516,6 +534,10 @@ fn write_event_object(out: &mut String, ev: &Event, ann: &Annotations<'_>) {
         push_key(out, "outer");
         write_pkt_object(out, &t.outer, None);
         out.push('}');
+    }
+    if let Some(ct) = &ev.ct {
+        push_key(out, "ct");
+        crate::conntrack::write_ct_json(out, ct);
     }
     // The summary is built from numbers, addresses and fixed ASCII names:
     // nothing in it needs escaping.
@@ -783,6 +805,19 @@ mod tests {
             e.packet = p;
             events.push(e);
         }
+        for ct in [
+            crate::conntrack::tests::dnat_sample(),
+            Conntrack {
+                state: crate::conntrack::CtState::Untracked,
+                status: 0,
+                orig: None,
+                reply: None,
+            },
+        ] {
+            let mut e = sample();
+            e.ct = Some(ct);
+            events.push(e);
+        }
         let mut odd = sample();
         odd.comm = "a\"b\\c\n\r\t\u{8}\u{c}\u{1}\u{1f}\u{7f}é\u{fffd}".into();
         odd.ifname = "\u{0}x".into();
@@ -812,6 +847,20 @@ mod tests {
                 assert_eq!(direct, String::from_utf8(serde).expect("utf-8"));
             }
         }
+    }
+
+    #[test]
+    fn a_conntrack_entry_is_the_ct_object() {
+        let mut ev = sample();
+        ev.ct = Some(crate::conntrack::tests::dnat_sample());
+        let v = one(&ev, &ann());
+        assert_eq!(
+            v["ct"],
+            json!({"state": "established", "status": ["dnat", "confirmed", "seen_reply"],
+                "orig": {"proto": "tcp", "src": "10.250.56.2:40123", "dst": "10.250.58.100:80"},
+                "reply": {"proto": "tcp", "src": "10.250.57.2:8080", "dst": "10.250.56.2:40123"}})
+        );
+        assert!(one(&sample(), &ann()).get("ct").is_none());
     }
 
     #[test]

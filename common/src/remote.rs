@@ -15,7 +15,8 @@ use std::fmt::{self, Write};
 
 use serde::{Deserialize, Serialize};
 
-use crate::format::{write_drop, write_head, write_stack, Columns, Skb, TextOptions};
+use crate::conntrack::Conntrack;
+use crate::format::{write_ct, write_drop, write_head, write_stack, Columns, Skb, TextOptions};
 use crate::protocol::Annotation;
 
 /// One event object as `nettrace -o json` prints it (the keys text output
@@ -70,6 +71,13 @@ pub struct RemoteEvent {
     /// The netfilter rule that decided its fate (`--nft-trace`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub nft: Option<crate::rule::NftRule>,
+    /// The skb's conntrack entry (`--detail`); one that does not parse is
+    /// left out.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::conntrack::deserialize_lenient"
+    )]
+    pub ct: Option<Conntrack>,
 }
 
 /// The keys of an event's `pkt` object that tell one packet from another:
@@ -203,6 +211,7 @@ fn write_inner(
     if let Some(rule) = &ev.nft {
         rule.write_line(out);
     }
+    write_ct(out, ev.ct.as_ref(), opts);
     if opts.advice {
         crate::format::write_advice(out, &ev.tracer, ev.drop_reason.as_deref());
     }
@@ -360,6 +369,18 @@ mod tests {
         let mut drop = sample();
         drop.drop_reason = 7;
         v.push(drop);
+        let mut ct = sample();
+        ct.ct = Some(crate::conntrack::tests::dnat_sample());
+        ct.retval = Some(0x2a);
+        v.push(ct);
+        let mut untracked = sample();
+        untracked.ct = Some(Conntrack {
+            state: crate::conntrack::CtState::Untracked,
+            status: 0,
+            orig: None,
+            reply: None,
+        });
+        v.push(untracked);
         v
     }
 

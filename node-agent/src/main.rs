@@ -149,6 +149,9 @@ pub fn prepare(
     resolve::check_host_args(host)?;
     let mut filter = config.filter.clone();
     filter.pid = host.pid;
+    // --detail shows the skbs' conntrack entries; without it the kernel
+    // side does not even read them (the verifier drops the code).
+    filter.conntrack = config.detail;
     if !scope.is_empty() {
         filter.scope_map = true;
         filter.follow = true;
@@ -187,6 +190,9 @@ pub fn prepare(
     plan.probe_read = config.probe_read;
     let loaded = loader::load_and_attach(&mut plan, btf, &filter, limits, scope)?;
     report_plan(config, host.verbose, &plan, &loaded);
+    if host.verbose && config.detail {
+        eprintln!("{}", conntrack_note(btf));
+    }
     if host.verbose {
         let phases: Vec<String> = std::iter::once(("kernel probe", probe_time))
             .chain(loaded.phases.iter().copied())
@@ -287,6 +293,18 @@ fn report_plan(config: &TraceConfig<'_>, verbose: bool, plan: &Plan, loaded: &lo
                 "bpf_probe_read_kernel"
             }
         );
+    }
+}
+
+/// With `-v --detail`: whether the events can carry conntrack entries. The
+/// kernel side reads them through CO-RE against vmlinux's BTF, which lacks
+/// `struct nf_conn` where nf_conntrack is a module (module BTF is not used).
+fn conntrack_note(btf: &aya::Btf) -> &'static str {
+    use aya_obj::btf::BtfKind;
+    if btf.id_by_type_name_kind("nf_conn", BtfKind::Struct).is_ok() {
+        "conntrack: entries are read from skb->_nfct (struct nf_conn is in the kernel's BTF)"
+    } else {
+        "conntrack: struct nf_conn is not in the kernel's BTF (nf_conntrack is a module?): --detail shows no conntrack entries"
     }
 }
 
