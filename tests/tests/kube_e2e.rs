@@ -284,6 +284,17 @@ fn a_service_cluster_ip_is_followed_through_kube_proxy_dnat_with_skb_mode() {
     });
     assert!(found[0].ends_with(&pa), "{}", found[0]);
     assert!(found[3].ends_with(&pw), "{}", found[3]);
+    // --detail: after kube-proxy's DNAT the skb carries its conntrack entry, both tuples.
+    let tuples = format!(" -> {vip}:80, reply {web_ip}:8080 -> {a_ip}:");
+    assert!(
+        fin.stdout_lines.iter().any(|l| {
+            l.starts_with("                ct: new, dnat")
+                && l.contains(&format!("orig tcp {a_ip}:"))
+                && l.contains(&tuples)
+        }),
+        "no conntrack entry of kube-proxy's DNAT\n{}",
+        fin.describe()
+    );
 }
 
 #[test]
