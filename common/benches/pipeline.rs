@@ -108,6 +108,7 @@ fn records(n: usize, skbs: usize) -> Vec<Vec<u8>> {
             tunnel: None,
             ip_id: Some(1),
             ct: None,
+            bytes: None,
         };
         out.push(encode(&ev));
         i += 1;

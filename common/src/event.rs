@@ -1,9 +1,12 @@
 //! The event record the kernel programs write to the ring buffer
 //! (`struct nt_event` in `ebpf/include/nt_abi.h`), decoded by byte offset.
 //!
-//! A record is the event ([`EVENT_SIZE`] bytes), then the skb's conntrack
-//! entry when `flags` has [`F_CT`] ([`crate::conntrack::CT_SIZE`] bytes),
-//! then the kernel stack frames when `stack_id` counts some.
+//! A record is the event ([`EVENT_SIZE`] bytes), then optional blocks, each
+//! present when its flag says so, in a fixed order: the skb's conntrack
+//! entry ([`F_CT`], [`crate::conntrack::CT_SIZE`] bytes), the packet's bytes
+//! ([`F_BYTES`], `struct nt_bytes` and the bytes), then the kernel stack
+//! frames (`stack_id` counts them). [`Layout`] is the one place that says
+//! where each starts.
 
 use std::marker::PhantomData;
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -192,6 +195,155 @@ pub const F_TUNNEL: u32 = 0x10;
 /// record (`--detail`).
 pub const F_CT: u32 = 0x20;
 
+/// `flags` bit: the packet's first bytes (`struct nt_bytes` and the bytes)
+/// follow the event (`--pcap`).
+pub const F_BYTES: u32 = 0x40;
+
+/// Where the blocks that may follow the event start in a record, by its
+/// flags: the one place that knows their order (the kernel side writes them
+/// in the same order, see `struct nt_scratch_rec`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Layout {
+    /// The conntrack entry (`struct nt_ct`), with [`F_CT`].
+    pub ct: Option<usize>,
+    /// The packet bytes block (`struct nt_bytes`), with [`F_BYTES`].
+    pub bytes: Option<usize>,
+    /// The stack frames (as many as `stack_id` counts), after the others.
+    pub stack: usize,
+}
+
+impl Layout {
+    /// The layout of record `buf` (a record shorter than its blocks gets
+    /// offsets past its end: nothing is read there).
+    pub fn of(buf: &[u8]) -> Layout {
+        let flags = buf
+            .get(..EVENT_SIZE)
+            .map(|b| offsets::FLAGS.get(b))
+            .unwrap_or(0);
+        let mut at = EVENT_SIZE;
+        let ct = (flags & F_CT != 0).then_some(at);
+        if ct.is_some() {
+            at += CT_SIZE;
+        }
+        let bytes = (flags & F_BYTES != 0).then_some(at);
+        if bytes.is_some() {
+            at += bytes_block_len(buf.get(at..).unwrap_or_default());
+        }
+        Layout { ct, bytes, stack: at }
+    }
+}
+
+/// Most packet bytes a record carries (`NT_MAX_SNAPLEN`): the largest
+/// `--snaplen`.
+pub const MAX_SNAPLEN: usize = 2048;
+
+/// Size of `struct nt_bytes`, the header of the packet bytes block.
+pub const BYTES_HEADER_SIZE: usize = 8;
+
+/// Where each field of `struct nt_bytes` is, from the start of the block.
+pub mod bytes_offsets {
+    use super::At;
+
+    /// `origlen`: bytes from where the copy starts to the packet's end.
+    pub const ORIGLEN: At<u32> = At::new(0);
+    /// `caplen`: bytes copied, which follow the header.
+    pub const CAPLEN: At<u16> = At::new(4);
+    /// `link`: `enum nt_link`.
+    pub const LINK: At<u8> = At::new(6);
+}
+
+/// The length of a packet bytes block: its header and its bytes, padded to
+/// a multiple of 8.
+fn bytes_block_len(block: &[u8]) -> usize {
+    let cap = block
+        .get(..BYTES_HEADER_SIZE)
+        .map(|h| usize::from(bytes_offsets::CAPLEN.get(h)))
+        .unwrap_or(0);
+    BYTES_HEADER_SIZE + cap.div_ceil(8) * 8
+}
+
+/// What the copied bytes start with (`enum nt_link`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Link {
+    /// The MAC header: an Ethernet frame.
+    Ethernet,
+    /// The network header: an IPv4 or IPv6 packet.
+    RawIp,
+}
+
+impl Link {
+    /// The link of `NT_LINK_*` code `code`.
+    pub fn from_code(code: u8) -> Option<Link> {
+        match code {
+            1 => Some(Link::Ethernet),
+            2 => Some(Link::RawIp),
+            _ => None,
+        }
+    }
+
+    /// Its `NT_LINK_*` code.
+    pub fn code(self) -> u8 {
+        match self {
+            Link::Ethernet => 1,
+            Link::RawIp => 2,
+        }
+    }
+
+    /// Its name in JSON (`ethernet`, `raw_ip`).
+    pub fn json_name(self) -> &'static str {
+        match self {
+            Link::Ethernet => "ethernet",
+            Link::RawIp => "raw_ip",
+        }
+    }
+
+    /// The link named `name` in JSON.
+    pub fn from_json_name(name: &str) -> Option<Link> {
+        [Link::Ethernet, Link::RawIp]
+            .into_iter()
+            .find(|l| l.json_name() == name)
+    }
+}
+
+/// The first bytes of a packet as the kernel held them at the hook
+/// (`--pcap`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Captured {
+    /// Where the bytes start.
+    pub link: Link,
+    /// The packet's length from there (the bytes are its first `data.len()`).
+    pub origlen: u32,
+    /// The bytes copied (at most `--snaplen`).
+    pub data: Vec<u8>,
+}
+
+impl Captured {
+    /// Reads a packet bytes block (`None` if it is cut short or unknown).
+    pub fn decode(block: &[u8]) -> Option<Captured> {
+        use bytes_offsets::*;
+        let h = block.get(..BYTES_HEADER_SIZE)?;
+        let cap = usize::from(CAPLEN.get(h));
+        Some(Captured {
+            link: Link::from_code(LINK.get(h))?,
+            origlen: ORIGLEN.get(h),
+            data: block.get(BYTES_HEADER_SIZE..BYTES_HEADER_SIZE + cap)?.to_vec(),
+        })
+    }
+
+    /// The block as the kernel writes it (header, bytes, padding).
+    pub fn encode(&self) -> Vec<u8> {
+        use bytes_offsets::*;
+        let cap = self.data.len().min(usize::from(u16::MAX));
+        let mut b = vec![0u8; BYTES_HEADER_SIZE];
+        ORIGLEN.put(&mut b, self.origlen);
+        CAPLEN.put(&mut b, cap as u16);
+        LINK.put(&mut b, self.link.code());
+        b.extend_from_slice(&self.data[..cap]);
+        b.resize(bytes_block_len(&b), 0);
+        b
+    }
+}
+
 /// Ethertype of IPv4.
 pub const ETH_P_IP: u16 = 0x0800;
 /// Ethertype of IPv6.
@@ -263,6 +415,8 @@ pub struct Event {
     /// The conntrack entry the skb carries (`--detail`, where the kernel's
     /// BTF describes it); `None` without one.
     pub ct: Option<Conntrack>,
+    /// The packet's first bytes (`--pcap`), when they could be copied.
+    pub bytes: Option<Captured>,
 }
 
 /// An encapsulation the kernel side decodes (`enum nt_tunnel_kind`).
@@ -452,15 +606,11 @@ fn v4(a: [u8; 16]) -> Ipv4Addr {
     Ipv4Addr::new(a[0], a[1], a[2], a[3])
 }
 
-/// The kernel stack carried after the event record `buf` (and its
-/// conntrack entry), innermost frame first: at most `frames` 8-byte
+/// The kernel stack carried after the event record `buf` (and its other
+/// blocks, see [`Layout`]), innermost frame first: at most `frames` 8-byte
 /// addresses, as many as the record holds.
 pub fn stack_ips(buf: &[u8], frames: u32) -> Vec<u64> {
-    let ct = buf
-        .get(..EVENT_SIZE)
-        .is_some_and(|b| offsets::FLAGS.get(b) & F_CT != 0);
-    let start = EVENT_SIZE + if ct { CT_SIZE } else { 0 };
-    buf.get(start..)
+    buf.get(Layout::of(buf).stack..)
         .unwrap_or_default()
         .chunks_exact(8)
         .take(frames as usize)
@@ -469,9 +619,10 @@ pub fn stack_ips(buf: &[u8], frames: u32) -> Vec<u64> {
 }
 
 impl Event {
-    /// Decodes one record: the event and, with [`F_CT`], the conntrack
-    /// entry after it (`None` if the record is too short for it); the
-    /// stack frames are left for [`stack_ips`].
+    /// Decodes one record: the event and, after it, with [`F_CT`] the
+    /// conntrack entry and with [`F_BYTES`] the packet's bytes (each `None`
+    /// if the record is too short for it); the stack frames are left for
+    /// [`stack_ips`].
     pub fn decode(buf: &[u8]) -> Result<Event, DecodeError> {
         use offsets::*;
         let b: &[u8; EVENT_SIZE] = buf
@@ -548,11 +699,14 @@ impl Event {
                 None
             },
             ip_id: (l3 == ETH_P_IP).then(|| IP_ID.get(b)),
-            ct: if flags & F_CT != 0 {
-                buf.get(EVENT_SIZE..).and_then(Conntrack::decode)
-            } else {
-                None
-            },
+            ct: Layout::of(buf)
+                .ct
+                .and_then(|at| buf.get(at..))
+                .and_then(Conntrack::decode),
+            bytes: Layout::of(buf)
+                .bytes
+                .and_then(|at| buf.get(at..))
+                .and_then(Captured::decode),
         })
     }
 }
@@ -602,12 +756,14 @@ fn icmp(b: &[u8; EVENT_SIZE]) -> L4 {
 /// Builds the record of an event (the inverse of [`Event::decode`]).
 ///
 /// `flags` is taken from the event with the RET, FROM_SK, SKB_MODE, L4_BAD,
-/// TUNNEL and CT bits set from `retval`, `from_sk`, `skb_mode`, the packet,
-/// the tunnel and the conntrack entry (appended after the event).
+/// TUNNEL, CT and BYTES bits set from `retval`, `from_sk`, `skb_mode`, the
+/// packet, the tunnel, the conntrack entry and the bytes (the last two
+/// appended after the event, in the order of [`Layout`]).
 pub fn encode(ev: &Event) -> Vec<u8> {
     use offsets::*;
     let mut b = vec![0u8; EVENT_SIZE];
-    let mut flags = ev.flags & !(F_RET | F_FROM_SK | F_SKB_MODE | F_L4_BAD | F_TUNNEL | F_CT);
+    let mut flags =
+        ev.flags & !(F_RET | F_FROM_SK | F_SKB_MODE | F_L4_BAD | F_TUNNEL | F_CT | F_BYTES);
     if ev.retval.is_some() {
         flags |= F_RET;
     }
@@ -716,6 +872,10 @@ pub fn encode(ev: &Event) -> Vec<u8> {
         flags |= F_CT;
         b.extend_from_slice(&ct.encode());
     }
+    if let Some(c) = &ev.bytes {
+        flags |= F_BYTES;
+        b.extend_from_slice(&c.encode());
+    }
     FLAGS.put(&mut b, flags);
     b
 }
@@ -776,6 +936,7 @@ pub(crate) mod tests {
             tunnel: None,
             ip_id: Some(0x1c46),
             ct: None,
+            bytes: None,
         }
     }
 
@@ -973,6 +1134,84 @@ pub(crate) mod tests {
         no_ct.flags = F_CT;
         assert_eq!(encode(&no_ct).len(), EVENT_SIZE);
         assert_eq!(offsets::FLAGS.get(&encode(&no_ct)) & F_CT, 0);
+    }
+
+    #[test]
+    fn packet_bytes_follow_the_event_and_the_stack_follows_them() {
+        let mut ev = sample();
+        ev.bytes = Some(Captured {
+            link: Link::Ethernet,
+            origlen: 98,
+            data: (0u8..21).collect(),
+        });
+        ev.stack_id = Some(2);
+        let mut b = encode(&ev);
+        // header, 21 bytes, 3 of padding
+        assert_eq!(b.len(), EVENT_SIZE + BYTES_HEADER_SIZE + 24);
+        assert_eq!(offsets::FLAGS.get(&b) & F_BYTES, F_BYTES);
+        assert_eq!(
+            Layout::of(&b),
+            Layout {
+                ct: None,
+                bytes: Some(EVENT_SIZE),
+                stack: EVENT_SIZE + 32
+            }
+        );
+        b.extend_from_slice(&0xffff_ffff_8100_0001u64.to_ne_bytes());
+        b.extend_from_slice(&0xffff_ffff_8100_0002u64.to_ne_bytes());
+        let got = Event::decode(&b).expect("decodes");
+        assert_eq!(got.bytes, ev.bytes);
+        assert_eq!(
+            stack_ips(&b, 2),
+            [0xffff_ffff_8100_0001, 0xffff_ffff_8100_0002]
+        );
+        // a record cut short of its bytes decodes without them
+        let short = Event::decode(&b[..EVENT_SIZE + 20]).expect("decodes");
+        assert_eq!(short.bytes, None);
+        // without the flag, what follows the event is the stack
+        let plain = encode(&sample());
+        assert_eq!(Layout::of(&plain).stack, EVENT_SIZE);
+        // the BYTES bit of `flags` follows the bytes
+        let mut none = ev.clone();
+        none.bytes = None;
+        none.flags = F_BYTES;
+        assert_eq!(offsets::FLAGS.get(&encode(&none)) & F_BYTES, 0);
+        // a block of a multiple of 8 has no padding
+        let c = Captured {
+            link: Link::RawIp,
+            origlen: 16,
+            data: vec![0x45; 16],
+        };
+        assert_eq!(c.encode().len(), BYTES_HEADER_SIZE + 16);
+        assert_eq!(Captured::decode(&c.encode()), Some(c));
+        assert_eq!(Link::from_json_name("raw_ip"), Some(Link::RawIp));
+        assert_eq!(Link::from_code(3), None);
+    }
+
+    #[test]
+    fn the_conntrack_entry_then_the_bytes_then_the_stack() {
+        let mut ev = sample();
+        ev.ct = Some(crate::conntrack::tests::dnat_sample());
+        ev.bytes = Some(Captured {
+            link: Link::RawIp,
+            origlen: 84,
+            data: vec![0x45; 9],
+        });
+        ev.stack_id = Some(1);
+        let mut b = encode(&ev);
+        assert_eq!(
+            Layout::of(&b),
+            Layout {
+                ct: Some(EVENT_SIZE),
+                bytes: Some(EVENT_SIZE + CT_SIZE),
+                stack: EVENT_SIZE + CT_SIZE + BYTES_HEADER_SIZE + 16,
+            }
+        );
+        assert_eq!(b.len(), Layout::of(&b).stack);
+        b.extend_from_slice(&0xffff_ffff_8100_0007u64.to_ne_bytes());
+        let got = Event::decode(&b).expect("decodes");
+        assert_eq!((&got.ct, &got.bytes), (&ev.ct, &ev.bytes));
+        assert_eq!(stack_ips(&b, 1), [0xffff_ffff_8100_0007]);
     }
 
     #[test]

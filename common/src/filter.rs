@@ -27,6 +27,8 @@ pub const FL_SCOPE: u32 = 0x20;
 pub const FL_FOLLOW: u32 = 0x40;
 /// Filter flag: read the conntrack entry of matched skbs (`--detail`).
 pub const FL_CT: u32 = 0x80;
+/// Filter flag: copy the first `snaplen` bytes of matched packets (`--pcap`).
+pub const FL_BYTES: u32 = 0x100;
 
 const PROTO_NAMES: &str = "ip, ipv4, ip6, ipv6, arp, tcp, udp, icmp, icmp6, icmpv6, sctp";
 
@@ -175,6 +177,9 @@ pub struct Filter {
     pub follow: bool,
     /// Read the conntrack entry of matched skbs (`--detail`; no filtering).
     pub conntrack: bool,
+    /// Copy up to this many bytes of each matched packet (`--pcap`; no
+    /// filtering).
+    pub snaplen: Option<u16>,
 }
 
 /// Where [`Filter::encode`] writes each field of `struct nt_filter` (bytes
@@ -207,6 +212,8 @@ pub mod offsets {
     pub const PORT: At<u16> = At::new(70);
     /// `l4_proto`, 0 = any.
     pub const L4_PROTO: At<u8> = At::new(72);
+    /// `snaplen`: bytes to copy with `FL_BYTES`.
+    pub const SNAPLEN: At<u16> = At::new(74);
 }
 
 fn put_addr(b: &mut [u8; FILTER_SIZE], at: At<[u8; 16]>, a: &IpAddr) {
@@ -298,6 +305,10 @@ impl Filter {
         }
         if self.conntrack {
             flags |= FL_CT;
+        }
+        if let Some(n) = self.snaplen {
+            flags |= FL_BYTES;
+            SNAPLEN.put(&mut b, n);
         }
         NETNS.put(&mut b, self.netns.unwrap_or(0));
         IFINDEX.put(&mut b, self.ifindex.unwrap_or(0));
@@ -621,6 +632,18 @@ mod tests {
         want[72] = 58;
         assert_eq!(b, want);
         assert_eq!(Filter::default().encode(), [0u8; FILTER_SIZE]);
+    }
+
+    #[test]
+    fn encode_snaplen() {
+        let f = Filter {
+            snaplen: Some(300),
+            ..Filter::default()
+        };
+        let mut want = [0u8; FILTER_SIZE];
+        want[60..64].copy_from_slice(&FL_BYTES.to_le_bytes());
+        want[74..76].copy_from_slice(&300u16.to_le_bytes());
+        assert_eq!(f.encode(), want);
     }
 
     fn tcp_event(src: &str, dst: &str, sport: u16, dport: u16) -> Event {

@@ -20,6 +20,7 @@
 enum nt_limits {
 	NT_MAX_SLOTS = 1024,      /* entries of nt_slots */
 	NT_MAX_STACK_DEPTH = 32,  /* kernel stack frames after a record, at most */
+	NT_MAX_SNAPLEN = 2048,    /* packet bytes after a record, at most (--snaplen); a power of two */
 };
 
 /* nt_event.flags */
@@ -30,6 +31,7 @@ enum nt_event_flags {
 	NT_F_L4_BAD = 0x8,    /* L3 parsed, L4 header not readable */
 	NT_F_TUNNEL = 0x10,   /* pkt is the inner packet of the tunnel in nt_event.tun */
 	NT_F_CT = 0x20,       /* a struct nt_ct (the skb's conntrack entry) follows the record */
+	NT_F_BYTES = 0x40,    /* a struct nt_bytes and the packet's first bytes follow the record */
 };
 
 /* nt_tunnel.kind */
@@ -127,8 +129,8 @@ _Static_assert(sizeof(struct nt_ct_tuple) == 40, "nt_ct_tuple layout");
 
 /*
  * The conntrack entry of an skb (skb->_nfct), read with --detail (NT_FL_CT):
- * it follows the record when nt_event.flags has NT_F_CT, before the stack
- * frames if any. An skb without an entry (not seen by conntrack yet, or found
+ * it follows the record when nt_event.flags has NT_F_CT, before the other
+ * optional blocks (the packet bytes, the stack frames). An skb without an entry (not seen by conntrack yet, or found
  * invalid) gets none.
  */
 struct nt_ct {
@@ -140,6 +142,27 @@ struct nt_ct {
 };                          /* 88 */
 
 _Static_assert(sizeof(struct nt_ct) == 88, "nt_ct layout");
+/* nt_bytes.link: where the copied bytes start. */
+enum nt_link {
+	NT_LINK_ETHERNET = 1, /* at the MAC header: an Ethernet frame */
+	NT_LINK_RAW_IP = 2,   /* at the network header: an IPv4 or IPv6 packet */
+};
+
+/*
+ * The packet's first bytes as the kernel held them at the hook (--pcap,
+ * NT_FL_BYTES): this header, then caplen bytes, zero padded to a multiple
+ * of 8. It follows the record when nt_event.flags has NT_F_BYTES, after the
+ * other optional blocks (see common/src/event.rs `Layout`) and before the
+ * stack frames.
+ */
+struct nt_bytes {
+	__u32 origlen;      /* 0: bytes from where the copy starts to the packet's end */
+	__u16 caplen;       /* 4: bytes copied (at most the filter's snaplen) */
+	__u8 link;          /* 6: enum nt_link */
+	__u8 pad;           /* 7 */
+};                          /* 8 */
+
+_Static_assert(sizeof(struct nt_bytes) == 8, "nt_bytes layout");
 
 /* nt_filter.flags */
 enum nt_filter_flags {
@@ -151,6 +174,7 @@ enum nt_filter_flags {
 	NT_FL_SCOPE = 0x20,   /* only (netns, ifindex) pairs in nt_scope match */
 	NT_FL_FOLLOW = 0x40,  /* an skb that matched is followed out of the scope */
 	NT_FL_CT = 0x80,      /* --detail: read the conntrack entry of matched skbs (skb->_nfct) */
+	NT_FL_BYTES = 0x100,  /* --pcap: copy up to snaplen bytes of matched packets (struct nt_bytes) */
 };
 
 /* The packet filter, written once into .rodata before loading. */
@@ -167,7 +191,9 @@ struct nt_filter {
 	__u16 dport;        /* 68 */
 	__u16 port;         /* 70 */
 	__u8 l4_proto;      /* 72: 0 = any */
-	__u8 pad[7];        /* 73 */
+	__u8 pad;           /* 73 */
+	__u16 snaplen;      /* 74: with NT_FL_BYTES, bytes to copy, 1..NT_MAX_SNAPLEN */
+	__u8 pad2[4];       /* 76 */
 };                          /* 80 */
 
 _Static_assert(sizeof(struct nt_filter) == 80, "nt_filter layout");
@@ -229,7 +255,8 @@ enum nt_stat {
 	NT_STAT_SKB_MAP_FULL = 2,  /* skb-mode could not remember an skb */
 	NT_STAT_STACK_FAIL = 3,    /* bpf_get_stack failed */
 	NT_STAT_RATE_LIMITED = 4,  /* events suppressed by the rate limit */
-	NT_STAT_MAX = 5,           /* number of counters */
+	NT_STAT_BYTES_FAIL = 5,    /* events sent without the packet bytes asked for (NT_FL_BYTES) */
+	NT_STAT_MAX = 6,           /* number of counters */
 };
 
 /*
@@ -280,6 +307,7 @@ struct nt_abi_enums {
 	enum nt_kfunc_bits kfunc_bits;
 	enum nt_tunnel_kind tunnel_kind;
 	enum nt_ct_info ct_info;
+	enum nt_link link;
 };
 
 const volatile struct nt_abi_enums nt_abi_anchor __attribute__((used)) = {};

@@ -56,6 +56,7 @@ struct sk_buff {
 	struct net_device *dev;
 	struct sock *sk;
 	unsigned int len;
+	unsigned int data_len; /* bytes of len in page fragments, past the linear part */
 	__be16 protocol;
 	__u16 transport_header;
 	__u16 network_header;

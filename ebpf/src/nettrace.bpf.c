@@ -891,19 +891,27 @@ static __always_inline int in_scope(const struct nt_where *w)
 }
 
 /*
- * Scratch space of a matched event with what follows it in the record (too
- * big for the stack): the stack frames, right after the event or after the
- * conntrack entry when the record carries one.
+ * Scratch space of a matched event and what follows it in the record (too
+ * big for the stack). The optional blocks follow the event in a fixed order,
+ * each only when the record has it, at a running offset into tail: the
+ * conntrack entry (NT_F_CT), the packet's bytes (NT_F_BYTES), then the stack
+ * frames (common/src/event.rs `Layout` reads them in the same order).
  */
+#define NT_STACK_ROOM (8 * NT_MAX_STACK_DEPTH)
+/* The bytes block at its longest; 8 more because the verifier bounds the
+ * padded length (caplen + 7) & ~7 by 2055, not 2048. */
+#define NT_BYTES_ROOM (sizeof(struct nt_bytes) + NT_MAX_SNAPLEN + 8)
+
 struct nt_scratch_rec {
 	struct nt_event e;
 	union {
-		__u64 ips[NT_MAX_STACK_DEPTH];
-		struct {
-			struct nt_ct ct;
-			__u64 ips[NT_MAX_STACK_DEPTH];
-		} c;
-	} tail;
+		__u8 tail[sizeof(struct nt_ct) + NT_BYTES_ROOM + NT_STACK_ROOM];
+		/* The conntrack entry, first when present. */
+		struct nt_ct ct;
+		/* Not used by name: it puts the block's layout into the object's
+		 * BTF, for the ABI tests. */
+		struct nt_bytes bytes;
+	};
 };
 
 struct {
@@ -989,6 +997,53 @@ static __always_inline int read_ct(struct sk_buff *skb, const int tskb, struct n
 }
 
 /*
+ * --pcap: the packet's first bytes, as the kernel holds them now, into b: a
+ * struct nt_bytes, then at most CFG.snaplen bytes, zero padded to a multiple
+ * of 8. They start at the MAC header when the packet has one before its
+ * network header (an Ethernet frame; see l3_of), else at the network header
+ * (an IP packet). Only the linear part is read (the headers are always in
+ * it); origlen counts the fragments too. Returns the block's length, 0 when
+ * nothing could be copied. skb is typed when tskb is set.
+ */
+static __always_inline __u32 read_bytes(struct sk_buff *skb, const int tskb,
+					const struct nt_meta *m, __u32 len, __u8 *b)
+{
+	struct nt_bytes *h = (struct nt_bytes *)b;
+	unsigned char *l3 = l3_of(m), *start = l3, *end;
+	__u32 data_len = NT_RD(tskb, skb, data_len), cap;
+	long total;
+	__u8 link = NT_LINK_RAW_IP;
+
+	if (m->mac != NO_OFFSET && l3 > m->head + m->mac) {
+		start = m->head + m->mac;
+		link = NT_LINK_ETHERNET;
+	}
+	if (data_len > len)
+		return 0;
+	/* skb->len counts from skb->data, which may lie before or after start */
+	end = m->data + (len - data_len);
+	if (end <= start)
+		return 0;
+	total = (long)len + (m->data - start);
+	cap = end - start;
+	if (cap > CFG.snaplen)
+		cap = CFG.snaplen;
+	if (cap > NT_MAX_SNAPLEN)
+		cap = NT_MAX_SNAPLEN;
+	if (!cap)
+		return 0;
+	/* the padding after the bytes, before they are copied over its start */
+	*(__u64 *)(b + sizeof(*h) + (cap & ~7U)) = 0;
+	if (bpf_probe_read_kernel(b + sizeof(*h), cap, start))
+		return 0;
+	h->origlen = total > cap ? total : cap;
+	h->caplen = cap;
+	h->link = link;
+	h->pad = 0;
+	return sizeof(*h) + ((cap + 7) & ~7U);
+}
+
+/*
  * The key under which a function entry waits for its return. A task runs on
  * one CPU at a time (and may migrate between entry and return), so its pid
  * is enough; but softirqs in the idle loop run as pid 0 on every CPU at once,
@@ -1046,7 +1101,7 @@ static __always_inline int nt_body(void *ctx, struct nt_args *a, struct nt_slot 
 	struct nt_meta m;
 	struct nt_scratch_rec *r;
 	struct nt_event *e;
-	__u32 zero = 0, flags = 0, ct_len = 0;
+	__u32 zero = 0, flags = 0, tail = 0;
 	__u64 pid_tgid = 0;
 	int remembered = 0, where_read = 0, follow_any = 0, v;
 	long n;
@@ -1150,9 +1205,9 @@ static __always_inline int nt_body(void *ctx, struct nt_args *a, struct nt_slot 
 	}
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
 	/* --detail only: without NT_FL_CT the verifier drops this. */
-	if ((CFG.flags & NT_FL_CT) && read_ct(skb, NT_SKB_TYPED(typed), &r->tail.c.ct)) {
+	if ((CFG.flags & NT_FL_CT) && read_ct(skb, NT_SKB_TYPED(typed), &r->ct)) {
 		e->flags |= NT_F_CT;
-		ct_len = sizeof(struct nt_ct);
+		tail = sizeof(struct nt_ct);
 	}
 
 	if (slot->ret) {
@@ -1160,23 +1215,32 @@ static __always_inline int nt_body(void *ctx, struct nt_args *a, struct nt_slot 
 
 		bpf_map_update_elem(&nt_stash, &key, e, BPF_ANY);
 	}
-	if (slot->stack) {
-		/* The frames follow the conntrack entry when there is one. */
-		__u64 *ips = ct_len ? r->tail.c.ips : r->tail.ips;
+	/* --pcap only: without NT_FL_BYTES the verifier drops this. After the
+	 * stash, so that a return's event (which has no bytes) lacks the flag. */
+	if (CFG.flags & NT_FL_BYTES) {
+		__u32 got = read_bytes(skb, NT_SKB_TYPED(typed), &m, e->pkt_len, r->tail + tail);
 
-		n = bpf_get_stack(ctx, ips, sizeof(r->tail.ips), 0);
+		if (got) {
+			e->flags |= NT_F_BYTES;
+			tail += got;
+		} else {
+			stat_inc(NT_STAT_BYTES_FAIL);
+		}
+	}
+	if (slot->stack) {
+		n = bpf_get_stack(ctx, r->tail + tail, NT_STACK_ROOM, 0);
 		if (n <= 0) {
 			stat_inc(NT_STAT_STACK_FAIL);
 		} else {
 			e->stack_id = n / 8;
-			if (n > sizeof(r->tail.ips))
-				n = sizeof(r->tail.ips);
-			if (bpf_ringbuf_output(&nt_events, r, sizeof(r->e) + ct_len + n, 0))
+			if (n > NT_STACK_ROOM)
+				n = NT_STACK_ROOM;
+			if (bpf_ringbuf_output(&nt_events, r, sizeof(r->e) + tail + n, 0))
 				stat_inc(NT_STAT_RB_FULL);
 			return 0;
 		}
 	}
-	if (bpf_ringbuf_output(&nt_events, r, sizeof(r->e) + ct_len, 0))
+	if (bpf_ringbuf_output(&nt_events, r, sizeof(r->e) + tail, 0))
 		stat_inc(NT_STAT_RB_FULL);
 	return 0;
 }

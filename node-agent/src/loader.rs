@@ -96,6 +96,8 @@ pub mod stat {
     pub const STACK_FAIL: u32 = 3;
     /// Events suppressed by the rate limit.
     pub const RATE_LIMITED: u32 = 4;
+    /// Events sent without the packet bytes `--pcap` asked for.
+    pub const BYTES_FAIL: u32 = 5;
 }
 
 /// One attached tracer.
@@ -970,6 +972,34 @@ mod tests {
             (
                 "--detail agent scope -d v6",
                 Filter {
+                    conntrack: true,
+                    scope_map: true,
+                    follow: true,
+                    daddr: addr("fd00::2"),
+                    ..Filter::default()
+                },
+            ),
+            (
+                "--pcap",
+                Filter {
+                    snaplen: Some(128),
+                    ..Filter::default()
+                },
+            ),
+            (
+                "--pcap --snaplen 2048 -p tcp --port 80 --skb-mode",
+                Filter {
+                    snaplen: Some(2048),
+                    proto: proto("tcp"),
+                    port: Some(80),
+                    skb_mode: true,
+                    ..Filter::default()
+                },
+            ),
+            (
+                "--pcap --snaplen 1 --detail agent scope -d v6",
+                Filter {
+                    snaplen: Some(1),
                     conntrack: true,
                     scope_map: true,
                     follow: true,

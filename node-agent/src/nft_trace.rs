@@ -2135,6 +2135,7 @@ mod tests {
             tunnel: None,
             ip_id: Some(0x1234),
             ct: None,
+            bytes: None,
         };
         let events = [
             skb_event(0x1000, 2, 40),

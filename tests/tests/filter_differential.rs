@@ -745,6 +745,7 @@ fn event_from_json(v: &Value) -> Result<Event, String> {
         packet,
         tunnel: None,
         ct: None,
+        bytes: None,
     })
 }
 
@@ -1189,5 +1190,6 @@ fn event_of(packet: &Packet, netns: u32) -> Event {
         tunnel: None,
         ip_id: None,
         ct: None,
+        bytes: None,
     }
 }

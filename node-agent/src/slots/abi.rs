@@ -407,6 +407,7 @@ fn event_record_matches_the_object() {
             ("NT_F_L4_BAD", event::F_L4_BAD.into()),
             ("NT_F_TUNNEL", event::F_TUNNEL.into()),
             ("NT_F_CT", event::F_CT.into()),
+            ("NT_F_BYTES", event::F_BYTES.into()),
         ],
         &[],
     ));
@@ -504,6 +505,7 @@ fn a_record_laid_out_by_the_object_decodes() {
         tunnel: None,
         ip_id: Some(0x1c46),
         ct: None,
+        bytes: None,
     };
     assert_eq!(Event::decode(&b), Ok(want.clone()));
 
@@ -706,6 +708,89 @@ fn a_conntrack_block_laid_out_by_the_object_decodes() {
 }
 
 #[test]
+fn packet_bytes_block_matches_the_object() {
+    use event::bytes_offsets::*;
+    let fields = [
+        at!("origlen", ORIGLEN),
+        at!("caplen", CAPLEN),
+        at!("link", LINK),
+    ];
+    let rust = "common/src/event.rs (bytes_offsets, BYTES_HEADER_SIZE)";
+    let mut errors = compare_struct(
+        "nt_bytes",
+        event::BYTES_HEADER_SIZE,
+        rust,
+        &fields,
+        &["pad"],
+    );
+    let links = [
+        ("NT_LINK_ETHERNET", event::Link::Ethernet),
+        ("NT_LINK_RAW_IP", event::Link::RawIp),
+    ];
+    let values: Vec<(&str, i64)> = links
+        .iter()
+        .map(|&(n, l)| (n, i64::from(l.code())))
+        .collect();
+    errors.extend(compare_enum(
+        "nt_link",
+        "common/src/event.rs Link::code",
+        &values,
+        &[],
+    ));
+    let max = object().0.value("nt_limits", "NT_MAX_SNAPLEN");
+    if max != event::MAX_SNAPLEN as i64 {
+        errors.push(format!(
+            "NT_MAX_SNAPLEN is {max} in the object, event::MAX_SNAPLEN {}",
+            event::MAX_SNAPLEN
+        ));
+    }
+    check("struct nt_bytes", errors);
+}
+
+/// A record with a conntrack block and packet bytes laid out by the object's
+/// BTF decodes to what the kernel wrote: the bytes after the conntrack
+/// block, the stack frames after the bytes.
+#[test]
+fn a_packet_bytes_block_laid_out_by_the_object_decodes() {
+    let btf = &object().0;
+    let (ev_size, ev_fields) = btf.layout("nt_event");
+    let (ct_size, _) = btf.layout("nt_ct");
+    let (hdr, fields) = btf.layout("nt_bytes");
+    let data: Vec<u8> = (1..=13).collect();
+    // the header, 13 bytes, 3 of padding (the kernel pads to 8)
+    let at = ev_size + ct_size;
+    let mut b = vec![0u8; at + hdr + 16];
+    let flags = (btf.value("nt_event_flags", "NT_F_BYTES")
+        | btf.value("nt_event_flags", "NT_F_CT")) as u32;
+    let (off, _) = ev_fields["flags"];
+    b[off..off + 4].copy_from_slice(&flags.to_le_bytes());
+    let (off, _) = ev_fields["stack_id"];
+    b[off..off + 4].copy_from_slice(&1i32.to_le_bytes());
+    let set = |b: &mut [u8], field: &str, v: &[u8]| {
+        let (off, len) = fields[field];
+        assert_eq!(v.len(), len, "{field}");
+        b[at + off..at + off + len].copy_from_slice(v);
+    };
+    set(&mut b, "origlen", &1514u32.to_le_bytes());
+    set(&mut b, "caplen", &13u16.to_le_bytes());
+    let eth = btf.value("nt_link", "NT_LINK_ETHERNET") as u8;
+    set(&mut b, "link", &[eth]);
+    b[at + hdr..at + hdr + 13].copy_from_slice(&data);
+    b.extend_from_slice(&0xffff_ffff_8100_0042u64.to_ne_bytes());
+    let want = event::Captured {
+        link: event::Link::Ethernet,
+        origlen: 1514,
+        data,
+    };
+    let ev = Event::decode(&b).expect("decodes");
+    assert_eq!(ev.bytes.as_ref(), Some(&want));
+    // (an all-zero conntrack block: state established, no tuples)
+    assert!(ev.ct.is_some());
+    assert_eq!(event::stack_ips(&b, 1), [0xffff_ffff_8100_0042]);
+    assert_eq!(want.encode(), &b[at..at + hdr + 16]);
+}
+
+#[test]
 fn filter_matches_the_object() {
     use filter::offsets::*;
     let fields = [
@@ -721,9 +806,16 @@ fn filter_matches_the_object() {
         at!("dport", DPORT),
         at!("port", PORT),
         at!("l4_proto", L4_PROTO),
+        at!("snaplen", SNAPLEN),
     ];
     let rust = "common/src/filter.rs (offsets, FILTER_SIZE)";
-    let mut errors = compare_struct("nt_filter", filter::FILTER_SIZE, rust, &fields, &["pad"]);
+    let mut errors = compare_struct(
+        "nt_filter",
+        filter::FILTER_SIZE,
+        rust,
+        &fields,
+        &["pad", "pad2"],
+    );
     if size_of::<RawFilter>() != filter::FILTER_SIZE {
         errors.push(format!(
             "loader.rs RawFilter is {} bytes, FILTER_SIZE {}",
@@ -743,6 +835,7 @@ fn filter_matches_the_object() {
             ("NT_FL_SCOPE", filter::FL_SCOPE.into()),
             ("NT_FL_FOLLOW", filter::FL_FOLLOW.into()),
             ("NT_FL_CT", filter::FL_CT.into()),
+            ("NT_FL_BYTES", filter::FL_BYTES.into()),
         ],
         &[],
     ));
@@ -780,6 +873,7 @@ fn an_encoded_filter_reads_back_by_the_object_layout() {
         scope_map: true,
         follow: true,
         conntrack: true,
+        snaplen: Some(1500),
     };
     let b = f.encode();
     assert_eq!(b.len(), size);
@@ -797,10 +891,12 @@ fn an_encoded_filter_reads_back_by_the_object_layout() {
         ("l3_proto", u64::from(event::ETH_P_IP)),
         ("l4_proto", u64::from(event::IPPROTO_TCP)),
         ("pad", 0),
+        ("snaplen", 1500),
+        ("pad2", 0),
         (
             "flags",
             [
-                "SADDR", "DADDR", "ADDR", "SKB_MODE", "SCOPE", "FOLLOW", "CT",
+                "SADDR", "DADDR", "ADDR", "SKB_MODE", "SCOPE", "FOLLOW", "CT", "BYTES",
             ]
             .iter()
             .map(|f| flag(&format!("NT_FL_{f}")))
@@ -933,6 +1029,7 @@ fn stat_indexes_match_the_object() {
         ("NT_STAT_SKB_MAP_FULL", stat::SKB_MAP_FULL),
         ("NT_STAT_STACK_FAIL", stat::STACK_FAIL),
         ("NT_STAT_RATE_LIMITED", stat::RATE_LIMITED),
+        ("NT_STAT_BYTES_FAIL", stat::BYTES_FAIL),
     ];
     let values: Vec<(&str, i64)> = counters.iter().map(|&(n, v)| (n, v.into())).collect();
     let mut errors = compare_enum(
