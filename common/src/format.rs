@@ -276,6 +276,9 @@ pub struct LossStats {
     pub matched: u64,
     /// Events suppressed by `--rate-limit`.
     pub rate_limited: u64,
+    /// Events sent without the packet bytes `--pcap` asked for (they could
+    /// not be copied in the kernel).
+    pub bytes_failed: u64,
 }
 
 fn plural(n: u64, one: &'static str, many: &'static str) -> &'static str {
@@ -293,6 +296,7 @@ impl LossStats {
             && self.skb_map_full == 0
             && self.stack_failed == 0
             && self.rate_limited == 0
+            && self.bytes_failed == 0
     }
 
     /// One line for stderr (without `\n`) when something was lost, e.g.
@@ -335,6 +339,15 @@ impl LossStats {
             let _ = write!(
                 s,
                 "{sep}{n} {} suppressed by --rate-limit",
+                plural(n, "event", "events")
+            );
+            sep = "; ";
+        }
+        if self.bytes_failed > 0 {
+            let n = self.bytes_failed;
+            let _ = write!(
+                s,
+                "{sep}{n} {} without its packet bytes (not copied in the kernel; in the pcap file with no bytes)",
                 plural(n, "event", "events")
             );
         }
@@ -528,6 +541,7 @@ mod tests {
             stack_failed: 0,
             matched: 1000,
             rate_limited: 0,
+            bytes_failed: 0,
         };
         assert_eq!(
             s.message().as_deref(),
@@ -539,6 +553,7 @@ mod tests {
             stack_failed: 1,
             matched: 5,
             rate_limited: 0,
+            bytes_failed: 0,
         };
         assert_eq!(
             s.message().as_deref(),
@@ -553,6 +568,16 @@ mod tests {
         assert_eq!(
             r.message().as_deref(),
             Some("nettrace: 5 events suppressed by --rate-limit")
+        );
+        let b = LossStats {
+            rate_limited: 1,
+            bytes_failed: 2,
+            ..LossStats::default()
+        };
+        assert!(!b.is_clean());
+        assert_eq!(
+            b.message().as_deref(),
+            Some("nettrace: 1 event suppressed by --rate-limit; 2 events without its packet bytes (not copied in the kernel; in the pcap file with no bytes)")
         );
     }
 }

@@ -53,6 +53,11 @@
 //!   `icmp`, `icmpv6`, `sctp`, `dccp`, `udplite`, `gre`) or a number, `src`
 //!   and `dst` are `ADDR:PORT` for protocols with ports, the address
 //!   otherwise; ICMP tuples add `icmp_id`, `icmp_type`, `icmp_code`.
+//! - `link`, `caplen`, `origlen`, `bytes`: with `--pcap`, the packet's first
+//!   bytes as the kernel held them: `link` says where they start
+//!   (`"ethernet"`: the MAC header; `"raw_ip"`: the network header), `caplen`
+//!   how many were copied, `origlen` the packet's length from there, `bytes`
+//!   the bytes in lower-case hex. Absent when they could not be copied.
 //!
 //! **timeline** — one finished skb context in `--timeline` mode:
 //! `{"type":"timeline","skb":"ffff88858f243100","events":[<event objects>]}`,
@@ -62,7 +67,9 @@
 //!
 //! **lost** — loss counters (at exit or when they change):
 //! `{"type":"lost","events":12,"skb_map_full":0,"stack_failed":0,"matched":1000,"rate_limited":0}`
-//! where `events` counts events dropped because the ring buffer was full.
+//! where `events` counts events dropped because the ring buffer was full;
+//! `"bytes_failed":N` is added when events went without the packet bytes
+//! `--pcap` asked for.
 
 use std::fmt::{self, Display};
 use std::net::IpAddr;
@@ -300,6 +307,22 @@ struct EventJson<'a> {
     stack: Option<&'a [String]>,
     #[serde(skip_serializing_if = "Option::is_none")]
     nft: Option<&'a crate::rule::NftRule>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    link: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    caplen: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    origlen: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bytes: Option<AsStr<HexBytes<'a>>>,
+}
+
+/// Bytes as lower-case hex digits, two per byte.
+struct HexBytes<'a>(&'a [u8]);
+impl Display for HexBytes<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
 }
 
 fn event_json<'a>(ev: &'a Event, ann: &Annotations<'a>) -> EventJson<'a> {
@@ -337,6 +360,10 @@ fn event_json<'a>(ev: &'a Event, ann: &Annotations<'a>) -> EventJson<'a> {
         ret: ev.retval.map(|r| AsStr(Hex(r))),
         stack: ann.stack,
         nft: ann.rule,
+        link: ev.bytes.as_ref().map(|c| c.link.json_name()),
+        caplen: ev.bytes.as_ref().map(|c| c.data.len()),
+        origlen: ev.bytes.as_ref().map(|c| c.origlen),
+        bytes: ev.bytes.as_ref().map(|c| AsStr(HexBytes(&c.data))),
     }
 }
 
@@ -572,6 +599,13 @@ fn write_event_object(out: &mut String, ev: &Event, ann: &Annotations<'_>) {
         push_key(out, "nft");
         out.push_str(&serde_json::to_string(rule).unwrap_or_else(|_| "null".into()));
     }
+    if let Some(c) = &ev.bytes {
+        push_key(out, "link");
+        push_json_str(out, c.link.json_name());
+        push_num(out, "caplen", c.data.len() as u64);
+        push_num(out, "origlen", u64::from(c.origlen));
+        push_display(out, "bytes", HexBytes(&c.data));
+    }
     out.push('}');
 }
 
@@ -623,6 +657,8 @@ struct LostJson {
     matched: u64,
     rate_limited: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
+    bytes_failed: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     output_stalled: Option<u64>,
 }
 
@@ -643,6 +679,7 @@ pub fn write_lost_json_stalled(out: &mut String, stats: &LossStats, output_stall
             stack_failed: stats.stack_failed,
             matched: stats.matched,
             rate_limited: stats.rate_limited,
+            bytes_failed: (stats.bytes_failed > 0).then_some(stats.bytes_failed),
             output_stalled: (output_stalled > 0).then_some(output_stalled),
         },
     );
@@ -669,6 +706,22 @@ mod tests {
         assert!(s.ends_with('\n'));
         assert_eq!(s.matches('\n').count(), 1, "one line: {s}");
         serde_json::from_str(&s).expect("valid JSON")
+    }
+
+    #[test]
+    fn captured_bytes_are_hex_with_their_link_and_lengths() {
+        let mut ev = sample();
+        assert!(one(&ev, &ann()).get("bytes").is_none());
+        ev.bytes = Some(crate::event::Captured {
+            link: crate::event::Link::RawIp,
+            origlen: 84,
+            data: vec![0x45, 0x00, 0x00, 0x54, 0xab],
+        });
+        let v = one(&ev, &ann());
+        assert_eq!(v["link"], "raw_ip");
+        assert_eq!(v["caplen"], 5);
+        assert_eq!(v["origlen"], 84);
+        assert_eq!(v["bytes"], "45000054ab");
     }
 
     #[test]
@@ -769,6 +822,13 @@ mod tests {
             e.from_sk = i % 4 == 0;
             e.retval = (i % 2 == 1).then_some(0xffff_8885_8f24_2900 + i as u64);
             e.ifindex = (i % 5) as u32;
+            if i % 3 == 1 {
+                e.bytes = Some(crate::event::Captured {
+                    link: crate::event::Link::Ethernet,
+                    origlen: 98,
+                    data: vec![0, 0x0a, 0xff, 0x45],
+                });
+            }
             events.push(e);
         }
         for (kind, outer) in [
@@ -999,6 +1059,7 @@ mod tests {
                 stack_failed: 2,
                 matched: 1000,
                 rate_limited: 3,
+                bytes_failed: 0,
             },
         );
         let lines: Vec<&str> = s.lines().collect();

@@ -62,7 +62,7 @@ impl Backend {
 /// `proto`, `saddr`, `daddr`, `addr`, `sport`, `dport`, `port`, `tracers`,
 /// `stack_tracers`, `detail`, `timeline`, `skb_mode`, `ret`, `stack`,
 /// `force_stack`, `raw_tp`, `probe_read`, `count`, `rate_limit`, `backend`,
-/// `diag`, `nft_trace`).
+/// `diag`, `nft_trace`, `snaplen`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, Args)]
 #[serde(default)]
 pub struct TraceOptions {
@@ -185,7 +185,14 @@ pub struct TraceOptions {
     #[arg(long, help_heading = OUTPUT)]
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub diag: bool,
+    /// With --pcap: copy at most this many bytes of each packet, from its MAC header (or its network header when it has none), in the kernel (default 128, at most 2048)
+    #[arg(long, value_name = "BYTES", help_heading = OUTPUT)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snaplen: Option<u16>,
 }
+
+/// Bytes of each packet `--pcap` copies when `--snaplen` does not say.
+pub const DEFAULT_SNAPLEN: u16 = 128;
 
 /// Shared options that cannot be used, in one line each (the same line
 /// whichever binary, or the agent, checks them).
@@ -217,6 +224,12 @@ pub enum OptionsError {
     /// `--rate-limit 0`.
     #[error("--rate-limit must be at least 1 event per second")]
     ZeroRateLimit,
+    /// A `--snaplen` out of range.
+    #[error("--snaplen must be between 1 and {max} bytes, got {0}", max = crate::event::MAX_SNAPLEN)]
+    Snaplen(u16),
+    /// `--snaplen` without `--pcap`.
+    #[error("--snaplen sets how much of each packet --pcap writes; give --pcap FILE too")]
+    SnaplenWithoutPcap,
 }
 
 /// The shared options once checked: what tracing is configured from.
@@ -252,6 +265,8 @@ pub struct TraceConfig<'t> {
     pub diag: bool,
     /// `--nft-trace`.
     pub nft_trace: bool,
+    /// `--snaplen` (or its default): bytes of each packet `--pcap` copies.
+    pub snaplen: u16,
 }
 
 impl TraceConfig<'_> {
@@ -271,6 +286,15 @@ impl TraceConfig<'_> {
 }
 
 impl TraceOptions {
+    /// Checks the options that only mean something with the front end's
+    /// `--pcap` (`pcap`: whether it was given).
+    pub fn check_pcap(&self, pcap: bool) -> Result<(), OptionsError> {
+        if self.snaplen.is_some() && !pcap {
+            return Err(OptionsError::SnaplenWithoutPcap);
+        }
+        Ok(())
+    }
+
     /// True when `-t ?` asks for the tracer list.
     pub fn wants_tracer_list(&self) -> bool {
         self.tracers.iter().any(|t| t.trim() == "?")
@@ -339,6 +363,10 @@ impl TraceOptions {
             Some(0) => return Err(OptionsError::ZeroRateLimit),
             Some(n) => n,
         };
+        let snaplen = self.snaplen.unwrap_or(DEFAULT_SNAPLEN);
+        if snaplen == 0 || usize::from(snaplen) > crate::event::MAX_SNAPLEN {
+            return Err(OptionsError::Snaplen(snaplen));
+        }
         Ok(TraceConfig {
             filter,
             tracers,
@@ -355,6 +383,7 @@ impl TraceOptions {
             timeline: self.timeline || self.diag,
             diag: self.diag,
             nft_trace: self.nft_trace,
+            snaplen,
         })
     }
 }
@@ -401,6 +430,8 @@ pub fn every_option() -> (Vec<&'static str>, TraceOptions) {
         "--force-stack",
         "--diag",
         "--nft-trace",
+        "--snaplen",
+        "256",
     ];
     let options = TraceOptions {
         saddr: Some("10.0.0.1".into()),
@@ -425,6 +456,7 @@ pub fn every_option() -> (Vec<&'static str>, TraceOptions) {
         force_stack: true,
         diag: true,
         nft_trace: true,
+        snaplen: Some(256),
     };
     (args, options)
 }
@@ -487,6 +519,7 @@ mod tests {
             force_stack,
             diag,
             nft_trace,
+            snaplen,
         } = &options;
         for set in [
             saddr.is_some(),
@@ -511,6 +544,7 @@ mod tests {
             *force_stack,
             *diag,
             *nft_trace,
+            snaplen.is_some(),
         ] {
             assert!(set, "{options:?}");
         }
@@ -523,7 +557,8 @@ mod tests {
         assert!(config.stack_leaves.contains("consume_skb"));
         // Every key of the spec's options is written.
         let json = serde_json::to_value(&options).expect("json");
-        assert_eq!(json.as_object().map(|o| o.len()), Some(22), "{json}");
+        assert_eq!(json.as_object().map(|o| o.len()), Some(23), "{json}");
+        assert_eq!(config.snaplen, 256);
         assert_eq!(json["tracers"], serde_json::json!(["link", "kfree_skb"]));
         assert_eq!(json["backend"], "kprobe");
         assert_eq!(
@@ -546,6 +581,7 @@ mod tests {
             tree.select(&["all"]).expect("all").len()
         );
         assert_eq!((config.rate_limit, config.count), (0, None));
+        assert_eq!(config.snaplen, DEFAULT_SNAPLEN);
         assert_eq!(config.backend, Backend::Auto);
     }
 
@@ -575,6 +611,17 @@ mod tests {
             err(&["--rate-limit", "0"]),
             "--rate-limit must be at least 1 event per second"
         );
+        assert_eq!(
+            err(&["--snaplen", "0"]),
+            "--snaplen must be between 1 and 2048 bytes, got 0"
+        );
+        assert!(err(&["--snaplen", "2049"]).contains("got 2049"));
+        assert_eq!(
+            parse(&["--snaplen", "64"]).check_pcap(false),
+            Err(OptionsError::SnaplenWithoutPcap)
+        );
+        assert!(parse(&["--snaplen", "64"]).check_pcap(true).is_ok());
+        assert!(parse(&[]).check_pcap(false).is_ok());
         let tree = TracerTree::parse(TREE).expect("tree");
         for ok in [
             &["--stack", "--force-stack"][..],

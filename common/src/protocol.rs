@@ -105,6 +105,10 @@ pub struct SpecOptions {
     /// when the traced pods are on several nodes.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub node_netns: bool,
+    /// Copy the packets' first bytes (`snaplen` of them) into the events
+    /// (`"bytes"`): the plugin sets it for `--pcap`.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub pcap: bool,
 }
 
 /// Plugin → agent: what to trace, and for how long.
@@ -299,6 +303,9 @@ pub struct Lost {
     pub matched: u64,
     /// Events suppressed by the rate limit.
     pub rate_limited: u64,
+    /// Events sent without the packet bytes `pcap` asked for (absent: 0).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub bytes_failed: u64,
 }
 
 /// Agent → plugin: an error (the agent may go on, or say `bye` next).
@@ -573,10 +580,12 @@ mod tests {
                         backend: crate::options::Backend::Tracepoint,
                         rate_limit: Some(1000),
                         raw_tp: true,
+                        snaplen: Some(200),
                         ..TraceOptions::default()
                     },
                     follow_host: true,
                     node_netns: true,
+                    pcap: true,
                 },
                 deadline_secs: Some(60),
                 peers: vec![Target {
@@ -644,6 +653,7 @@ mod tests {
                 stack_failed: 3,
                 matched: 4,
                 rate_limited: 5,
+                bytes_failed: 6,
             }),
             Message::Error(ErrorMsg {
                 message: "boom".into(),

@@ -78,6 +78,16 @@ pub struct RemoteEvent {
         deserialize_with = "crate::conntrack::deserialize_lenient"
     )]
     pub ct: Option<Conntrack>,
+    /// Where the packet bytes start (`ethernet`, `raw_ip`), when the agent
+    /// copied them (`pcap` in the spec).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub link: Option<String>,
+    /// The packet's length from where the bytes start.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub origlen: Option<u32>,
+    /// The packet's first bytes, in hex.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<String>,
 }
 
 /// The keys of an event's `pkt` object that tell one packet from another:
@@ -169,6 +179,24 @@ impl RemoteEvent {
     /// Reads one event object.
     pub fn parse(json: &str) -> Result<RemoteEvent, serde_json::Error> {
         serde_json::from_str(json)
+    }
+
+    /// The packet bytes the event carries (`None` without them, or when
+    /// they are not well formed).
+    pub fn captured(&self) -> Option<crate::event::Captured> {
+        let hex = self.bytes.as_deref()?;
+        if hex.len() % 2 != 0 {
+            return None;
+        }
+        let data = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+            .collect::<Option<Vec<u8>>>()?;
+        Some(crate::event::Captured {
+            link: crate::event::Link::from_json_name(self.link.as_deref()?)?,
+            origlen: self.origlen.unwrap_or(data.len() as u32),
+            data,
+        })
     }
 }
 
@@ -427,6 +455,31 @@ mod tests {
         let mut json = String::new();
         write_event_json(&mut json, ev, ann);
         RemoteEvent::parse(&json).unwrap_or_else(|e| panic!("{json}: {e}"))
+    }
+
+    #[test]
+    fn packet_bytes_come_back_from_the_json_object() {
+        let mut ev = sample();
+        let ann = Annotations::default();
+        assert_eq!(via_json(&ev, &ann).captured(), None);
+        let c = crate::event::Captured {
+            link: crate::event::Link::Ethernet,
+            origlen: 98,
+            data: vec![0x02, 0x00, 0xff, 0x10, 0x08, 0x00],
+        };
+        ev.bytes = Some(c.clone());
+        assert_eq!(via_json(&ev, &ann).captured(), Some(c));
+        let bad = RemoteEvent {
+            link: Some("ethernet".into()),
+            bytes: Some("0g".into()),
+            ..RemoteEvent::default()
+        };
+        assert_eq!(bad.captured(), None);
+        let odd = RemoteEvent {
+            bytes: Some("abc".into()),
+            ..bad
+        };
+        assert_eq!(odd.captured(), None);
     }
 
     #[test]

@@ -548,6 +548,7 @@ fn lost_msg(s: &LossStats) -> Message {
         stack_failed: s.stack_failed,
         matched: s.matched,
         rate_limited: s.rate_limited,
+        bytes_failed: s.bytes_failed,
     })
 }
 

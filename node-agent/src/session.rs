@@ -631,6 +631,7 @@ impl<'a, S: Sink> Printer<'a, S> {
             skb_map_full: stats.get(stat::SKB_MAP_FULL),
             stack_failed: stats.get(stat::STACK_FAIL),
             rate_limited: stats.get(stat::RATE_LIMITED),
+            bytes_failed: stats.get(stat::BYTES_FAIL),
         }
     }
 
@@ -649,7 +650,8 @@ impl<'a, S: Sink> Printer<'a, S> {
         let kernel_grew = now.ringbuf_full > self.reported_loss.ringbuf_full
             || now.skb_map_full > self.reported_loss.skb_map_full
             || now.stack_failed > self.reported_loss.stack_failed
-            || now.rate_limited > self.reported_loss.rate_limited;
+            || now.rate_limited > self.reported_loss.rate_limited
+            || now.bytes_failed > self.reported_loss.bytes_failed;
         let grew = kernel_grew || self.stalled > self.reported_stalled;
         // What was formatted goes first (or is counted as dropped first).
         self.write_out()?;

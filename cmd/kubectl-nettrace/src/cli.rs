@@ -137,6 +137,9 @@ pub struct Cli {
     /// Say more: agent pods, what each target resolved to, how events are scoped
     #[arg(short = 'v', long, help_heading = OUTPUT)]
     pub verbose: bool,
+    /// Also write every event, with the packet's first bytes (--snaplen) copied by the agents, to this pcap-ng file, all nodes merged ("-": stdout, instead of the text or JSON output; e.g. | wireshark -k -i -)
+    #[arg(long, value_name = "FILE", help_heading = OUTPUT)]
+    pub pcap: Option<std::path::PathBuf>,
 }
 
 /// A command-line value that cannot be used.
@@ -156,6 +159,7 @@ impl Cli {
     /// plugin's own; gives the spec's options.
     pub fn spec_options(&self) -> Result<SpecOptions, OptionError> {
         self.packet_filter()?;
+        self.trace.check_pcap(self.pcap.is_some())?;
         if self.timeout.as_secs() == 0 {
             return Err(OptionError::ZeroTimeout);
         }
@@ -163,6 +167,7 @@ impl Cli {
             trace: self.trace.clone(),
             follow_host: self.follow_host,
             node_netns: false,
+            pcap: self.pcap.is_some(),
         })
     }
 }
@@ -331,12 +336,21 @@ mod tests {
     fn every_shared_option_parses_here_and_reaches_the_agent_unchanged() {
         use nettrace_common::protocol::{Message, Spec};
         let (args, options) = nettrace_common::options::every_option();
-        let mut argv = vec!["pod/a", "-c", "app"];
+        let mut argv = vec!["pod/a", "-c", "app", "--pcap", "out.pcapng"];
         argv.extend(&args);
         let c = cli(&argv);
         assert_eq!(c.trace, options);
         assert_eq!(c.container.as_deref(), Some("app"));
         let sent = c.spec_options().unwrap_or_else(|e| panic!("{e}"));
+        assert!(sent.pcap, "--pcap asks the agents for the bytes");
+        // --snaplen means nothing without --pcap, here as on the host.
+        let mut no_pcap = vec!["pod/a"];
+        no_pcap.extend(&args);
+        assert_eq!(
+            cli(&no_pcap).spec_options().map(|_| ()),
+            Err(OptionError::Trace(OptionsError::SnaplenWithoutPcap))
+        );
+        assert!(!cli(&["pod/a"]).spec_options().is_ok_and(|o| o.pcap));
         let line = Message::Spec(Spec {
             options: sent.clone(),
             ..Spec::default()

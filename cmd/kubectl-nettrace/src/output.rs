@@ -291,9 +291,13 @@ impl Output {
                     self.nodes.get(*n).map(String::as_str).unwrap_or(""),
                 );
                 buf.push_str(&format!(
-                    ",\"events\":{},\"skb_map_full\":{},\"stack_failed\":{},\"matched\":{},\"rate_limited\":{}}}\n",
+                    ",\"events\":{},\"skb_map_full\":{},\"stack_failed\":{},\"matched\":{},\"rate_limited\":{}",
                     l.events, l.skb_map_full, l.stack_failed, l.matched, l.rate_limited
                 ));
+                if l.bytes_failed > 0 {
+                    buf.push_str(&format!(",\"bytes_failed\":{}", l.bytes_failed));
+                }
+                buf.push_str("}\n");
             }
             (Printable::Lost(..), OutputFormat::Text) => {}
         }
@@ -385,6 +389,7 @@ pub fn loss_stats(l: &Lost) -> LossStats {
         stack_failed: l.stack_failed,
         matched: l.matched,
         rate_limited: l.rate_limited,
+        bytes_failed: l.bytes_failed,
     }
 }
 
@@ -394,6 +399,7 @@ pub fn loss_grew(before: &Lost, now: &Lost) -> bool {
         || now.skb_map_full > before.skb_map_full
         || now.stack_failed > before.stack_failed
         || now.rate_limited > before.rate_limited
+        || now.bytes_failed > before.bytes_failed
 }
 
 #[cfg(test)]

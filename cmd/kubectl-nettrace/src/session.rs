@@ -336,6 +336,7 @@ impl Session {
             stack_failed: a.stack_failed + n.lost.stack_failed,
             matched: a.matched + n.lost.matched,
             rate_limited: a.rate_limited + n.lost.rate_limited,
+            bytes_failed: a.bytes_failed + n.lost.bytes_failed,
         });
         if let Some(m) = loss_stats(&total).message() {
             say!("{m}");
