@@ -229,7 +229,11 @@ impl Layout {
         if bytes.is_some() {
             at += bytes_block_len(buf.get(at..).unwrap_or_default());
         }
-        Layout { ct, bytes, stack: at }
+        Layout {
+            ct,
+            bytes,
+            stack: at,
+        }
     }
 }
 
@@ -326,7 +330,9 @@ impl Captured {
         Some(Captured {
             link: Link::from_code(LINK.get(h))?,
             origlen: ORIGLEN.get(h),
-            data: block.get(BYTES_HEADER_SIZE..BYTES_HEADER_SIZE + cap)?.to_vec(),
+            data: block
+                .get(BYTES_HEADER_SIZE..BYTES_HEADER_SIZE + cap)?
+                .to_vec(),
         })
     }
 

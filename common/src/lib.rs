@@ -17,6 +17,7 @@ pub mod json;
 pub mod kallsyms;
 pub mod nat;
 pub mod options;
+pub mod pcapng;
 pub mod protocol;
 pub mod remote;
 pub mod rule;

@@ -151,6 +151,14 @@ pub struct Clock {
     pub realtime_ns: u64,
 }
 
+impl Clock {
+    /// A `ts_ns` of this clock's machine (monotonic) as Unix time in ns.
+    pub fn unix_ns(&self, ts_ns: u64) -> u64 {
+        let t = i128::from(ts_ns) - i128::from(self.monotonic_ns) + i128::from(self.realtime_ns);
+        u64::try_from(t.max(0)).unwrap_or(u64::MAX)
+    }
+}
+
 /// Agent → plugin, first line.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hello {

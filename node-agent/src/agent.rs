@@ -167,7 +167,9 @@ fn run() -> Result<Stop> {
 
     let tree = crate::load_tree(None)?;
     let (config, host) = run_config(&spec, &tree)?;
-    let prepared = crate::prepare(&config, &host, &tree, &sink.kernel_scope)?;
+    // The packets' bytes only when the plugin writes a pcap file.
+    let snaplen = spec.options.pcap.then_some(config.snaplen);
+    let prepared = crate::prepare(&config, &host, &tree, &sink.kernel_scope, snaplen)?;
     let rules = if config.nft_trace {
         // the node's namespace, and each traced pod's
         let pods: Vec<(String, std::path::PathBuf)> = resolved
@@ -219,6 +221,7 @@ fn run() -> Result<Stop> {
         sink,
         control,
         rules,
+        None,
     ))
 }
 
@@ -350,7 +353,7 @@ fn kernel_version(release: &str) -> (u32, u32) {
 
 /// Both clocks, the realtime one read between two monotonic readings and
 /// paired with their midpoint.
-fn read_clocks() -> Clock {
+pub(crate) fn read_clocks() -> Clock {
     let ns = crate::system::clock_ns;
     let m1 = ns(libc::CLOCK_MONOTONIC);
     let realtime_ns = ns(libc::CLOCK_REALTIME);

@@ -79,6 +79,9 @@ pub struct HostArgs {
     /// Size of the event ring buffer in KiB (a power of two, at least 4)
     #[arg(long = "ringbuf-kb", value_name = "KIB", default_value_t = DEFAULT_RINGBUF_KB)]
     pub ringbuf_kb: u32,
+    /// Also write every event, with the packet's first bytes (--snaplen) as the kernel held them, to this pcap-ng file ("-": stdout, instead of the text or JSON output; e.g. | wireshark -k -i -)
+    #[arg(long, value_name = "FILE", help_heading = OUTPUT)]
+    pub pcap: Option<PathBuf>,
 }
 
 impl HostArgs {
@@ -93,6 +96,7 @@ impl HostArgs {
             verbose: false,
             tracer_file: None,
             ringbuf_kb: DEFAULT_RINGBUF_KB,
+            pcap: None,
         }
     }
 }
@@ -167,6 +171,8 @@ mod tests {
             "t.json",
             "--ringbuf-kb",
             "64",
+            "--pcap",
+            "-",
             "-t",
             "?",
         ]);
@@ -179,6 +185,7 @@ mod tests {
         assert!(c.host.verbose);
         assert_eq!(c.host.tracer_file, Some(PathBuf::from("t.json")));
         assert_eq!(c.host.ringbuf_kb, 64);
+        assert_eq!(c.host.pcap, Some(PathBuf::from("-")));
         assert!(c.command.is_none());
         let d = cli(&[]);
         assert_eq!(d.trace, TraceOptions::default());

@@ -10,6 +10,7 @@ mod netlink;
 mod nft_rules;
 mod nft_trace;
 mod output;
+mod pcap;
 mod plan;
 mod resolve;
 mod session;
@@ -83,7 +84,9 @@ fn run(cli: Cli) -> Result<()> {
     // Everything the user typed is checked before anything is loaded: the
     // shared options by the validator kubectl nettrace and the agent use.
     let config = cli.trace.validate(&tree)?;
-    let mut prepared = prepare(&config, &cli.host, &tree, &[])?;
+    cli.trace.check_pcap(cli.host.pcap.is_some())?;
+    let snaplen = cli.host.pcap.as_ref().map(|_| config.snaplen);
+    let mut prepared = prepare(&config, &cli.host, &tree, &[], snaplen)?;
     let rules = if config.nft_trace {
         use std::os::fd::AsFd;
         let ns = match &prepared.scopes.netns {
@@ -98,12 +101,22 @@ fn run(cli: Cli) -> Result<()> {
         None
     };
     watch::start(std::mem::take(&mut prepared.scopes));
+    let pcap = match &cli.host.pcap {
+        Some(path) => Some(pcap::Pcap::open(
+            path,
+            config.snaplen,
+            agent::read_clocks(),
+        )?),
+        None => None,
+    };
     eprintln!("begin tracing......");
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let sink = sink::Lines::new(cli.host.output, config.text_options());
+    // `--pcap -`: stdout carries the pcap-ng stream instead of the lines.
+    let to_stdout = cli.host.pcap.as_deref() == Some(Path::new("-"));
+    let sink = sink::Lines::new(cli.host.output, config.text_options(), to_stdout);
     runtime
         .block_on(session::run(
             prepared.loaded,
@@ -113,6 +126,7 @@ fn run(cli: Cli) -> Result<()> {
             sink,
             session::Control::default(),
             rules,
+            pcap,
         ))
         .map(|_| ())?;
     match watch::vanished_message() {
@@ -139,12 +153,14 @@ pub struct Prepared {
 /// options (from the command line, or from the agent's spec) and the host's
 /// own (`tree` is where the configuration's leaves come from). With a `scope` for the kernel filter (the agent's pods: keys
 /// `netns << 32 | ifindex`, ifindex 0 for the whole namespace), a packet
-/// that matched in it is followed wherever it goes next.
+/// that matched in it is followed wherever it goes next. With `snaplen`,
+/// the kernel copies that many bytes of each matched packet (`--pcap`).
 pub fn prepare(
     config: &TraceConfig<'_>,
     host: &HostArgs,
     tree: &TracerTree,
     scope: &[u64],
+    snaplen: Option<u16>,
 ) -> Result<Prepared> {
     resolve::check_host_args(host)?;
     let mut filter = config.filter.clone();
@@ -152,6 +168,7 @@ pub fn prepare(
     // --detail shows the skbs' conntrack entries; without it the kernel
     // side does not even read them (the verifier drops the code).
     filter.conntrack = config.detail;
+    filter.snaplen = snaplen;
     if !scope.is_empty() {
         filter.scope_map = true;
         filter.follow = true;

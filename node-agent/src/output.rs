@@ -28,7 +28,7 @@ const NO_PROGRESS: Duration = Duration::from_millis(300);
 const CONTROL_SLACK: usize = 64 << 10;
 
 struct Chunk {
-    text: String,
+    bytes: Vec<u8>,
     events: u64,
 }
 
@@ -66,6 +66,13 @@ impl Output {
         Output::to_fd(1)
     }
 
+    /// Starts the writer thread on a file of its own (`--pcap FILE`),
+    /// which stays open for the rest of the process.
+    pub fn file(file: File) -> io::Result<Output> {
+        use std::os::fd::IntoRawFd;
+        Output::to_fd(file.into_raw_fd())
+    }
+
     /// Starts the writer thread on `fd`, which must stay open for the rest
     /// of the process (it is never closed here).
     fn to_fd(fd: RawFd) -> io::Result<Output> {
@@ -82,7 +89,7 @@ impl Output {
                 // SAFETY: the fd is open for the whole life of the process.
                 let mut out = ManuallyDrop::new(unsafe { File::from_raw_fd(fd) });
                 'chunks: for chunk in rx {
-                    for piece in chunk.text.as_bytes().chunks(WRITE_PIECE) {
+                    for piece in chunk.bytes.chunks(WRITE_PIECE) {
                         if let Err(e) = out.write_all(piece) {
                             *state.error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
                             break 'chunks;
@@ -91,7 +98,7 @@ impl Output {
                             .written
                             .fetch_add(piece.len() as u64, Ordering::AcqRel);
                     }
-                    state.bytes.fetch_sub(chunk.text.len(), Ordering::AcqRel);
+                    state.bytes.fetch_sub(chunk.bytes.len(), Ordering::AcqRel);
                     state.events.fetch_sub(chunk.events, Ordering::AcqRel);
                 }
                 let _ = done_tx.send(());
@@ -112,21 +119,26 @@ impl Output {
     /// Queues `text` (holding `events` events) unless the queue is full;
     /// false when it was refused. An error once the writer has failed.
     pub fn send(&mut self, text: String, events: u64) -> io::Result<bool> {
-        self.queue(text, events, MAX_IN_FLIGHT)
+        self.queue(text.into_bytes(), events, MAX_IN_FLIGHT)
+    }
+
+    /// [`Output::send`] for bytes that are not text (`--pcap`).
+    pub fn send_bytes(&mut self, bytes: Vec<u8>, events: u64) -> io::Result<bool> {
+        self.queue(bytes, events, MAX_IN_FLIGHT)
     }
 
     /// Queues a small record that should not be dropped with the events
     /// (refused only past a small extra allowance).
     pub fn send_control(&mut self, text: String) -> io::Result<bool> {
-        self.queue(text, 0, MAX_IN_FLIGHT + CONTROL_SLACK)
+        self.queue(text.into_bytes(), 0, MAX_IN_FLIGHT + CONTROL_SLACK)
     }
 
-    fn queue(&mut self, text: String, events: u64, limit: usize) -> io::Result<bool> {
+    fn queue(&mut self, bytes: Vec<u8>, events: u64, limit: usize) -> io::Result<bool> {
         self.check()?;
-        if text.is_empty() {
+        if bytes.is_empty() {
             return Ok(true);
         }
-        let len = text.len();
+        let len = bytes.len();
         if self.shared.bytes.load(Ordering::Acquire) + len > limit {
             return Ok(false);
         }
@@ -135,7 +147,7 @@ impl Output {
         };
         self.shared.bytes.fetch_add(len, Ordering::AcqRel);
         self.shared.events.fetch_add(events, Ordering::AcqRel);
-        if tx.send(Chunk { text, events }).is_err() {
+        if tx.send(Chunk { bytes, events }).is_err() {
             // The writer stopped on an error between the check and now.
             self.check()?;
             return Err(io::Error::other("the stdout writer stopped"));

@@ -24,6 +24,7 @@ use nettrace_common::rule::NftRule;
 use crate::loader::{stat, Loaded, Stats};
 use crate::nft_rules::RuleFinder;
 use crate::output::{Finish, Output};
+use crate::pcap::Pcap;
 use crate::plan::Plan;
 use crate::sink::{LossReport, Sink};
 use crate::symbols::Symbols;
@@ -107,11 +108,13 @@ const DRAIN_TIME: Duration = Duration::from_millis(20);
 const STOP_BUDGET: Duration = Duration::from_millis(700);
 
 /// Runs the session until SIGINT/SIGTERM/SIGHUP, or until `count` is reached
-/// (or `control` says so), writing what `sink` formats to stdout.
+/// (or `control` says so), writing what `sink` formats to stdout, and each
+/// event printed as a packet to `pcap` when given.
 ///
 /// After a signal, returns (or exits the process, when stdout is blocked)
 /// within a second: the programs are detached first, then the final counters
 /// go to stderr.
+#[allow(clippy::too_many_arguments)]
 pub async fn run<S: Sink>(
     mut loaded: Loaded,
     plan: Plan,
@@ -120,6 +123,7 @@ pub async fn run<S: Sink>(
     sink: S,
     control: Control,
     rules: Option<RuleFinder>,
+    pcap: Option<Pcap>,
 ) -> Result<Stop> {
     let ring = loaded.take_ring_buffer()?;
     let stats = loaded.take_stats()?;
@@ -170,6 +174,7 @@ pub async fn run<S: Sink>(
         summary: views.diag.then(Summary::new),
         rules,
         sink,
+        pcap,
     };
 
     let mut done = false;
@@ -224,8 +229,38 @@ pub async fn run<S: Sink>(
     let now = printer.loss_now(&stats);
     printer.report_loss_stdout(&now, true)?;
 
-    // Let the writer finish. Without a signal, as long as it takes (a
-    // reader that reads slowly gets everything), unless a signal comes.
+    // Let the writers finish, the pcap one first. Without a signal, as long
+    // as it takes (a reader that reads slowly gets everything), unless a
+    // signal comes.
+    if let Some(p) = printer.pcap.as_mut() {
+        let mut r = None;
+        if signalled.is_none() {
+            tokio::select! {
+                done = p.out.finish(None) => r = Some(done),
+                _ = sigint.recv() => {}
+                _ = sigterm.recv() => {}
+                _ = sighup.recv() => {}
+            }
+            if r.is_none() {
+                signalled = Some(Instant::now());
+            }
+        }
+        let r = match r {
+            Some(r) => r,
+            None => {
+                let limit = signalled.map(|t| tokio::time::Instant::from_std(t + STOP_BUDGET));
+                p.out.finish(limit).await
+            }
+        };
+        match r {
+            Finish::Done(r) => r.context("writing the pcap file")?,
+            // What its reader never took is lost.
+            Finish::TimedOut => p.dropped += p.out.events_in_flight(),
+        }
+        if let Some(m) = p.dropped_message() {
+            eprintln!("{m}");
+        }
+    }
     if signalled.is_none() {
         tokio::select! {
             r = printer.out.finish(None) => {
@@ -270,6 +305,8 @@ struct Printer<'a, S> {
     rules: Option<RuleFinder>,
     /// Formats events for stdout.
     sink: S,
+    /// `--pcap`: each event printed, as a packet.
+    pcap: Option<Pcap>,
 }
 
 impl<'a, S: Sink> Printer<'a, S> {
@@ -322,7 +359,7 @@ impl<'a, S: Sink> Printer<'a, S> {
             }
             // Under a sustained flood the ring buffer never runs empty: write
             // as we go, so memory stays bounded and output keeps flowing.
-            if self.buf.len() >= WRITE_CHUNK {
+            if self.buf.len() >= WRITE_CHUNK || self.pcap.as_ref().is_some_and(Pcap::full) {
                 self.write_out()?;
             }
         }
@@ -562,19 +599,52 @@ impl<'a> Resolver<'a> {
 
 impl<'a, S: Sink> Printer<'a, S> {
     fn write_record(&mut self, rec: &Record) {
+        let (mut loc, mut reason) = (String::new(), String::new());
+        let ann = self.resolver().annotations(rec, &mut loc, &mut reason);
+        if let Some(p) = self.pcap.as_mut() {
+            if p.has_room() {
+                p.event(&rec.ev, &ann, &[]);
+            }
+        }
         if !self.out.has_room(WRITE_CHUNK) {
             // The reader does not keep up: don't format what would be
             // dropped anyway.
             self.stalled += 1;
             return;
         }
-        let (mut loc, mut reason) = (String::new(), String::new());
-        let ann = self.resolver().annotations(rec, &mut loc, &mut reason);
         self.sink.event(&mut self.buf, &rec.ev, &ann);
         self.buf_events += 1;
     }
 
+    /// `--pcap`: the packets of a block, each with the NAT lines the text
+    /// prints before it.
+    fn pcap_block(&mut self, block: &Block<Record>) {
+        let resolver = self.resolver();
+        let Some(p) = self.pcap.as_mut() else {
+            return;
+        };
+        let mut nat = nettrace_common::nat::Tracker::default();
+        for r in &block.records {
+            let lines: Vec<String> = nat
+                .next(nettrace_common::nat::Endpoints::of_event(&r.ev))
+                .iter()
+                .map(|n| {
+                    let mut s = String::new();
+                    n.write_line(&mut s);
+                    s
+                })
+                .collect();
+            if !p.has_room() {
+                continue;
+            }
+            let (mut loc, mut reason) = (String::new(), String::new());
+            let ann = resolver.annotations(r, &mut loc, &mut reason);
+            p.event(&r.ev, &ann, &lines);
+        }
+    }
+
     fn write_block(&mut self, block: &Block<Record>) {
+        self.pcap_block(block);
         if !self.out.has_room(WRITE_CHUNK) {
             self.stalled += block.records.len() as u64;
             return;
@@ -608,6 +678,9 @@ impl<'a, S: Sink> Printer<'a, S> {
     /// Hands what was formatted to the writer; drops it (counted) when the
     /// writer's queue is full.
     fn write_out(&mut self) -> Result<()> {
+        if let Some(p) = self.pcap.as_mut() {
+            p.write_out()?;
+        }
         if self.buf.is_empty() {
             return Ok(());
         }

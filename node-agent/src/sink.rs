@@ -61,12 +61,15 @@ pub enum Lines {
     Text(TextOptions),
     /// JSON objects.
     Json,
+    /// Nothing: stdout carries something else (`--pcap -`).
+    Off,
 }
 
 impl Lines {
-    /// The sink of `-o FORMAT`.
-    pub fn new(output: OutputFormat, text: TextOptions) -> Lines {
+    /// The sink of `-o FORMAT`; `Off` when stdout is taken (`--pcap -`).
+    pub fn new(output: OutputFormat, text: TextOptions, stdout_taken: bool) -> Lines {
         match output {
+            _ if stdout_taken => Lines::Off,
             OutputFormat::Text => Lines::Text(text),
             OutputFormat::Json => Lines::Json,
         }
@@ -78,6 +81,7 @@ impl Sink for Lines {
         match *self {
             Lines::Text(opts) => format::write_event(out, ev, ann, opts),
             Lines::Json => json::write_event_json(out, ev, ann),
+            Lines::Off => {}
         }
     }
 
@@ -88,6 +92,7 @@ impl Sink for Lines {
         match *self {
             Lines::Text(opts) => format::write_timeline_block(out, skb, items, opts),
             Lines::Json => json::write_timeline_json(out, skb, items),
+            Lines::Off => {}
         }
     }
 
@@ -105,6 +110,9 @@ impl Sink for Lines {
     }
 
     fn diag_summary(&mut self, out: &mut String, summary: &Summary) {
-        summary.write(out, matches!(self, Lines::Json));
+        match self {
+            Lines::Off => {}
+            _ => summary.write(out, matches!(self, Lines::Json)),
+        }
     }
 }

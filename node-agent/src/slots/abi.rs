@@ -760,8 +760,8 @@ fn a_packet_bytes_block_laid_out_by_the_object_decodes() {
     // the header, 13 bytes, 3 of padding (the kernel pads to 8)
     let at = ev_size + ct_size;
     let mut b = vec![0u8; at + hdr + 16];
-    let flags = (btf.value("nt_event_flags", "NT_F_BYTES")
-        | btf.value("nt_event_flags", "NT_F_CT")) as u32;
+    let flags =
+        (btf.value("nt_event_flags", "NT_F_BYTES") | btf.value("nt_event_flags", "NT_F_CT")) as u32;
     let (off, _) = ev_fields["flags"];
     b[off..off + 4].copy_from_slice(&flags.to_le_bytes());
     let (off, _) = ev_fields["stack_id"];
