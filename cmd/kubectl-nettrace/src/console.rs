@@ -29,7 +29,7 @@ const WRITE_CHUNK: usize = 256 << 10;
 pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
 struct Chunk {
-    text: String,
+    bytes: Vec<u8>,
     events: u64,
 }
 
@@ -98,19 +98,24 @@ impl Pipe {
     /// the writer has stopped: then it is dropped and its events counted.
     /// Returns whether it was queued.
     pub fn send(&self, text: String, events: u64) -> bool {
-        self.push(text, events, self.max)
+        self.push(text.into_bytes(), events, self.max)
+    }
+
+    /// [`Pipe::send`] for bytes that are not text (`--pcap`).
+    pub fn send_bytes(&self, bytes: Vec<u8>, events: u64) -> bool {
+        self.push(bytes, events, self.max)
     }
 
     /// Queues a small record that may go past the bound by a little.
     pub fn send_control(&self, text: String) -> bool {
-        self.push(text, 0, self.max + CONTROL_SLACK)
+        self.push(text.into_bytes(), 0, self.max + CONTROL_SLACK)
     }
 
-    fn push(&self, text: String, events: u64, max: usize) -> bool {
-        if text.is_empty() {
+    fn push(&self, bytes: Vec<u8>, events: u64, max: usize) -> bool {
+        if bytes.is_empty() {
             return true;
         }
-        let len = text.len();
+        let len = bytes.len();
         let mut q = lock(&self.shared.queue);
         if q.closed
             || self.shared.done.load(Ordering::Acquire)
@@ -125,7 +130,7 @@ impl Pipe {
         }
         self.shared.bytes.fetch_add(len, Ordering::AcqRel);
         self.shared.events.fetch_add(events, Ordering::AcqRel);
-        q.chunks.push_back(Chunk { text, events });
+        q.chunks.push_back(Chunk { bytes, events });
         drop(q);
         self.shared.wake.notify_one();
         true
@@ -206,7 +211,7 @@ impl Pipe {
 }
 
 fn write_loop<W: Write>(state: &Shared, mut out: W) {
-    let mut batch = String::new();
+    let mut batch = Vec::new();
     loop {
         let mut events = 0u64;
         batch.clear();
@@ -219,15 +224,15 @@ fn write_loop<W: Write>(state: &Shared, mut out: W) {
                 break;
             }
             while let Some(c) = q.chunks.front() {
-                if !batch.is_empty() && batch.len() + c.text.len() > WRITE_CHUNK {
+                if !batch.is_empty() && batch.len() + c.bytes.len() > WRITE_CHUNK {
                     break;
                 }
                 let Some(c) = q.chunks.pop_front() else { break };
-                batch.push_str(&c.text);
+                batch.extend_from_slice(&c.bytes);
                 events += c.events;
             }
         }
-        let r = out.write_all(batch.as_bytes()).and_then(|()| out.flush());
+        let r = out.write_all(&batch).and_then(|()| out.flush());
         state.bytes.fetch_sub(batch.len(), Ordering::AcqRel);
         // Events already given up on (abandon) are not taken back.
         let _ = state

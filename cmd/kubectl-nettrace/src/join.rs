@@ -150,7 +150,7 @@ impl Joiner {
     /// The clock to convert a node's times with: on a shared kernel, the
     /// first of its nodes' (one monotonic clock, so one conversion keeps
     /// their events in their true order).
-    fn clock_of(&self, node: usize) -> Clock {
+    pub fn clock_of(&self, node: usize) -> Clock {
         let first = self.kernels.first_sharing(node).unwrap_or(node);
         self.clocks.get(first).copied().unwrap_or_default()
     }

@@ -345,6 +345,16 @@ async fn run(
     launch::delete_finished(&api).await;
     let mut created: Vec<String> = Vec::new();
     let stdout = Pipe::stdout();
+    // --pcap FILE: created before any agent is; "-" is stdout.
+    let pcap = match cli.pcap.as_deref() {
+        None => None,
+        Some(p) if p == std::path::Path::new("-") => Some(stdout.clone()),
+        Some(p) => {
+            let file = std::fs::File::create(p)
+                .with_context(|| format!("--pcap: cannot create {}", p.display()))?;
+            Some(Pipe::start("pcap", console::STDOUT_QUEUE, file))
+        }
+    };
     let run = Run {
         cli,
         client: &client,
@@ -356,12 +366,23 @@ async fn run(
         homes,
         filter,
         text,
+        pcap: pcap.clone(),
     };
     let result = trace(&run, &mut created, interrupt).await;
     // Whatever happened above, the agent pods go.
     launch::delete_all(&api, &created).await;
     // Then the output still queued reaches its reader (as slowly as it
     // reads; after a signal, within a second or it is dropped).
+    if let Some(p) = pcap.filter(|p| !std::sync::Arc::ptr_eq(p, &stdout)) {
+        p.finish().await;
+        if let Some(e) = p.error() {
+            say!("error: writing the pcap file: {e}");
+        }
+        let dropped = p.dropped();
+        if dropped > 0 {
+            say!("kubectl-nettrace: {dropped} packet(s) not written to the pcap file (it was not written fast enough)");
+        }
+    }
     stdout.finish().await;
     let dropped = stdout.dropped();
     if dropped > 0 {
@@ -389,6 +410,8 @@ struct Run<'a> {
     filter: Filter,
     /// The text layout.
     text: TextOptions,
+    /// `--pcap`: where the pcap-ng stream goes (stdout's pipe for "-").
+    pcap: Option<std::sync::Arc<Pipe>>,
 }
 
 /// The node (index in `plans`) of each address of the traced pods.
@@ -472,6 +495,21 @@ async fn trace(
         run.stdout.clone(),
     )
     .with_diag(cli.trace.diag);
+    let output = match &run.pcap {
+        Some(pipe) => {
+            // the snaplen the agents copy (checked with the options)
+            let snaplen = cli
+                .trace
+                .snaplen
+                .unwrap_or(nettrace_common::options::DEFAULT_SNAPLEN);
+            output.with_pcap(
+                pipe.clone(),
+                snaplen,
+                !std::sync::Arc::ptr_eq(pipe, run.stdout),
+            )
+        }
+        None => output,
+    };
     let end = Session {
         nodes,
         output,

@@ -9,7 +9,8 @@
 use std::sync::Arc;
 
 use nettrace_common::format::{LossStats, TextOptions};
-use nettrace_common::protocol::{Annotation, Lost};
+use nettrace_common::pcapng::{Interface, Mark, Notes, Record, Writer};
+use nettrace_common::protocol::{Annotation, Clock, Lost};
 use nettrace_common::remote::{nat_json, write_remote_event, write_remote_timeline};
 
 use crate::cli::OutputFormat;
@@ -45,6 +46,127 @@ pub struct Output {
     out: Arc<Pipe>,
     /// `--diag`: what went wrong, over all nodes.
     summary: Option<Summary>,
+    /// `--pcap`: every event printed, as a packet.
+    pcap: Option<Pcap>,
+    /// Whether lines are printed (not with `--pcap -`: stdout is the pcap).
+    lines: bool,
+}
+
+/// The pcap-ng stream of `--pcap`, all nodes merged.
+struct Pcap {
+    writer: Writer,
+    out: Arc<Pipe>,
+    /// Each node's clock (from its `hello`), to put its times on Unix time.
+    clocks: Vec<Clock>,
+    buf: Vec<u8>,
+    /// Packets in `buf`.
+    buf_events: u64,
+    /// What the writer had written at the last hand-over.
+    mark: Mark,
+}
+
+impl Pcap {
+    /// Appends one node's event as a packet, with the NAT lines printed
+    /// before it.
+    fn add(&mut self, nodes: &[String], node: usize, item: &Item, nat: &[String]) {
+        let ev = &item.event;
+        let node_name = nodes.get(node).map(String::as_str).unwrap_or("?");
+        let pod = item.annotation.as_ref().map(|a| {
+            let mut s = format!("{}/{}/{}", a.namespace, a.pod, a.container);
+            if let Some(i) = &a.host_ifname {
+                s.push_str(" via ");
+                s.push_str(i);
+            }
+            s
+        });
+        let rule = ev.nft.as_ref().map(|r| {
+            let mut s = String::new();
+            r.write_line(&mut s);
+            s
+        });
+        let bytes = ev.captured();
+        let comments = Notes {
+            tracer: &ev.tracer,
+            group: &ev.group,
+            skb: &ev.skb,
+            ifindex: ev.ifindex,
+            ifname: ev.ifname.as_deref().unwrap_or(""),
+            netns: ev.netns,
+            pid: ev.pid,
+            comm: &ev.comm,
+            summary: &ev.summary,
+            drop_reason: ev.drop_reason.as_deref(),
+            location: ev.location.as_deref(),
+            ret: ev.ret.as_deref(),
+            nat,
+            rule: rule.as_deref(),
+            stack: ev.stack.as_deref(),
+            pod: pod.as_deref(),
+            node: Some(node_name),
+            no_bytes: bytes.is_none(),
+        }
+        .comments();
+        let place = match &item.annotation {
+            Some(a) => format!("pod/{}/{} node/{node_name}", a.namespace, a.pod),
+            None => format!("node/{node_name}"),
+        };
+        let iface = Interface::new(
+            ev.ifname.as_deref().unwrap_or(""),
+            ev.ifindex,
+            ev.netns,
+            &place,
+        );
+        let clock = self.clocks.get(node).copied().unwrap_or_default();
+        self.writer.packet(
+            &mut self.buf,
+            &Record {
+                interface: &iface,
+                unix_ns: clock.unix_ns(ev.ts_ns),
+                bytes: bytes.as_ref(),
+                len: ev.len,
+                comments: &comments,
+            },
+        );
+        self.buf_events += 1;
+    }
+
+    /// Hands what was formatted to the writer (dropped and counted when
+    /// its queue is full: then the interfaces in it are described again).
+    fn flush(&mut self) {
+        if self.buf.is_empty() {
+            return;
+        }
+        let bytes = std::mem::take(&mut self.buf);
+        let events = std::mem::take(&mut self.buf_events);
+        if self.out.send_bytes(bytes, events) {
+            self.mark = self.writer.mark();
+        } else {
+            self.writer.rollback(self.mark);
+        }
+    }
+}
+
+/// The NAT lines before each event of one packet's events, as the text
+/// prints them.
+fn nat_lines<'a>(events: impl IntoIterator<Item = &'a Item>) -> Vec<Vec<String>> {
+    let mut tracker = nettrace_common::nat::Tracker::default();
+    events
+        .into_iter()
+        .map(|i| {
+            let now = (!i.event.from_sk)
+                .then(|| nettrace_common::nat::Endpoints::of_remote(&i.event.pkt))
+                .flatten();
+            tracker
+                .next(now)
+                .iter()
+                .map(|n| {
+                    let mut s = String::new();
+                    n.write_line(&mut s);
+                    s
+                })
+                .collect()
+        })
+        .collect()
 }
 
 /// How many events a printable holds.
@@ -116,6 +238,65 @@ impl Output {
             buf_events: 0,
             out,
             summary: None,
+            pcap: None,
+            lines: true,
+        }
+    }
+
+    /// `--pcap`: every event printed also goes to `out` as a packet of one
+    /// pcap-ng stream (at most `snaplen` bytes each); with `lines` false,
+    /// nothing else is printed (`--pcap -`: `out` is stdout).
+    pub fn with_pcap(mut self, out: Arc<Pipe>, snaplen: u16, lines: bool) -> Self {
+        let mut writer = Writer::new(
+            concat!("kubectl-nettrace ", env!("CARGO_PKG_VERSION")),
+            snaplen,
+        );
+        // The header right away: a reader (wireshark -k -i -) starts at once.
+        let mut header = Vec::new();
+        writer.start(&mut header);
+        out.send_bytes(header, 0);
+        self.pcap = Some(Pcap {
+            mark: writer.mark(),
+            writer,
+            out,
+            clocks: vec![Clock::default(); self.nodes.len()],
+            buf: Vec::new(),
+            buf_events: 0,
+        });
+        self.lines = lines;
+        self
+    }
+
+    /// A node's clock (its `hello`), for the pcap's Unix times.
+    pub fn set_clock(&mut self, node: usize, clock: Clock) {
+        if let Some(c) = self.pcap.as_mut().and_then(|p| p.clocks.get_mut(node)) {
+            *c = clock;
+        }
+    }
+
+    /// `--pcap`: the packets of one printable.
+    fn render_pcap(&mut self, p: &Printable) {
+        let Some(pcap) = self.pcap.as_mut() else {
+            return;
+        };
+        if !pcap.out.has_room(pcap.buf.len() + 1) {
+            pcap.out.count_dropped(events_in(p));
+            return;
+        }
+        match p {
+            Printable::Event(n, item) => pcap.add(&self.nodes, *n, item, &[]),
+            Printable::Timeline(n, _, items) => {
+                for (item, nat) in items.iter().zip(nat_lines(items)) {
+                    pcap.add(&self.nodes, *n, item, &nat);
+                }
+            }
+            Printable::Joined(j) => {
+                let nats = nat_lines(j.events.iter().map(|(_, i)| i));
+                for ((n, item), nat) in j.events.iter().zip(nats) {
+                    pcap.add(&self.nodes, *n, item, &nat);
+                }
+            }
+            Printable::Lost(..) => {}
         }
     }
 
@@ -161,6 +342,10 @@ impl Output {
         let Some(summary) = self.summary.take() else {
             return;
         };
+        if !self.lines {
+            // --pcap -: stdout carries the pcap only
+            return;
+        }
         let mut text = String::new();
         summary.write(&mut text, self.format == OutputFormat::Json);
         self.flush();
@@ -202,6 +387,16 @@ impl Output {
             Printable::Lost(..) => {}
         }
         let events = events_in(p);
+        if events > 0 {
+            self.render_pcap(p);
+        }
+        if !self.lines {
+            // --pcap -: the pcap is the output
+            if events > 0 {
+                self.printed += 1;
+            }
+            return;
+        }
         if events > 0 && !self.out.has_room(self.buf.len() + 1) {
             // The reader does not keep up: what would be dropped anyway is
             // not formatted. It counts towards --count, as printed events
@@ -367,6 +562,9 @@ impl Output {
     /// Hands what was rendered to the stdout writer; drops it (counted) when
     /// its queue is full. Never blocks.
     pub fn flush(&mut self) {
+        if let Some(p) = self.pcap.as_mut() {
+            p.flush();
+        }
         if self.buf.is_empty() {
             return;
         }
@@ -406,6 +604,7 @@ pub fn loss_grew(before: &Lost, now: &Lost) -> bool {
 mod tests {
     use super::*;
     use crate::console::testing::Capture;
+    use nettrace_common::protocol::Clock;
     use nettrace_common::remote::RemoteEvent;
 
     fn pipe() -> Arc<Pipe> {
@@ -519,6 +718,86 @@ mod tests {
         assert_eq!(lines[1]["node"], "w1");
         assert_eq!(lines[1]["events"], 2);
         assert_eq!(lines[1]["matched"], 9);
+    }
+
+    #[tokio::test]
+    async fn pcap_merges_the_nodes_on_unix_time_with_their_pods() {
+        const WITH_BYTES: &str = r#"{"type":"event","time":"1.000000","ts_ns":1000000000,"tracer":"kfree_skb","group":"life","skb":"ffff888100000000","netns":7,"ifindex":2,"ifname":"eth0","pid":3,"comm":"ping","len":84,"summary":"ICMP: 10.0.0.1 -> 10.0.0.2, ping request   , seq: 1","drop_reason":"NO_SOCKET","link":"raw_ip","caplen":4,"origlen":84,"bytes":"45000054"}"#;
+        let with_bytes = |ann: Option<Annotation>| Item {
+            raw: WITH_BYTES.into(),
+            event: RemoteEvent::parse(WITH_BYTES).unwrap_or_default(),
+            annotation: ann,
+        };
+        let stdout = Capture::default();
+        let file = Capture::default();
+        let pcap = Pipe::start("pcap", 1 << 20, file.clone());
+        let mut o = Output::new(
+            OutputFormat::Text,
+            TextOptions::default(),
+            vec!["n1".into(), "n2".into()],
+            None,
+            Pipe::start("stdout", 1 << 20, stdout.clone()),
+        )
+        .with_pcap(pcap.clone(), 128, true);
+        o.set_clock(
+            0,
+            Clock {
+                monotonic_ns: 1_000_000_000,
+                realtime_ns: 1_700_000_000_000_000_000,
+            },
+        );
+        o.set_clock(
+            1,
+            Clock {
+                monotonic_ns: 500_000_000,
+                realtime_ns: 1_700_000_000_000_000_000,
+            },
+        );
+        o.print(&Printable::Event(0, Box::new(with_bytes(Some(ann(None))))));
+        o.print(&Printable::Timeline(
+            1,
+            "ffff888100000000".into(),
+            vec![item(None), with_bytes(None)],
+        ));
+        assert_eq!(pcap.finish().await, 0);
+        let b = file.data.lock().map(|d| d.clone()).unwrap_or_default();
+        // the blocks: type and body
+        let mut blocks = Vec::new();
+        let mut p = 0;
+        while p + 8 <= b.len() {
+            let ty = u32::from_ne_bytes(b[p..p + 4].try_into().unwrap_or_default());
+            let len = u32::from_ne_bytes(b[p + 4..p + 8].try_into().unwrap_or_default()) as usize;
+            blocks.push((ty, b[p + 8..p + len - 4].to_vec()));
+            p += len;
+        }
+        assert_eq!(p, b.len());
+        let types: Vec<u32> = blocks.iter().map(|x| x.0).collect();
+        // header; n1's pod interface and its packet; on n2 a packet without
+        // bytes (netns 1) and one with them (netns 7), each after its interface
+        assert_eq!(types, [0x0A0D_0D0A, 1, 6, 1, 6, 1, 6]);
+        let text = |i: usize| String::from_utf8_lossy(&blocks[i].1).into_owned();
+        assert!(
+            text(1).contains("eth0@7 pod/shop/client node/n1"),
+            "{}",
+            text(1)
+        );
+        assert!(text(3).contains("eth0@1 node/n2"), "{}", text(3));
+        assert!(text(5).contains("eth0@7 node/n2"), "{}", text(5));
+        let ts = |i: usize| {
+            let body = &blocks[i].1;
+            let hi = u32::from_ne_bytes(body[4..8].try_into().unwrap_or_default());
+            let lo = u32::from_ne_bytes(body[8..12].try_into().unwrap_or_default());
+            (u64::from(hi) << 32) | u64::from(lo)
+        };
+        // ts_ns 1 s on both nodes; n2's monotonic clock started 0.5 s later
+        assert_eq!(ts(2), 1_700_000_000_000_000_000);
+        assert_eq!(ts(6), 1_700_000_000_500_000_000);
+        assert_eq!(&blocks[6].1[20..24], &[0x45, 0, 0, 0x54]);
+        assert!(text(2).contains("pod shop/client/app"));
+        assert!(text(2).contains("drop reason NO_SOCKET"));
+        assert!(text(4).contains("no packet bytes"));
+        // the lines still go to stdout
+        assert_eq!(o.dropped(), 0);
     }
 
     #[tokio::test]

@@ -147,6 +147,10 @@ impl Session {
                         Incoming::Hello(h) => {
                             st.clock = h.clock;
                             joiner.hello(node, h.clock, &h.boot_id, h.netns);
+                            // (nodes sharing a kernel share its first node's clock)
+                            for n in 0..self.nodes.len() {
+                                self.output.set_clock(n, joiner.clock_of(n));
+                            }
                             if joiner.kernels().any_shared() && !said_shared && self.verbose {
                                 said_shared = true;
                                 say!("some nodes share one kernel (the same boot id): an event several of their agents see is shown once");
