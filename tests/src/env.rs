@@ -24,6 +24,7 @@ fn package_for(tool: &str) -> &'static str {
         "ping" => "iputils-ping",
         "bpftool" => "bpftool (Ubuntu: linux-tools-common / linux-tools-generic)",
         "sh" => "dash",
+        "tshark" => "tshark",
         _ => "the package that provides it",
     }
 }
