@@ -314,3 +314,96 @@ fn a_packet_lost_between_the_nodes_ends_its_block_saying_where_it_was_last_seen(
     );
     assert!(events.len() >= 6, "{}", block.join("\n"));
 }
+
+/// `kubectl nettrace --pcap FILE` on a ping from pod a on nt-node1 to pod b on nt-node2: one
+/// file that Debian's tshark reads without a word, one packet per event printed, packets of
+/// both nodes on interfaces named after their node and pod, the pods in the comments.
+#[test]
+fn the_pcap_of_a_ping_across_the_nodes_holds_both_nodes_packets_and_the_pods() {
+    let _host = shared_host();
+    nettrace_tests::require_tools(&["tshark"]);
+    let mut ns = TestNs::new("pcap");
+    ns.pods(&[("a", "nt-node1"), ("b", "nt-node2")]);
+    let b_ip = ns.ip("b");
+    ns.exec_ok("a", &["ping", "-c", "1", "-W", "2", &b_ip]);
+    let dir = nettrace_tests::workspace_dir().join("target/pcap-test");
+    std::fs::create_dir_all(&dir).expect("create target/pcap-test");
+    let file = dir.join(format!("kube-{}.pcapng", std::process::id()));
+    let f = file.to_string_lossy().into_owned();
+    let nt = ns.trace(&["pod/a", "pod/b", "-p", "icmp", "--timeline", "--pcap", &f]);
+    ns.exec_ok("a", &["ping", "-c", "2", "-i", "0.2", "-W", "2", &b_ip]);
+    let (pa, pb) = (pod_of(&ns, "a"), pod_of(&ns, "b"));
+    let fin = nt.stop_when(Duration::from_secs(30), |lines| {
+        lines
+            .iter()
+            .filter(|l| l.contains("[consume_skb") && l.contains(&pb))
+            .count()
+            >= 2
+    });
+    assert_exit_ok(&fin);
+    let printed = fin
+        .stdout_lines
+        .iter()
+        .filter(|l| l.contains(": [") && l.contains(", node: "))
+        .count();
+
+    let out = Command::new("tshark")
+        .args(["-r", &f, "-T", "fields", "-E", "occurrence=a"])
+        .args(["-e", "frame.interface_name", "-e", "frame.comment"])
+        .args(["-e", "frame.protocols"])
+        .output()
+        .expect("run tshark");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success()
+            && stderr
+                .lines()
+                .all(|l| l.trim().is_empty() || l.contains("Running as user")),
+        "tshark: {stderr}"
+    );
+    let rows: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(
+        rows.len(),
+        printed,
+        "one packet per event\n{}\n{}",
+        rows.join("\n"),
+        fin.describe()
+    );
+    for node in ["nt-node1", "nt-node2"] {
+        assert!(
+            rows.iter().any(|r| r
+                .split('\t')
+                .next()
+                .is_some_and(|i| i.ends_with(&format!(" node/{node}")))),
+            "no packet of {node}\n{}",
+            rows.join("\n")
+        );
+    }
+    for (pod, name) in [(&pa, "a"), (&pb, "b")] {
+        let named = pod.replacen("pod: ", "pod ", 1);
+        assert!(
+            rows.iter().any(|r| r.contains(&named)),
+            "{named} in no comment\n{}",
+            rows.join("\n")
+        );
+        let iface = format!(" pod/{}/{name} node/", ns.name);
+        assert!(
+            rows.iter().any(|r| r.contains(&iface)),
+            "no interface{iface}…\n{}",
+            rows.join("\n")
+        );
+    }
+    // The agents copied the bytes: tshark decodes the pings (an agent image older than
+    // --pcap sends none, and its packets are empty).
+    let icmp = rows.iter().filter(|r| r.ends_with(":ip:icmp:data")).count();
+    assert_eq!(
+        icmp,
+        rows.len(),
+        "packets without their bytes\n{}",
+        rows.join("\n")
+    );
+    let _ = std::fs::remove_file(&file);
+}

@@ -185,7 +185,10 @@ fn run_to_file(args: &[&str], out: &Path, traffic: impl FnOnce()) -> Vec<String>
     let reader = std::thread::spawn(move || {
         use std::io::BufRead;
         let mut lines = Vec::new();
-        for l in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+        for l in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
             let _ = tx.send(l.clone());
             lines.push(l);
         }
@@ -243,7 +246,8 @@ fn a_udp_payload_is_in_the_file_and_pcap_to_stdout_is_all_stdout_carries() {
     ]);
     udp_send(&t.a, to, PAYLOAD, 40087);
     let fin = nt.stop_when(WAIT, |l| {
-        l.iter().any(|x| x.contains("[kfree_skb") || x.contains("[consume_skb"))
+        l.iter()
+            .any(|x| x.contains("[kfree_skb") || x.contains("[consume_skb"))
     });
     fin.assert_success();
     let printed = fin
@@ -258,7 +262,13 @@ fn a_udp_payload_is_in_the_file_and_pcap_to_stdout_is_all_stdout_carries() {
         "the payload is not in the file"
     );
     let rows = fields(&file, None, &["udp.dstport", "data.data", "frame.comment"]);
-    assert_eq!(rows.len(), printed, "{}\n{}", rows.join("\n"), fin.describe());
+    assert_eq!(
+        rows.len(),
+        printed,
+        "{}\n{}",
+        rows.join("\n"),
+        fin.describe()
+    );
     let hex: String = PAYLOAD.iter().map(|b| format!("{b:02x}")).collect();
     for r in &rows {
         assert!(r.starts_with(&format!("{UDP_PORT}\t{hex}\t")), "{r}");
