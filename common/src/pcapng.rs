@@ -121,6 +121,8 @@ pub struct Notes<'a> {
     pub ret: Option<&'a str>,
     /// The NAT lines before this event (`--timeline`), as the text shows them.
     pub nat: &'a [String],
+    /// The skb's conntrack entry (`--detail`).
+    pub ct: Option<&'a crate::conntrack::Conntrack>,
     /// The netfilter rule that decided (`--nft-trace`), as the text shows it.
     pub rule: Option<&'a str>,
     /// The kernel stack, innermost first (`--stack`).
@@ -162,6 +164,11 @@ impl Notes<'_> {
             c.push(format!("return value {ret}"));
         }
         c.extend(self.nat.iter().map(|n| n.trim().to_string()));
+        if let Some(ct) = self.ct {
+            let mut s = String::new();
+            crate::conntrack::write_ct_line(&mut s, ct);
+            c.push(s.trim().to_string());
+        }
         if let Some(rule) = self.rule {
             c.push(rule.trim().to_string());
         }
@@ -593,6 +600,11 @@ mod tests {
             "sk_skb_reason_drop+0x90".to_string(),
             "ip_rcv+0x1".to_string(),
         ];
+        let ct = crate::conntrack::tests::dnat_sample();
+        let mut ct_line = String::new();
+        crate::conntrack::write_ct_line(&mut ct_line, &ct);
+        let ct_line = ct_line.trim().to_string();
+        assert!(ct_line.starts_with("ct: "), "{ct_line}");
         let n = Notes {
             tracer: "kfree_skb",
             group: "life",
@@ -607,6 +619,7 @@ mod tests {
             location: Some("ping_rcv+0xb3"),
             ret: None,
             nat: &nat,
+            ct: Some(&ct),
             rule: Some("                rule: ip filter INPUT #2: drop"),
             stack: Some(&stack),
             pod: Some("shop/client/app via veth1"),
@@ -621,6 +634,7 @@ mod tests {
                 "ICMP: 10.0.0.1 -> 10.0.0.2, ping request   , seq: 1",
                 "drop reason NO_SOCKET, location ping_rcv+0xb3",
                 "NAT  10.96.0.20:80 -> 10.244.1.5:8080 (DNAT)",
+                &ct_line,
                 "rule: ip filter INPUT #2: drop",
                 "stack: sk_skb_reason_drop+0x90 <- ip_rcv+0x1",
                 "pod shop/client/app via veth1",

@@ -100,6 +100,7 @@ impl Pcap {
             location: ann.location,
             ret: ret.as_deref(),
             nat,
+            ct: ev.ct.as_ref(),
             rule: rule.as_deref(),
             stack: ann.stack,
             pod: None,

@@ -99,6 +99,7 @@ impl Pcap {
             location: ev.location.as_deref(),
             ret: ev.ret.as_deref(),
             nat,
+            ct: ev.ct.as_ref(),
             rule: rule.as_deref(),
             stack: ev.stack.as_deref(),
             pod: pod.as_deref(),
