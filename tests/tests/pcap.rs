@@ -1,9 +1,10 @@
 //! `--pcap FILE`: the events as a pcap-ng file that Debian's tshark reads.
 //!
-//! A ping that B's iptables drops, traced with `-o json --pcap FILE`: tshark
-//! reads every block without a word on stderr, there is one packet per event
-//! printed, the Ethernet and raw-IP bytes decode as the ping, and `tshark -V`
-//! shows our comments with the tracer names and the drop reason. A UDP
+//! A ping that B's iptables drops, traced with `-o json --detail --pcap FILE`:
+//! tshark reads every block without a word on stderr, there is one packet per
+//! event printed, the Ethernet and raw-IP bytes decode as the ping, and
+//! `tshark -V` shows our comments with the tracer names and the drop reason
+//! (and the drop's conntrack entry and stack, carried with its bytes). A UDP
 //! datagram traced with `--timeline --snaplen 200`: its payload is in the
 //! file's bytes, and with `--pcap -` stdout is the pcap-ng stream alone, cut
 //! at `--snaplen`.
@@ -77,11 +78,37 @@ fn a_dropped_ping_opens_in_tshark_one_packet_per_event_with_our_comments() {
     preflight();
     require_tools(&["tshark"]);
     let t = Topology::bridged(PING_SUBNET);
-    t.b.iptables(&["-A", "INPUT", "-p", "icmp", "-j", "DROP"]);
+    // A rule that needs conntrack: the dropped skb carries an entry (state new).
+    t.b.iptables(&[
+        "-A",
+        "INPUT",
+        "-p",
+        "icmp",
+        "-m",
+        "conntrack",
+        "--ctstate",
+        "NEW",
+        "-j",
+        "DROP",
+    ]);
     let file = scratch("drop.pcapng");
     let b = t.b_addr.to_string();
     let f = file.to_string_lossy().into_owned();
-    let nt = Nettrace::spawn(&["-o", "json", "-p", "icmp", "--addr", &b, "--pcap", &f]);
+    // --detail and --stack-tracer: the conntrack entry, the bytes and the
+    // stack in one record, in that order.
+    let nt = Nettrace::spawn(&[
+        "-o",
+        "json",
+        "-p",
+        "icmp",
+        "--addr",
+        &b,
+        "--detail",
+        "--stack-tracer",
+        "kfree_skb",
+        "--pcap",
+        &f,
+    ]);
     ping_expect_loss(&t.a, t.b_addr, 1);
     let fin = nt.stop_when(WAIT, |l| {
         l.iter()
@@ -134,6 +161,19 @@ fn a_dropped_ping_opens_in_tshark_one_packet_per_event_with_our_comments() {
         let skb = v["skb"].as_str().unwrap_or("?");
         assert!(cols[2].contains(&format!("skb {skb}")), "{row}");
     }
+    // The drop's record had all three blocks.
+    let drop = evs
+        .iter()
+        .find(|v| v["drop_reason"] == "NETFILTER_DROP")
+        .expect("the drop");
+    assert_eq!(drop["ct"]["state"], "new", "{drop}");
+    assert!(
+        drop["stack"].as_array().is_some_and(|s| !s.is_empty()),
+        "{drop}"
+    );
+    let drop_row = &rows[evs.iter().position(|v| v == drop).unwrap_or(0)];
+    assert!(drop_row.contains("ct: new"), "{drop_row}");
+    assert!(drop_row.contains("stack: "), "{drop_row}");
     // Both ways of starting: the frame (Ethernet) and the IP header.
     assert!(rows.iter().any(|r| r.contains("\teth:ethertype:ip:icmp")));
     // The ICMP requests, as tshark decodes them from our bytes.
