@@ -16,6 +16,14 @@
 //! body, its total length again; options are code, length and value padded
 //! to 32 bits, ended by `opt_endofopt`). Writing goes into a `Vec<u8>`: the
 //! caller owns the file.
+//!
+//! Written here rather than with the `pcap-file` crate (2.0.0): that crate
+//! writes Enhanced Packet Block times as raw nanoseconds whatever the
+//! interface's `if_tsresol` says (right only with an `if_tsresol` of 9, which
+//! it leaves to the caller), and it would bring a second `thiserror` and a
+//! proc-macro crate into `common/`, which otherwise needs serde and
+//! thiserror only; the three block types nettrace writes are checked byte
+//! by byte against the specification in this module's tests.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
