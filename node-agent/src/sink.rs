@@ -111,7 +111,12 @@ impl Sink for Lines {
 
     fn diag_summary(&mut self, out: &mut String, summary: &Summary) {
         match self {
-            Lines::Off => {}
+            // stdout carries the pcap-ng stream: the summary goes to stderr
+            Lines::Off => {
+                let mut text = String::new();
+                summary.write(&mut text, false);
+                eprint!("{text}");
+            }
             _ => summary.write(out, matches!(self, Lines::Json)),
         }
     }
