@@ -370,13 +370,17 @@ impl<'a, S: Sink> Printer<'a, S> {
     /// Prints or buffers one event; true once `count` is reached.
     fn handle(&mut self, ev: Event, ips: &[u64]) -> bool {
         let stack = ev.stack_id.map(|_| self.symbols.stack(ips));
-        let is_drop = self
-            .plan
-            .tracers
-            .get(ev.tracer_id as usize)
-            .is_some_and(|t| t.role == Role::Drop);
-        let rule = match (&mut self.rules, is_drop) {
-            (Some(rules), true) => rules.rule_for(&ev),
+        // --nft-trace only: the tracer's role is looked up for nothing else
+        let rule = match &mut self.rules {
+            Some(rules)
+                if self
+                    .plan
+                    .tracers
+                    .get(ev.tracer_id as usize)
+                    .is_some_and(|t| t.role == Role::Drop) =>
+            {
+                rules.rule_for(&ev)
+            }
             _ => None,
         };
         let rec = Record { ev, stack, rule };
