@@ -401,6 +401,31 @@ impl Topology {
         ]);
     }
 
+    /// R: TCP to `vip:vport` goes to B:`bport`, a DNAT that rewrites the port too.
+    pub fn add_port_dnat(&self, vip: Ipv4Addr, vport: u16, bport: u16) {
+        assert_eq!(
+            self.kind,
+            Kind::Routed,
+            "add_port_dnat needs a routed topology"
+        );
+        self.mid.iptables(&[
+            "-t",
+            "nat",
+            "-A",
+            "PREROUTING",
+            "-d",
+            &vip.to_string(),
+            "-p",
+            "tcp",
+            "--dport",
+            &vport.to_string(),
+            "-j",
+            "DNAT",
+            "--to-destination",
+            &format!("{}:{bport}", self.b_addr),
+        ]);
+    }
+
     /// `ifindex:name` of A's interface, as `--detail` prints it.
     pub fn a_label(&self) -> String {
         self.a.iface_label(self.a_if)

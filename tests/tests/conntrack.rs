@@ -22,22 +22,18 @@ const CT: &str = "                ct: ";
 
 /// R: TCP to VIP:80 goes to B:8080.
 fn dnat_port(t: &Topology) {
-    t.mid.iptables(&[
-        "-t",
-        "nat",
-        "-A",
-        "PREROUTING",
-        "-d",
-        &VIP.to_string(),
-        "-p",
-        "tcp",
-        "--dport",
-        "80",
-        "-j",
-        "DNAT",
-        "--to-destination",
-        &format!("{}:8080", t.b_addr),
-    ]);
+    t.add_port_dnat(VIP, 80, 8080);
+}
+
+/// A TCP exchange from A's `client_port` to VIP:80, which R turns into B:8080.
+fn exchange(t: &Topology, client_port: u16) -> TcpExchange {
+    tcp_exchange_via(
+        &t.a,
+        &t.b,
+        SocketAddrV4::new(t.b_addr, 8080),
+        SocketAddrV4::new(VIP, 80),
+        client_port,
+    )
 }
 
 /// A `ct:` line split into its state, its status bits and the rest (the tuples).
@@ -95,13 +91,7 @@ fn detail_shows_the_conntrack_entry_of_a_dnat() {
         "--stack-tracer",
         "net_dev_start_xmit",
     ]);
-    tcp_exchange_via(
-        &t.a,
-        &t.b,
-        SocketAddrV4::new(b, 8080),
-        SocketAddrV4::new(VIP, 80),
-        client_port,
-    );
+    exchange(&t, client_port);
     let tuples =
         format!("orig tcp {a}:{client_port} -> {VIP}:80, reply {b}:8080 -> {a}:{client_port}");
     // The exchange is over: the SYN's block and one of B's replies mean the trace saw it
@@ -247,13 +237,7 @@ fn detail_shows_the_conntrack_entry_of_a_dnat() {
         "-o",
         "json",
     ]);
-    tcp_exchange_via(
-        &t.a,
-        &t.b,
-        SocketAddrV4::new(b, 8080),
-        SocketAddrV4::new(VIP, 80),
-        port,
-    );
+    exchange(&t, port);
     let fin = nt.stop_when(WAIT, |l| l.iter().any(|x| x.contains(r#""kind":"dnat""#)));
     fin.assert_success();
     let timelines: Vec<Value> = parse_json_lines(&fin.stdout_lines)
@@ -304,13 +288,7 @@ fn detail_shows_the_conntrack_entry_of_a_dnat() {
         "-o",
         "json",
     ]);
-    tcp_exchange_via(
-        &t.a,
-        &t.b,
-        SocketAddrV4::new(b, 8080),
-        SocketAddrV4::new(VIP, 80),
-        port,
-    );
+    exchange(&t, port);
     let to_b = format!(r#""daddr":"{b}""#);
     let fin = nt.stop_when(WAIT, |l| l.iter().any(|x| x.contains(&to_b)));
     fin.assert_success();

@@ -16,22 +16,18 @@ const WAIT: Duration = Duration::from_secs(10);
 
 /// R: TCP to VIP:80 goes to B:8080.
 fn dnat_port(t: &Topology) {
-    t.mid.iptables(&[
-        "-t",
-        "nat",
-        "-A",
-        "PREROUTING",
-        "-d",
-        &VIP.to_string(),
-        "-p",
-        "tcp",
-        "--dport",
-        "80",
-        "-j",
-        "DNAT",
-        "--to-destination",
-        &format!("{}:8080", t.b_addr),
-    ]);
+    t.add_port_dnat(VIP, 80, 8080);
+}
+
+/// A TCP exchange from A's `client_port` to VIP:80, which R turns into B:8080.
+fn exchange(t: &Topology, client_port: u16) -> TcpExchange {
+    tcp_exchange_via(
+        &t.a,
+        &t.b,
+        SocketAddrV4::new(t.b_addr, 8080),
+        SocketAddrV4::new(VIP, 80),
+        client_port,
+    )
 }
 
 #[test]
@@ -51,13 +47,7 @@ fn a_dnat_is_a_nat_line_between_the_events_before_and_after_it() {
         &client_port.to_string(),
         "--timeline",
     ]);
-    let x = tcp_exchange_via(
-        &t.a,
-        &t.b,
-        SocketAddrV4::new(b, 8080),
-        SocketAddrV4::new(VIP, 80),
-        client_port,
-    );
+    let x = exchange(&t, client_port);
     assert_eq!(x.client.ip(), &a);
     let dnat = format!("                NAT  {VIP}:80 -> {b}:8080 (DNAT)");
     let undo = format!("                NAT  {b}:8080 -> {VIP}:80 (SNAT)");
@@ -121,13 +111,7 @@ fn a_dnat_is_a_nat_line_between_the_events_before_and_after_it() {
         "-o",
         "json",
     ]);
-    tcp_exchange_via(
-        &t.a,
-        &t.b,
-        SocketAddrV4::new(b, 8080),
-        SocketAddrV4::new(VIP, 80),
-        client_port + 1,
-    );
+    exchange(&t, client_port + 1);
     let fin = nt.stop_when(WAIT, |l| l.iter().any(|x| x.contains(r#""kind":"dnat""#)));
     fin.assert_success();
     let timelines: Vec<serde_json::Value> = parse_json_lines(&fin.stdout_lines)
