@@ -548,6 +548,16 @@ impl LineSplitter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn clocks_convert_to_unix_time() {
+        let c = Clock {
+            monotonic_ns: 5_000,
+            realtime_ns: 1_700_000_000_000_000_000,
+        };
+        assert_eq!(c.unix_ns(5_100), 1_700_000_000_000_000_100);
+        assert_eq!(c.unix_ns(4_900), 1_699_999_999_999_999_900);
+    }
     use serde_json::json;
 
     fn target() -> Target {
