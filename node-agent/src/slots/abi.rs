@@ -652,20 +652,27 @@ fn conntrack_block_matches_the_object() {
     check("struct nt_ct", errors);
 }
 
+/// A record of the object's `nt_event` layout followed by `tail` zero bytes,
+/// with event flags `flags` and one stack frame announced; and the event's size.
+fn record_with_tail(flags: u32, tail: usize) -> (Vec<u8>, usize) {
+    let (ev_size, ev_fields) = object().0.layout("nt_event");
+    let mut b = vec![0u8; ev_size + tail];
+    let (off, _) = ev_fields["flags"];
+    b[off..off + 4].copy_from_slice(&flags.to_le_bytes());
+    let (off, _) = ev_fields["stack_id"];
+    b[off..off + 4].copy_from_slice(&1i32.to_le_bytes());
+    (b, ev_size)
+}
+
 /// A record with a conntrack block laid out by the object's BTF decodes to
 /// what the kernel wrote, and the stack frames after it stay the stack.
 #[test]
 fn a_conntrack_block_laid_out_by_the_object_decodes() {
     use nettrace_common::conntrack::{Conntrack, CtState, CtTuple, CT_SIZE};
     let btf = &object().0;
-    let (ev_size, ev_fields) = btf.layout("nt_event");
     let (ct_size, fields) = btf.layout("nt_ct");
-    let mut b = vec![0u8; ev_size + ct_size];
     let flags = btf.value("nt_event_flags", "NT_F_CT") as u32;
-    let (off, _) = ev_fields["flags"];
-    b[off..off + 4].copy_from_slice(&flags.to_le_bytes());
-    let (off, _) = ev_fields["stack_id"];
-    b[off..off + 4].copy_from_slice(&1i32.to_le_bytes());
+    let (mut b, ev_size) = record_with_tail(flags, ct_size);
     let set = |b: &mut [u8], field: &str, v: &[u8]| {
         let (off, len) = fields[field];
         assert!(v.len() <= len, "{field}");
@@ -753,19 +760,14 @@ fn packet_bytes_block_matches_the_object() {
 #[test]
 fn a_packet_bytes_block_laid_out_by_the_object_decodes() {
     let btf = &object().0;
-    let (ev_size, ev_fields) = btf.layout("nt_event");
     let (ct_size, _) = btf.layout("nt_ct");
     let (hdr, fields) = btf.layout("nt_bytes");
     let data: Vec<u8> = (1..=13).collect();
-    // the header, 13 bytes, 3 of padding (the kernel pads to 8)
-    let at = ev_size + ct_size;
-    let mut b = vec![0u8; at + hdr + 16];
     let flags =
         (btf.value("nt_event_flags", "NT_F_BYTES") | btf.value("nt_event_flags", "NT_F_CT")) as u32;
-    let (off, _) = ev_fields["flags"];
-    b[off..off + 4].copy_from_slice(&flags.to_le_bytes());
-    let (off, _) = ev_fields["stack_id"];
-    b[off..off + 4].copy_from_slice(&1i32.to_le_bytes());
+    // the header, 13 bytes, 3 of padding (the kernel pads to 8)
+    let (mut b, ev_size) = record_with_tail(flags, ct_size + hdr + 16);
+    let at = ev_size + ct_size;
     let set = |b: &mut [u8], field: &str, v: &[u8]| {
         let (off, len) = fields[field];
         assert_eq!(v.len(), len, "{field}");
