@@ -399,16 +399,21 @@ static __always_inline int l4_may_match(__u8 l4)
 	return 1;
 }
 
-/* The port part of the filter. */
-static __always_inline int ports_match(const struct nt_pkt *p)
+/* The port part of the filter, on ports in host order. */
+static __always_inline int ports_ok(__u16 sport, __u16 dport)
 {
-	if (CFG.sport && CFG.sport != p->sport)
+	if (CFG.sport && CFG.sport != sport)
 		return 0;
-	if (CFG.dport && CFG.dport != p->dport)
+	if (CFG.dport && CFG.dport != dport)
 		return 0;
-	if (CFG.port && CFG.port != p->sport && CFG.port != p->dport)
+	if (CFG.port && CFG.port != sport && CFG.port != dport)
 		return 0;
 	return 1;
+}
+
+static __always_inline int ports_match(const struct nt_pkt *p)
+{
+	return ports_ok(p->sport, p->dport);
 }
 
 /* The whole packet filter, on a parsed packet. */
@@ -780,54 +785,142 @@ static __always_inline void parse_sock(struct nt_pkt *p, __u32 *flags, struct so
 #define NT_SKB_TYPED(typed) (((typed) & NT_TYPED_SKB) || NT_CAST())
 
 /*
+ * Whether a packet whose own headers can't match the filter may carry a
+ * tunnel whose inner packet might: IP-in-IP, or UDP to a tunnel port (the
+ * body decodes those and matches on either packet).
+ */
+static __always_inline int may_carry_tunnel(__u8 l4, unsigned char *l4h)
+{
+	const struct udphdr___nt *uh;
+
+	if (l4 == IPPROTO_IPIP || l4 == IPPROTO_IPV6)
+		return 1;
+	if (l4 != IPPROTO_UDP)
+		return 0;
+	uh = nt_rdonly_cast(l4h, bpf_core_type_id_kernel(struct udphdr___nt));
+	return tunnel_port(bpf_ntohs(uh->dest));
+}
+
+/*
+ * The port filter on the TCP or UDP header at l4h of an unfragmented packet
+ * whose addresses and L4 protocol passed. 0 only when neither this packet
+ * nor a tunnelled one inside it can match.
+ */
+static __always_inline int ports_may_match(__u8 l4, unsigned char *l4h)
+{
+	const struct udphdr___nt *uh;
+	__u16 dport;
+
+	if (!has_port_filter())
+		return 1;
+	/* TCP and UDP both start with the two ports. */
+	uh = nt_rdonly_cast(l4h, bpf_core_type_id_kernel(struct udphdr___nt));
+	dport = bpf_ntohs(uh->dest);
+	if (ports_ok(bpf_ntohs(uh->source), dport))
+		return 1;
+	return l4 == IPPROTO_UDP && tunnel_port(dport);
+}
+
+/* An IPv6 address of the filter against one in a header, word by word. */
+static __always_inline int addr6_eq(const __u8 *want, const __be32 *have)
+{
+	const __u32 *w = (const __u32 *)want;
+
+	return w[0] == have[0] && w[1] == have[1] && w[2] == have[2] && w[3] == have[3];
+}
+
+/*
+ * The IPv6 address filter on an IPv6 header. Early returns keep few values
+ * live: the prefilter's stack adds to the body's, under the 512-byte limit
+ * of the two frames.
+ */
+static __always_inline int addrs6_match(const struct ipv6hdr___nt *h6)
+{
+	__u32 fl = CFG.flags;
+
+	if ((fl & NT_FL_SADDR) && !addr6_eq(CFG.saddr, h6->saddr))
+		return 0;
+	if ((fl & NT_FL_DADDR) && !addr6_eq(CFG.daddr, h6->daddr))
+		return 0;
+	if ((fl & NT_FL_ADDR) && !addr6_eq(CFG.addr, h6->saddr) && !addr6_eq(CFG.addr, h6->daddr))
+		return 0;
+	return 1;
+}
+
+/* The prefilter on an IPv4 header (see nt_may_match). */
+static __always_inline int ip4_may_match(const struct iphdr___nt *ih, unsigned char *l3)
+{
+	unsigned char *l4h = l3 + (ih->ver_ihl & 0xf) * 4;
+	__u8 l4 = ih->protocol;
+
+	if (!l3_may_match(ETH_P_IP) || !l4_may_match(l4) ||
+	    (!(CFG.flags & NT_FL_V6) && !addrs4_match(ih->saddr, ih->daddr)))
+		return may_carry_tunnel(l4, l4h);
+	/* A later fragment: the body decides (no ports to read). */
+	if (has_port_filter() && (bpf_ntohs(ih->frag_off) & 0x1fff))
+		return 1;
+	return ports_may_match(l4, l4h);
+}
+
+/* The prefilter on an IPv6 header (see nt_may_match). */
+static __always_inline int ip6_may_match(unsigned char *l3)
+{
+	const struct ipv6hdr___nt *h6 =
+		nt_rdonly_cast(l3, bpf_core_type_id_kernel(struct ipv6hdr___nt));
+	__u8 l4 = h6->nexthdr;
+
+	if (!l3_may_match(ETH_P_IPV6) || !l4_may_match(l4) || !addrs6_match(h6))
+		return may_carry_tunnel(l4, l3 + 40);
+	return ports_may_match(l4, l3 + 40);
+}
+
+/*
  * The packet filter's first rejections, inlined in every entry program
- * before the shared body is called: the skb's protocol and, for IPv4, the
- * L4 protocol and the addresses, with direct loads into a few registers (no
- * copies, no stores, no map lookup). 0: the body would reject the packet
- * too; 1: the body decides. It runs only where loads are direct (typed
- * skbs, or bpf_rdonly_cast) and skb-mode can't lift the filter; the body
- * applies the whole filter again to what passes.
+ * before the shared body is called: the skb's protocol and, for IP, the L4
+ * protocol, the addresses and the ports, with direct loads into a few
+ * registers (no copies, no stores, no map lookup). 0: the body would reject
+ * the packet too; 1: the body decides. It runs only where loads are direct
+ * (typed skbs, or bpf_rdonly_cast) and skb-mode can't lift the filter; the
+ * body applies the whole filter again to what passes. It mirrors the body's
+ * parse_l3/parse_l4 with check: a tunnel's outer headers never reject.
  */
 static __always_inline int nt_may_match(struct sk_buff *skb, const int typed)
 {
 	const struct iphdr___nt *ih;
 	struct nt_meta m;
+	unsigned char *l3;
 	__u32 fl = CFG.flags;
+	__u16 proto;
+	__u8 ver;
 
 	if (!skb || !NT_SKB_TYPED(typed) || (fl & NT_FL_SKB_MODE))
 		return 1;
 	if (!(typed & NT_TYPED_SKB))
 		skb = nt_rdonly_cast(skb, bpf_core_type_id_kernel(struct sk_buff));
-	m.proto = bpf_ntohs(skb->protocol);
-	/* No protocol yet (local output): the body reads the version. */
-	if (!m.proto)
-		return 1;
-	if (!l3_may_match(m.proto))
-		return 0;
-	if (m.proto != ETH_P_IP || !NT_CAST() ||
-	    !(CFG.l4_proto || has_port_filter() || (fl & (NT_FL_SADDR | NT_FL_DADDR | NT_FL_ADDR))))
+	proto = bpf_ntohs(skb->protocol);
+	if (proto && proto != ETH_P_IP && proto != ETH_P_IPV6)
+		return l3_may_match(proto);
+	/* IP, or no protocol yet (local output): the headers decide, and a
+	 * tunnel's inner packet may match where the outer can't. Unless the
+	 * filter has nothing to check there, or they can't be loaded directly. */
+	if (!NT_CAST() || !(CFG.l3_proto || CFG.l4_proto || has_port_filter() ||
+			    (fl & (NT_FL_SADDR | NT_FL_DADDR | NT_FL_ADDR))))
 		return 1;
 	m.nh = skb->network_header;
 	m.mac = skb->mac_header;
 	m.head = skb->head;
 	m.data = skb->data;
 	m.no_l2 = no_l2_header(skb, &m, 1);
-	ih = nt_rdonly_cast(l3_of(&m), bpf_core_type_id_kernel(struct iphdr___nt));
-	/* Not IPv4 after all: the body may find the addresses in the socket. */
-	if ((ih->ver_ihl >> 4) != 4)
-		return 1;
-	if (l4_may_match(ih->protocol) && ((fl & NT_FL_V6) || addrs4_match(ih->saddr, ih->daddr)))
-		return 1;
-	/* The outer packet can't match; an inner one might. */
-	if (ih->protocol == IPPROTO_IPIP || ih->protocol == IPPROTO_IPV6)
-		return 1;
-	if (ih->protocol == IPPROTO_UDP) {
-		const struct udphdr___nt *uh = nt_rdonly_cast(l3_of(&m) + (ih->ver_ihl & 0xf) * 4,
-							      bpf_core_type_id_kernel(struct udphdr___nt));
-
-		return tunnel_port(bpf_ntohs(uh->dest));
-	}
-	return 0;
+	l3 = l3_of(&m);
+	ih = nt_rdonly_cast(l3, bpf_core_type_id_kernel(struct iphdr___nt));
+	/* Without a protocol the body trusts the version; a header that is not
+	 * the one the protocol says is left to the body (it may use the socket). */
+	ver = ih->ver_ihl >> 4;
+	if (ver == 4 && proto != ETH_P_IPV6)
+		return ip4_may_match(ih, l3);
+	if (ver == 6 && proto != ETH_P_IP)
+		return ip6_may_match(l3);
+	return 1;
 }
 
 /* Where a packet is: the hook's device (or skb->dev), its namespace. */
@@ -1428,15 +1521,12 @@ RTP_DROP_SLOT(0) RTP_DROP_SLOT(1)
  * kernel hands them BTF-typed arguments, so the body reads the skb with
  * direct loads instead of bpf_probe_read_kernel.
  */
-static __always_inline int btf_entry(unsigned long long *ctx, __u32 slot_idx, const int max,
-				     const int skb, const int dev_last)
+static __always_inline int btf_body(unsigned long long *ctx, __u32 slot_idx, const int max,
+				    const int skb, const int dev_last)
 {
 	struct nt_args a = {};
-	struct nt_slot *slot;
+	struct nt_slot *slot = bpf_map_lookup_elem(&nt_slots, &slot_idx);
 
-	if (!nt_may_match((struct sk_buff *)ctx[skb], NT_TYPED_SKB))
-		return 0;
-	slot = bpf_map_lookup_elem(&nt_slots, &slot_idx);
 	if (!slot)
 		return 0;
 	/* The skb (and a device that is the last argument read) at constant
@@ -1452,6 +1542,16 @@ static __always_inline int btf_entry(unsigned long long *ctx, __u32 slot_idx, co
 	if (slot->dev_arg != NT_ARG_NONE)
 		a.dev = ctx_arg(ctx, slot->dev_arg, max);
 	return nt_done(nt_handle_typed(ctx, &a, slot));
+}
+
+/* The prefilter first: a rejected packet costs no store (the body's
+ * zeroed arguments and map key, declared in it, are not hoisted above). */
+static __always_inline int btf_entry(unsigned long long *ctx, __u32 slot_idx, const int max,
+				     const int skb, const int dev_last)
+{
+	if (!nt_may_match((struct sk_buff *)ctx[skb], NT_TYPED_SKB))
+		return 0;
+	return btf_body(ctx, slot_idx, max, skb, dev_last);
 }
 
 /* nt_bt_a<max>_s<skb>_<n>: the twin of raw slot nt_a<max>_<n> for a

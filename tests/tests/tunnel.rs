@@ -7,8 +7,11 @@
 //! Topology (each node and pod its own namespace):
 //! `pod1 eth0 -- vp1 [br0 + vx0] node1 u1 == u2 node2 [br0 + vx0] vp2 -- eth0 pod2`;
 //! underlay 10.250.140.1 - .2, pods 10.250.141.1 - .2 on one L2 segment over VXLAN id 1.
+//!
+//! IPv6 pods over the IPv4 underlay: a filter on an inner IPv6 address still selects the
+//! encapsulated hops, whose outer packet is IPv4.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
 use nettrace_tests::*;
@@ -20,6 +23,10 @@ const UNDERLAY: [Ipv4Addr; 2] = [
 const PODS: [Ipv4Addr; 2] = [
     Ipv4Addr::new(10, 250, 141, 1),
     Ipv4Addr::new(10, 250, 141, 2),
+];
+const PODS6: [Ipv6Addr; 2] = [
+    Ipv6Addr::new(0xfd00, 0x250, 0x141, 0, 0, 0, 0, 1),
+    Ipv6Addr::new(0xfd00, 0x250, 0x141, 0, 0, 0, 0, 2),
 ];
 const VNI: u32 = 1;
 const VXLAN_PORT: &str = "8472";
@@ -82,6 +89,15 @@ impl Overlay {
             pod.ip(&["link", "set", "eth0", "up"]);
         }
         o
+    }
+
+    /// Gives each pod's `eth0` its IPv6 address too (the underlay stays IPv4).
+    fn with_ipv6(self) -> Overlay {
+        for (pod, addr) in self.pods.iter().zip(PODS6) {
+            pod.sysctl("net.ipv6.conf.eth0.disable_ipv6", "0");
+            pod.ip(&["addr", "add", &format!("{addr}/64"), "dev", "eth0", "nodad"]);
+        }
+        self
     }
 }
 
@@ -171,4 +187,31 @@ fn a_ping_over_vxlan_is_one_block_with_the_encapsulated_hops() {
             outer.describe()
         );
     }
+}
+
+#[test]
+fn an_inner_ipv6_address_selects_the_hops_of_its_ipv4_overlay() {
+    preflight();
+    let o = Overlay::new().with_ipv6();
+    let [n1, n2] = &o.nodes;
+    let p1 = &o.pods[0];
+    // The outer packet is IPv4: only its inner packet can match an IPv6 address.
+    let nt = Nettrace::spawn(&["--detail", "-p", "icmp6", "--addr", &PODS6[1].to_string()]);
+    ping(p1, PODS6[1], 1);
+    let request = icmp6_request(PODS6[0], PODS6[1], 1);
+    let reply = icmp6_reply(PODS6[1], PODS6[0], 1);
+    let enc_request = format!("{}{request}", vxlan_prefix(0));
+    let enc_reply = format!("{}{reply}", vxlan_prefix(1));
+    let fin = nt.stop_when(Duration::from_secs(15), |l| {
+        l.iter().any(|x| x.ends_with(&enc_reply))
+    });
+    assert_subsequence_steps(
+        &fin.stdout_lines,
+        &[
+            Step::exact("net_dev_queue", &enc_request).iface(n1.iface_label("u1")),
+            Step::exact("netif_receive_skb", &enc_request).iface(n2.iface_label("u2")),
+            Step::exact("net_dev_queue", &enc_reply).iface(n2.iface_label("u2")),
+            Step::exact("netif_receive_skb", &enc_reply).iface(n1.iface_label("u1")),
+        ],
+    );
 }
