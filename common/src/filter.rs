@@ -29,6 +29,8 @@ pub const FL_FOLLOW: u32 = 0x40;
 pub const FL_CT: u32 = 0x80;
 /// Filter flag: copy the first `snaplen` bytes of matched packets (`--pcap`).
 pub const FL_BYTES: u32 = 0x100;
+/// Filter flag: a port filter (`sport`, `dport` or `port`) is set.
+pub const FL_PORTS: u32 = 0x200;
 
 const PROTO_NAMES: &str = "ip, ipv4, ip6, ipv6, arp, tcp, udp, icmp, icmp6, icmpv6, sctp";
 
@@ -305,6 +307,9 @@ impl Filter {
         }
         if self.conntrack {
             flags |= FL_CT;
+        }
+        if self.has_ports() {
+            flags |= FL_PORTS;
         }
         if let Some(n) = self.snaplen {
             flags |= FL_BYTES;
@@ -610,7 +615,7 @@ mod tests {
         want[48..52].copy_from_slice(&4_026_531_840u32.to_le_bytes());
         want[52..56].copy_from_slice(&2u32.to_le_bytes());
         want[56..60].copy_from_slice(&77u32.to_le_bytes());
-        want[60..64].copy_from_slice(&(FL_SADDR | FL_ADDR | FL_SKB_MODE).to_le_bytes());
+        want[60..64].copy_from_slice(&(FL_SADDR | FL_ADDR | FL_SKB_MODE | FL_PORTS).to_le_bytes());
         want[66..68].copy_from_slice(&[0x34, 0x12]);
         want[70..72].copy_from_slice(&8080u16.to_le_bytes());
         want[72] = 6;

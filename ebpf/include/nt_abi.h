@@ -175,6 +175,7 @@ enum nt_filter_flags {
 	NT_FL_FOLLOW = 0x40,  /* an skb that matched is followed out of the scope */
 	NT_FL_CT = 0x80,      /* --detail: read the conntrack entry of matched skbs (skb->_nfct) */
 	NT_FL_BYTES = 0x100,  /* --pcap: copy up to snaplen bytes of matched packets (struct nt_bytes) */
+	NT_FL_PORTS = 0x200,  /* sport, dport or port is set (one register test on the reject path) */
 };
 
 /* The packet filter, written once into .rodata before loading. */

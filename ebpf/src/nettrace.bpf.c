@@ -342,7 +342,7 @@ static __always_inline int tunnel_port(__u16 dport)
 
 static __always_inline int has_port_filter(void)
 {
-	return CFG.sport || CFG.dport || CFG.port;
+	return CFG.flags & NT_FL_PORTS;
 }
 
 /*

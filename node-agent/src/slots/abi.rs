@@ -838,6 +838,7 @@ fn filter_matches_the_object() {
             ("NT_FL_FOLLOW", filter::FL_FOLLOW.into()),
             ("NT_FL_CT", filter::FL_CT.into()),
             ("NT_FL_BYTES", filter::FL_BYTES.into()),
+            ("NT_FL_PORTS", filter::FL_PORTS.into()),
         ],
         &[],
     ));
@@ -898,7 +899,7 @@ fn an_encoded_filter_reads_back_by_the_object_layout() {
         (
             "flags",
             [
-                "SADDR", "DADDR", "ADDR", "SKB_MODE", "SCOPE", "FOLLOW", "CT", "BYTES",
+                "SADDR", "DADDR", "ADDR", "SKB_MODE", "SCOPE", "FOLLOW", "CT", "BYTES", "PORTS",
             ]
             .iter()
             .map(|f| flag(&format!("NT_FL_{f}")))
