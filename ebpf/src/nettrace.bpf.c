@@ -821,7 +821,9 @@ static __always_inline int ports_may_match(__u8 l4, unsigned char *l4h)
 	return l4 == IPPROTO_UDP && tunnel_port(dport);
 }
 
-/* An IPv6 address of the filter against one in a header, word by word. */
+/* An IPv6 address of the filter against one in a header, word by word (the
+ * header is a BTF-typed view, read by its 32-bit words; addr_eq compares
+ * copies 64 bits at a time). */
 static __always_inline int addr6_eq(const __u8 *want, const __be32 *have)
 {
 	const __u32 *w = (const __u32 *)want;
@@ -906,11 +908,7 @@ static __always_inline int nt_may_match(struct sk_buff *skb, const int typed)
 	if (!NT_CAST() || !(CFG.l3_proto || CFG.l4_proto || has_port_filter() ||
 			    (fl & (NT_FL_SADDR | NT_FL_DADDR | NT_FL_ADDR))))
 		return 1;
-	m.nh = skb->network_header;
-	m.mac = skb->mac_header;
-	m.head = skb->head;
-	m.data = skb->data;
-	m.no_l2 = no_l2_header(skb, &m, 1);
+	read_meta(skb, &m, 1);
 	l3 = l3_of(&m);
 	ih = nt_rdonly_cast(l3, bpf_core_type_id_kernel(struct iphdr___nt));
 	/* Without a protocol the body trusts the version; a header that is not
