@@ -1,6 +1,8 @@
 //! Network namespaces (RAII) and the small topologies the tests run traffic through.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4};
+
+use crate::traffic::{tcp_exchange_via, TcpExchange};
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::process::{Command, Output};
@@ -12,6 +14,11 @@ static REAP: Once = Once::new();
 
 /// Name prefix of every namespace the harness creates.
 pub const PREFIX: &str = "ntt-";
+
+/// The port at the VIP that [`Topology::add_port_dnat`]'s rule matches.
+pub const VIP_PORT: u16 = 80;
+/// The port on B that rule rewrites [`VIP_PORT`] to.
+pub const B_PORT: u16 = 8080;
 
 /// Runs a command, panicking with its output if it cannot start or fails.
 pub fn run_ok(program: &str, args: &[&str]) -> Output {
@@ -384,46 +391,37 @@ impl Topology {
     /// Conntrack un-NATs the replies. `vip` must be routed towards the router by A
     /// (any address off A's subnet is, through A's default route).
     pub fn add_dnat(&self, vip: Ipv4Addr, target: Ipv4Addr) {
-        assert_eq!(self.kind, Kind::Routed, "add_dnat needs a routed topology");
-        let vip = vip.to_string();
-        let target = target.to_string();
-        self.mid.iptables(&[
-            "-t",
-            "nat",
-            "-A",
-            "PREROUTING",
-            "-d",
-            &vip,
-            "-j",
-            "DNAT",
-            "--to-destination",
-            &target,
-        ]);
+        self.dnat(vip, &[], &target.to_string());
     }
 
-    /// R: TCP to `vip:vport` goes to B:`bport`, a DNAT that rewrites the port too.
-    pub fn add_port_dnat(&self, vip: Ipv4Addr, vport: u16, bport: u16) {
-        assert_eq!(
-            self.kind,
-            Kind::Routed,
-            "add_port_dnat needs a routed topology"
-        );
-        self.mid.iptables(&[
-            "-t",
-            "nat",
-            "-A",
-            "PREROUTING",
-            "-d",
-            &vip.to_string(),
-            "-p",
-            "tcp",
-            "--dport",
-            &vport.to_string(),
-            "-j",
-            "DNAT",
-            "--to-destination",
-            &format!("{}:{bport}", self.b_addr),
-        ]);
+    /// Routed only: R turns TCP to `vip`:[`VIP_PORT`] into B:[`B_PORT`], a DNAT that
+    /// rewrites the port too (see [`Topology::vip_exchange`]).
+    pub fn add_port_dnat(&self, vip: Ipv4Addr) {
+        let vport = VIP_PORT.to_string();
+        let to = format!("{}:{B_PORT}", self.b_addr);
+        self.dnat(vip, &["-p", "tcp", "--dport", &vport], &to);
+    }
+
+    /// One TCP exchange from A's `client_port` to `vip`:[`VIP_PORT`], which the rule of
+    /// [`Topology::add_port_dnat`] turns into B:[`B_PORT`].
+    pub fn vip_exchange(&self, vip: Ipv4Addr, client_port: u16) -> TcpExchange {
+        tcp_exchange_via(
+            &self.a,
+            &self.b,
+            SocketAddrV4::new(self.b_addr, B_PORT),
+            SocketAddrV4::new(vip, VIP_PORT),
+            client_port,
+        )
+    }
+
+    /// `-t nat -A PREROUTING -d VIP [matches] -j DNAT --to-destination TO` in the router.
+    fn dnat(&self, vip: Ipv4Addr, matches: &[&str], to: &str) {
+        assert_eq!(self.kind, Kind::Routed, "DNAT needs a routed topology");
+        let vip = vip.to_string();
+        let mut args = vec!["-t", "nat", "-A", "PREROUTING", "-d", &vip];
+        args.extend_from_slice(matches);
+        args.extend(["-j", "DNAT", "--to-destination", to]);
+        self.mid.iptables(&args);
     }
 
     /// `ifindex:name` of A's interface, as `--detail` prints it.

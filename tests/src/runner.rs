@@ -1,6 +1,7 @@
 //! Running the `nettrace` binary: spawn, wait for `begin tracing`, stop with a signal.
 
 use std::io::{BufRead, BufReader, Read};
+use std::net::Ipv4Addr;
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
@@ -153,6 +154,15 @@ impl Nettrace {
     /// Panics with everything collected if it exits first or times out.
     pub fn spawn(args: &[&str]) -> Nettrace {
         Nettrace::wait_ready(Nettrace::start(args))
+    }
+
+    /// [`Nettrace::spawn`] of `-p tcp --addr CLIENT --port CLIENT_PORT` and `extra`: the
+    /// packets of one TCP connection, both ways, whatever NAT does to the server's side.
+    pub fn spawn_tcp_client(client: Ipv4Addr, client_port: u16, extra: &[&str]) -> Nettrace {
+        let (client, port) = (client.to_string(), client_port.to_string());
+        let mut args = vec!["-p", "tcp", "--addr", &client, "--port", &port];
+        args.extend_from_slice(extra);
+        Nettrace::spawn(&args)
     }
 
     /// [`Nettrace::spawn`] of another binary (used by the harness self-tests).

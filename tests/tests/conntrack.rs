@@ -6,7 +6,7 @@
 //! reply direction; a kernel stack (`--stack-tracer`) still reads right after the entry.
 //! Without `--detail` no event carries one.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use nettrace_tests::*;
@@ -20,22 +20,6 @@ const WAIT: Duration = Duration::from_secs(10);
 /// How a conntrack line starts (indented like `return value:` lines).
 const CT: &str = "                ct: ";
 
-/// R: TCP to VIP:80 goes to B:8080.
-fn dnat_port(t: &Topology) {
-    t.add_port_dnat(VIP, 80, 8080);
-}
-
-/// A TCP exchange from A's `client_port` to VIP:80, which R turns into B:8080.
-fn exchange(t: &Topology, client_port: u16) -> TcpExchange {
-    tcp_exchange_via(
-        &t.a,
-        &t.b,
-        SocketAddrV4::new(t.b_addr, 8080),
-        SocketAddrV4::new(VIP, 80),
-        client_port,
-    )
-}
-
 /// A `ct:` line split into its state, its status bits and the rest (the tuples).
 fn split_ct(line: &str) -> Option<(&str, Vec<&str>, &str)> {
     let rest = line.strip_prefix(CT)?;
@@ -45,6 +29,19 @@ fn split_ct(line: &str) -> Option<(&str, Vec<&str>, &str)> {
     }
     let (status, tuples) = rest.split_once(", ").unwrap_or((rest, ""));
     Some((state, status.split(' ').collect(), tuples))
+}
+
+/// The `ct:` line under event `e` (`what` names it), and its parts as [`split_ct`] gives
+/// them; panics when there is none or it does not parse.
+fn ct_under<'a>(
+    what: &str,
+    (e, ct): &'a (Event, Option<String>),
+    fin: &Finished,
+) -> (&'a str, (&'a str, Vec<&'a str>, &'a str)) {
+    let line = ct
+        .as_deref()
+        .unwrap_or_else(|| panic!("no ct line under {what}: {}\n{}", e.raw, fin.describe()));
+    (line, split_ct(line).unwrap_or_else(|| panic!("{line}")))
 }
 
 /// The tracers that see a packet leave R: after its conntrack hooks, before the veth
@@ -73,25 +70,23 @@ fn events_with_ct(block: &Block) -> Vec<(Event, Option<String>)> {
 fn detail_shows_the_conntrack_entry_of_a_dnat() {
     preflight();
     let t = Topology::routed(SUBNET);
-    dnat_port(&t);
+    t.add_port_dnat(VIP);
     let (a, b) = (t.a_addr, t.b_addr);
     let client_port = 40321;
     let (r_a, r_b) = (t.mid_a_label(), t.mid_b_label());
 
-    let nt = Nettrace::spawn(&[
-        "-p",
-        "tcp",
-        "--addr",
-        &a.to_string(),
-        "--port",
-        &client_port.to_string(),
-        "--timeline",
-        "--detail",
-        "-v",
-        "--stack-tracer",
-        "net_dev_start_xmit",
-    ]);
-    exchange(&t, client_port);
+    let nt = Nettrace::spawn_tcp_client(
+        a,
+        client_port,
+        &[
+            "--timeline",
+            "--detail",
+            "-v",
+            "--stack-tracer",
+            "net_dev_start_xmit",
+        ],
+    );
+    t.vip_exchange(VIP, client_port);
     let tuples =
         format!("orig tcp {a}:{client_port} -> {VIP}:80, reply {b}:8080 -> {a}:{client_port}");
     // The exchange is over: the SYN's block and one of B's replies mean the trace saw it
@@ -127,14 +122,7 @@ fn detail_shows_the_conntrack_entry_of_a_dnat() {
                 && e.summary.ends_with("flags: S")
         })
         .unwrap_or_else(|| panic!("no SYN on R's B leg\n{}", fin.describe()));
-    let line = syn.1.as_deref().unwrap_or_else(|| {
-        panic!(
-            "no ct line under the SYN on R: {}\n{}",
-            syn.0.raw,
-            fin.describe()
-        )
-    });
-    let (state, status, rest) = split_ct(line).unwrap_or_else(|| panic!("{line}"));
+    let (line, (state, status, rest)) = ct_under("the SYN on R", syn, &fin);
     assert_eq!(state, "new", "{line}");
     assert!(
         status.contains(&"dnat") && status.contains(&"confirmed"),
@@ -184,11 +172,9 @@ fn detail_shows_the_conntrack_entry_of_a_dnat() {
         })
         .collect::<Vec<_>>();
     assert!(!later.is_empty(), "{}", fin.describe());
-    for (e, ct) in &later {
-        let line = ct
-            .as_deref()
-            .unwrap_or_else(|| panic!("no ct line under {}\n{}", e.raw, fin.describe()));
-        let (state, status, rest) = split_ct(line).unwrap_or_else(|| panic!("{line}"));
+    for ev in &later {
+        let (line, (state, status, rest)) = ct_under("a later packet", ev, &fin);
+        let e = &ev.0;
         assert_eq!(state, "established", "{}\n{line}", e.raw);
         assert!(
             status.contains(&"dnat") && status.contains(&"seen-reply"),
@@ -205,11 +191,9 @@ fn detail_shows_the_conntrack_entry_of_a_dnat() {
         })
         .collect::<Vec<_>>();
     assert!(!replies.is_empty(), "{}", fin.describe());
-    for (e, ct) in &replies {
-        let line = ct
-            .as_deref()
-            .unwrap_or_else(|| panic!("no ct line under {}\n{}", e.raw, fin.describe()));
-        let (state, status, rest) = split_ct(line).unwrap_or_else(|| panic!("{line}"));
+    for ev in &replies {
+        let (line, (state, status, rest)) = ct_under("a reply", ev, &fin);
+        let e = &ev.0;
         assert_eq!(state, "established-reply", "{}\n{line}", e.raw);
         assert!(status.contains(&"dnat"), "{line}");
         assert_eq!(rest, tuples, "{line}");
@@ -225,19 +209,8 @@ fn detail_shows_the_conntrack_entry_of_a_dnat() {
 
     // JSON: the same entry as the event's `ct` object, on the first event after the DNAT.
     let port = client_port + 1;
-    let nt = Nettrace::spawn(&[
-        "-p",
-        "tcp",
-        "--addr",
-        &a.to_string(),
-        "--port",
-        &port.to_string(),
-        "--timeline",
-        "--detail",
-        "-o",
-        "json",
-    ]);
-    exchange(&t, port);
+    let nt = Nettrace::spawn_tcp_client(a, port, &["--timeline", "--detail", "-o", "json"]);
+    t.vip_exchange(VIP, port);
     let fin = nt.stop_when(WAIT, |l| l.iter().any(|x| x.contains(r#""kind":"dnat""#)));
     fin.assert_success();
     let timelines: Vec<Value> = parse_json_lines(&fin.stdout_lines)
@@ -278,17 +251,8 @@ fn detail_shows_the_conntrack_entry_of_a_dnat() {
 
     // Without --detail nothing is read.
     let port = client_port + 2;
-    let nt = Nettrace::spawn(&[
-        "-p",
-        "tcp",
-        "--addr",
-        &a.to_string(),
-        "--port",
-        &port.to_string(),
-        "-o",
-        "json",
-    ]);
-    exchange(&t, port);
+    let nt = Nettrace::spawn_tcp_client(a, port, &["-o", "json"]);
+    t.vip_exchange(VIP, port);
     let to_b = format!(r#""daddr":"{b}""#);
     let fin = nt.stop_when(WAIT, |l| l.iter().any(|x| x.contains(&to_b)));
     fin.assert_success();

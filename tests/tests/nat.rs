@@ -3,7 +3,7 @@
 //! first after it names both endpoints; the SYN-ACK's block names the reverse rewrite; in
 //! JSON the timeline object carries the same as `nat`.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use nettrace_tests::*;
@@ -14,40 +14,16 @@ const SUBNET: u8 = 56;
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 250, 58, 100);
 const WAIT: Duration = Duration::from_secs(10);
 
-/// R: TCP to VIP:80 goes to B:8080.
-fn dnat_port(t: &Topology) {
-    t.add_port_dnat(VIP, 80, 8080);
-}
-
-/// A TCP exchange from A's `client_port` to VIP:80, which R turns into B:8080.
-fn exchange(t: &Topology, client_port: u16) -> TcpExchange {
-    tcp_exchange_via(
-        &t.a,
-        &t.b,
-        SocketAddrV4::new(t.b_addr, 8080),
-        SocketAddrV4::new(VIP, 80),
-        client_port,
-    )
-}
-
 #[test]
 fn a_dnat_is_a_nat_line_between_the_events_before_and_after_it() {
     preflight();
     let t = Topology::routed(SUBNET);
-    dnat_port(&t);
+    t.add_port_dnat(VIP);
     let (a, b) = (t.a_addr, t.b_addr);
     let client_port = 40123;
 
-    let nt = Nettrace::spawn(&[
-        "-p",
-        "tcp",
-        "--addr",
-        &a.to_string(),
-        "--port",
-        &client_port.to_string(),
-        "--timeline",
-    ]);
-    let x = exchange(&t, client_port);
+    let nt = Nettrace::spawn_tcp_client(a, client_port, &["--timeline"]);
+    let x = t.vip_exchange(VIP, client_port);
     assert_eq!(x.client.ip(), &a);
     let dnat = format!("                NAT  {VIP}:80 -> {b}:8080 (DNAT)");
     let undo = format!("                NAT  {b}:8080 -> {VIP}:80 (SNAT)");
@@ -100,18 +76,8 @@ fn a_dnat_is_a_nat_line_between_the_events_before_and_after_it() {
     );
 
     // JSON: the same change as a "nat" member, at the first event after it.
-    let nt = Nettrace::spawn(&[
-        "-p",
-        "tcp",
-        "--addr",
-        &a.to_string(),
-        "--port",
-        &(client_port + 1).to_string(),
-        "--timeline",
-        "-o",
-        "json",
-    ]);
-    exchange(&t, client_port + 1);
+    let nt = Nettrace::spawn_tcp_client(a, client_port + 1, &["--timeline", "-o", "json"]);
+    t.vip_exchange(VIP, client_port + 1);
     let fin = nt.stop_when(WAIT, |l| l.iter().any(|x| x.contains(r#""kind":"dnat""#)));
     fin.assert_success();
     let timelines: Vec<serde_json::Value> = parse_json_lines(&fin.stdout_lines)

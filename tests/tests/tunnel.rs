@@ -91,6 +91,19 @@ impl Overlay {
         o
     }
 
+    /// The encapsulated hops of a ping from pod 1 to pod 2 and its reply, in order: the
+    /// request leaving node 1's underlay device and arriving on node 2's, then the reply
+    /// the way back (`enc_*`: the lines' summaries).
+    fn underlay_hops(&self, enc_request: &str, enc_reply: &str) -> [Step; 4] {
+        let [n1, n2] = &self.nodes;
+        [
+            Step::exact("net_dev_queue", enc_request).iface(n1.iface_label("u1")),
+            Step::exact("netif_receive_skb", enc_request).iface(n2.iface_label("u2")),
+            Step::exact("net_dev_queue", enc_reply).iface(n2.iface_label("u2")),
+            Step::exact("netif_receive_skb", enc_reply).iface(n1.iface_label("u1")),
+        ]
+    }
+
     /// Gives each pod's `eth0` its IPv6 address too (the underlay stays IPv4).
     fn with_ipv6(self) -> Overlay {
         for (pod, addr) in self.pods.iter().zip(PODS6) {
@@ -172,12 +185,7 @@ fn a_ping_over_vxlan_is_one_block_with_the_encapsulated_hops() {
     // By the outer packet: the encapsulated hops, and nothing else of the ping.
     assert_subsequence_steps(
         &outer.stdout_lines,
-        &[
-            Step::exact("net_dev_queue", &enc_request).iface(n1.iface_label("u1")),
-            Step::exact("netif_receive_skb", &enc_request).iface(n2.iface_label("u2")),
-            Step::exact("net_dev_queue", &enc_reply).iface(n2.iface_label("u2")),
-            Step::exact("netif_receive_skb", &enc_reply).iface(n1.iface_label("u1")),
-        ],
+        &o.underlay_hops(&enc_request, &enc_reply),
     );
     for ev in find_events(&outer.stdout_lines) {
         assert!(
@@ -193,7 +201,6 @@ fn a_ping_over_vxlan_is_one_block_with_the_encapsulated_hops() {
 fn an_inner_ipv6_address_selects_the_hops_of_its_ipv4_overlay() {
     preflight();
     let o = Overlay::new().with_ipv6();
-    let [n1, n2] = &o.nodes;
     let p1 = &o.pods[0];
     // The outer packet is IPv4: only its inner packet can match an IPv6 address.
     let nt = Nettrace::spawn(&["--detail", "-p", "icmp6", "--addr", &PODS6[1].to_string()]);
@@ -207,11 +214,6 @@ fn an_inner_ipv6_address_selects_the_hops_of_its_ipv4_overlay() {
     });
     assert_subsequence_steps(
         &fin.stdout_lines,
-        &[
-            Step::exact("net_dev_queue", &enc_request).iface(n1.iface_label("u1")),
-            Step::exact("netif_receive_skb", &enc_request).iface(n2.iface_label("u2")),
-            Step::exact("net_dev_queue", &enc_reply).iface(n2.iface_label("u2")),
-            Step::exact("netif_receive_skb", &enc_reply).iface(n1.iface_label("u1")),
-        ],
+        &o.underlay_hops(&enc_request, &enc_reply),
     );
 }
