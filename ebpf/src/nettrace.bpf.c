@@ -241,7 +241,8 @@ static __always_inline int kernel_ptr(const void *p)
 
 struct nt_meta {
 	unsigned char *head;
-	unsigned char *data;
+	unsigned char *data; /* copied ones only: see meta_data */
+	struct sk_buff *typed_skb; /* the skb, when typed; else 0 */
 	__u16 proto; /* host order */
 	__u16 nh;
 	__u16 mac;
@@ -296,6 +297,7 @@ static __always_inline int read_meta_raw(struct sk_buff *skb, struct nt_meta *m)
 		m->mac = (__u16)(buf[(o_mac - base) / 8] >> ((o_mac & 7) * 8));
 		m->head = (unsigned char *)buf[(o_head - base) / 8];
 		m->data = (unsigned char *)buf[(o_data - base) / 8];
+		m->typed_skb = 0;
 		m->no_l2 = no_l2_header(skb, m, 0);
 		return 0;
 	}
@@ -304,6 +306,7 @@ static __always_inline int read_meta_raw(struct sk_buff *skb, struct nt_meta *m)
 	m->mac = BPF_CORE_READ(skb, mac_header);
 	m->head = BPF_CORE_READ(skb, head);
 	m->data = BPF_CORE_READ(skb, data);
+	m->typed_skb = 0;
 	m->no_l2 = no_l2_header(skb, m, 0);
 	return 0;
 }
@@ -316,9 +319,20 @@ static __always_inline int read_meta(struct sk_buff *skb, struct nt_meta *m, con
 	m->nh = skb->network_header;
 	m->mac = skb->mac_header;
 	m->head = skb->head;
-	m->data = skb->data;
+	m->data = 0;
+	m->typed_skb = skb;
 	m->no_l2 = no_l2_header(skb, m, 1);
 	return 0;
+}
+
+/*
+ * skb->data. A typed skb's is loaded only where it is used: the network or
+ * MAC header locates almost every packet, and a rejected packet then costs
+ * one load less. (A copy holds it already.)
+ */
+static __always_inline unsigned char *meta_data(const struct nt_meta *m)
+{
+	return m->typed_skb ? m->typed_skb->data : m->data;
 }
 
 /* Verdicts of the packet parser. */
@@ -559,7 +573,7 @@ static __always_inline unsigned char *l3_of(const struct nt_meta *m)
 		return m->head + m->nh;
 	if (m->mac != NO_OFFSET)
 		return m->head + m->mac + ETH_HLEN;
-	return m->data;
+	return meta_data(m);
 }
 
 /* An IPv4 address pair against the address filter, before p is filled. */
@@ -877,16 +891,45 @@ static __always_inline int ip6_may_match(unsigned char *l3)
 }
 
 /*
+ * The device and namespace filters (--ifname, --netns) before the body, on
+ * the device read_where would name: the hook's own device argument (dev_arg;
+ * typed when typed has NT_TYPED_DEV), else skb->dev; loaded directly (the
+ * caller checked that the skb can be). 1 when the body must decide: an skb
+ * that is followed may be anywhere, and one without a device is placed by
+ * its socket.
+ */
+static __always_inline int where_may_match(struct sk_buff *skb, __u64 dev_arg, const int typed)
+{
+	struct net_device *dev;
+
+	if (!(CFG.netns || CFG.ifindex) || (CFG.flags & NT_FL_REMEMBER))
+		return 1;
+	if (dev_arg) {
+		dev = (struct net_device *)dev_arg;
+		if (!(typed & NT_TYPED_DEV))
+			dev = nt_rdonly_cast(dev, bpf_core_type_id_kernel(struct net_device));
+	} else {
+		dev = skb->dev;
+		if (!kernel_ptr(dev))
+			return 1;
+	}
+	if (CFG.ifindex && CFG.ifindex != dev->ifindex)
+		return 0;
+	return !CFG.netns || CFG.netns == dev->nd_net.net->ns.inum;
+}
+
+/*
  * The packet filter's first rejections, inlined in every entry program
- * before the shared body is called: the skb's protocol and, for IP, the L4
- * protocol, the addresses and the ports, with direct loads into a few
+ * before the shared body is called: the device and namespace, the skb's
+ * protocol and, for IP, the L4 protocol, the addresses and the ports (dev_arg:
+ * the hook's device argument, 0 if none), with direct loads into a few
  * registers (no copies, no stores, no map lookup). 0: the body would reject
  * the packet too; 1: the body decides. It runs only where loads are direct
  * (typed skbs, or bpf_rdonly_cast) and skb-mode can't lift the filter; the
  * body applies the whole filter again to what passes. It mirrors the body's
  * parse_l3/parse_l4 with check: a tunnel's outer headers never reject.
  */
-static __always_inline int nt_may_match(struct sk_buff *skb, const int typed)
+static __always_inline int nt_may_match(struct sk_buff *skb, __u64 dev_arg, const int typed)
 {
 	const struct iphdr___nt *ih;
 	struct nt_meta m;
@@ -899,6 +942,8 @@ static __always_inline int nt_may_match(struct sk_buff *skb, const int typed)
 		return 1;
 	if (!(typed & NT_TYPED_SKB))
 		skb = nt_rdonly_cast(skb, bpf_core_type_id_kernel(struct sk_buff));
+	if (!where_may_match(skb, dev_arg, typed))
+		return 0;
 	proto = bpf_ntohs(skb->protocol);
 	if (proto && proto != ETH_P_IP && proto != ETH_P_IPV6)
 		return l3_may_match(proto);
@@ -1100,7 +1145,7 @@ static __always_inline __u32 read_bytes(struct sk_buff *skb, const int tskb,
 					const struct nt_meta *m, __u32 len, __u8 *b)
 {
 	struct nt_bytes *h = (struct nt_bytes *)b;
-	unsigned char *l3 = l3_of(m), *start = l3, *end;
+	unsigned char *l3 = l3_of(m), *start = l3, *end, *data = meta_data(m);
 	__u32 data_len = NT_RD(tskb, skb, data_len), cap;
 	long total;
 	__u8 link = NT_LINK_RAW_IP;
@@ -1112,10 +1157,10 @@ static __always_inline __u32 read_bytes(struct sk_buff *skb, const int tskb,
 	if (data_len > len)
 		return 0;
 	/* skb->len counts from skb->data, which may lie before or after start */
-	end = m->data + (len - data_len);
+	end = data + (len - data_len);
 	if (end <= start)
 		return 0;
-	total = (long)len + (m->data - start);
+	total = (long)len + (data - start);
 	cap = end - start;
 	if (cap > CFG.snaplen)
 		cap = CFG.snaplen;
@@ -1440,12 +1485,12 @@ static __always_inline int rtp_entry(struct bpf_raw_tracepoint_args *ctx, __u32 
 	if (!slot)
 		return 0;
 	a.skb = rtp_arg(ctx, slot->skb_arg, max);
-	if (!nt_may_match((struct sk_buff *)a.skb, 0))
+	if (slot->dev_arg != NT_ARG_NONE)
+		a.dev = rtp_arg(ctx, slot->dev_arg, max);
+	if (!nt_may_match((struct sk_buff *)a.skb, a.dev, 0))
 		return 0;
 	if (slot->sk_arg != NT_ARG_NONE)
 		a.sk = rtp_arg(ctx, slot->sk_arg, max);
-	if (slot->dev_arg != NT_ARG_NONE)
-		a.dev = rtp_arg(ctx, slot->dev_arg, max);
 	return nt_done(nt_handle(ctx, &a, slot));
 }
 
@@ -1458,7 +1503,7 @@ static __always_inline int rtp_drop_entry(struct bpf_raw_tracepoint_args *ctx, _
 		.reason = ctx->args[2],
 	};
 
-	if (!nt_may_match((struct sk_buff *)a.skb, 0))
+	if (!nt_may_match((struct sk_buff *)a.skb, 0, 0))
 		return 0;
 	return nt_done(nt_handle(ctx, &a, bpf_map_lookup_elem(&nt_slots, &slot_idx)));
 }
@@ -1547,7 +1592,8 @@ static __always_inline int btf_body(unsigned long long *ctx, __u32 slot_idx, con
 static __always_inline int btf_entry(unsigned long long *ctx, __u32 slot_idx, const int max,
 				     const int skb, const int dev_last)
 {
-	if (!nt_may_match((struct sk_buff *)ctx[skb], NT_TYPED_SKB))
+	if (!nt_may_match((struct sk_buff *)ctx[skb], dev_last ? ctx[max] : 0,
+			  NT_TYPED_SKB | (dev_last ? NT_TYPED_DEV : 0)))
 		return 0;
 	return btf_body(ctx, slot_idx, max, skb, dev_last);
 }
@@ -1579,7 +1625,7 @@ static __always_inline int btf_entry(unsigned long long *ctx, __u32 slot_idx, co
 			.location = ctx[1],                                      \
 			.reason = ctx[2],                                        \
 		};                                                               \
-		if (!nt_may_match((struct sk_buff *)ctx[0], NT_TYPED_SKB))     \
+		if (!nt_may_match((struct sk_buff *)ctx[0], 0, NT_TYPED_SKB))  \
 			return 0;                                                \
 		return nt_done(nt_handle_typed(ctx, &a, bpf_map_lookup_elem(&nt_slots, &i))); \
 	}
@@ -1638,7 +1684,7 @@ static __always_inline int kp_body(struct pt_regs *ctx, __u64 skb)
 
 static __always_inline int kp_entry(struct pt_regs *ctx, __u64 skb)
 {
-	if (!nt_may_match((struct sk_buff *)skb, 0))
+	if (!nt_may_match((struct sk_buff *)skb, 0, 0))
 		return 0;
 	return kp_body(ctx, skb);
 }
@@ -1703,7 +1749,7 @@ static __always_inline int fentry_entry(unsigned long long *ctx, __u32 slot_idx,
 	SEC("fentry")                                                            \
 	int nt_fe_a##arg##_##n(unsigned long long *ctx)                          \
 	{                                                                        \
-		if (!nt_may_match((struct sk_buff *)ctx[arg], NT_TYPED_SKB))   \
+		if (!nt_may_match((struct sk_buff *)ctx[arg], 0, NT_TYPED_SKB)) \
 			return 0;                                                \
 		return fentry_entry(ctx, NT_SLOT_BASE_FE##arg + n, ctx[arg]);  \
 	}
