@@ -919,31 +919,19 @@ static __always_inline int where_may_match(struct sk_buff *skb, __u64 dev_arg, c
 }
 
 /*
- * The packet filter's first rejections, inlined in every entry program
- * before the shared body is called: the device and namespace, the skb's
- * protocol and, for IP, the L4 protocol, the addresses and the ports (dev_arg:
- * the hook's device argument, 0 if none), with direct loads into a few
- * registers (no copies, no stores, no map lookup). 0: the body would reject
- * the packet too; 1: the body decides. It runs only where loads are direct
- * (typed skbs, or bpf_rdonly_cast) and skb-mode can't lift the filter; the
- * body applies the whole filter again to what passes. It mirrors the body's
- * parse_l3/parse_l4 with check: a tunnel's outer headers never reject.
+ * The packet filter's first rejections (see nt_may_match) on a skb whose
+ * fields can be loaded directly: its protocol and, for IP, the L4 protocol,
+ * the addresses and the ports. It mirrors the body's parse_l3/parse_l4 with
+ * check: a tunnel's outer headers never reject.
  */
-static __always_inline int nt_may_match(struct sk_buff *skb, __u64 dev_arg, const int typed)
+static __always_inline int pkt_may_match(struct sk_buff *skb)
 {
 	const struct iphdr___nt *ih;
 	struct nt_meta m;
 	unsigned char *l3;
-	__u32 fl = CFG.flags;
 	__u16 proto;
 	__u8 ver;
 
-	if (!skb || !NT_SKB_TYPED(typed) || (fl & NT_FL_SKB_MODE))
-		return 1;
-	if (!(typed & NT_TYPED_SKB))
-		skb = nt_rdonly_cast(skb, bpf_core_type_id_kernel(struct sk_buff));
-	if (!where_may_match(skb, dev_arg, typed))
-		return 0;
 	proto = bpf_ntohs(skb->protocol);
 	if (proto && proto != ETH_P_IP && proto != ETH_P_IPV6)
 		return l3_may_match(proto);
@@ -951,7 +939,7 @@ static __always_inline int nt_may_match(struct sk_buff *skb, __u64 dev_arg, cons
 	 * tunnel's inner packet may match where the outer can't. Unless the
 	 * filter has nothing to check there, or they can't be loaded directly. */
 	if (!NT_CAST() || !(CFG.l3_proto || CFG.l4_proto || has_port_filter() ||
-			    (fl & (NT_FL_SADDR | NT_FL_DADDR | NT_FL_ADDR))))
+			    (CFG.flags & (NT_FL_SADDR | NT_FL_DADDR | NT_FL_ADDR))))
 		return 1;
 	read_meta(skb, &m, 1);
 	l3 = l3_of(&m);
@@ -964,6 +952,25 @@ static __always_inline int nt_may_match(struct sk_buff *skb, __u64 dev_arg, cons
 	if (ver == 6 && proto != ETH_P_IP)
 		return ip6_may_match(l3);
 	return 1;
+}
+
+/*
+ * The filter's first rejections, inlined in every entry program before the
+ * shared body is called, with direct loads into a few registers (no copies,
+ * no stores, no map lookup): the packet, then where it is (dev_arg: the
+ * hook's device argument, 0 if none). 0: the body would reject the packet
+ * too; 1: the body decides. It runs only where loads are direct (typed skbs,
+ * or bpf_rdonly_cast) and skb-mode can't lift the filter; the body applies
+ * the whole filter again to what passes.
+ */
+static __always_inline int nt_may_match(struct sk_buff *skb, __u64 dev_arg, const int typed)
+{
+	if (!skb || !NT_SKB_TYPED(typed) || (CFG.flags & NT_FL_SKB_MODE))
+		return 1;
+	if (!(typed & NT_TYPED_SKB))
+		skb = nt_rdonly_cast(skb, bpf_core_type_id_kernel(struct sk_buff));
+	/* The packet first: where a packet filter is set, most hits end there. */
+	return pkt_may_match(skb) && where_may_match(skb, dev_arg, typed);
 }
 
 /* Where a packet is: the hook's device (or skb->dev), its namespace. */
