@@ -214,19 +214,16 @@ for be in backends:
     r = ratio(be, "nettrace-nonmatch")
     ok = "n/a" if r is None else ("yes" if r <= 2 else "no")
     verdicts[be] = (r, ok)
-    if be == "kprobe":
-        L.append(f"| kprobe (plain, one perf event per function) | {f(med(be, 'floor-empty'))} | n/a ¹ | n/a | n/a | n/a ¹ | n/a "
-                 f"| {f(med(be, 'floor-empty', key='hits_per_packet'), '{:.1f}')} / n/a | {first(be, 'floor-empty', 'programs')} / n/a |")
-        continue
-    L.append(f"| {be} | {f(med(be, 'floor-empty'))} | {f(med(be, 'nettrace-nonmatch'))} | {f(r, '{:.2f}')} | {ok} "
+    name = "kprobe (plain, one perf event per function) ¹" if be == "kprobe" else be
+    L.append(f"| {name} | {f(med(be, 'floor-empty'))} | {f(med(be, 'nettrace-nonmatch'))} | {f(r, '{:.2f}')} | {ok} "
              f"| {f(med(be, 'nettrace-match', 'match'))} | {f(ratio(be, 'nettrace-match', st='match'), '{:.1f}')} "
              f"| {f(med(be, 'floor-empty', key='hits_per_packet'), '{:.1f}')} / {f(med(be, 'nettrace-nonmatch', key='hits_per_packet'), '{:.1f}')} "
              f"| {first(be, 'floor-empty', 'programs')} / {first(be, 'nettrace-nonmatch', 'programs')} |")
 L.append("")
-L.append("¹ nettrace has no switch for plain kprobes: `--backend kprobe` attaches core-kernel functions")
-L.append("through kprobe-multi links wherever the kernel has fprobe (6.12 does), so its figures are in the")
-L.append("kprobe-multi row; plain kprobes (what nettrace uses for module functions, and on kernels without")
-L.append("fprobe such as 6.1) are measured for the floor only.")
+L.append("¹ `--backend kprobe` attaches core-kernel functions through kprobe-multi links wherever the")
+L.append("kernel has fprobe (6.12 does): that is the kprobe-multi row. The kprobe row is nettrace with")
+L.append("`--no-kprobe-multi` (one kprobe per function), as it attaches module functions where kprobe-multi")
+L.append("can't, and every function on kernels without fprobe.")
 L.append("")
 L.append("Where the non-matching time goes: in the same loads, more floors beside the empty one, with")
 L.append("nettrace's work before its filter can reject added step by step (`bench-floor --body`): *entry* =")
@@ -237,12 +234,12 @@ L.append("hash keyed by the address, as nettrace's `nt_funcs`), *read* = + one `
 L.append("bytes, *read2* = + a second one of 20 bytes; *cast* = entry and lookup, then, instead of the two")
 L.append("probe reads, direct loads of five fields through `bpf_rdonly_cast` (a kfunc since Linux 6.2: a")
 L.append("pointer cast to `struct sk_buff`, then to `struct iphdr`). Before its filter rejects a packet,")
-L.append("nettrace's kprobe-multi programs now do neither entry nor lookup (the function is looked up only")
+L.append("nettrace's kprobe and kprobe-multi programs do neither entry nor lookup (the function is looked up only")
 L.append("for a packet that matched) and read the skb's fields and the IP header with direct loads through")
 L.append("`bpf_rdonly_cast`; its fentry programs a constant-index lookup, direct loads of the skb's fields")
 L.append("and of the IP header through the cast; both then call their shared body (a BPF-to-BPF call) and")
 L.append("run the filter logic. *--probe-read* = nettrace non-matching with `--probe-read`, in the same")
-L.append("load: the headers copied with `bpf_probe_read_kernel` instead (kprobe-multi: the skb's fields in")
+L.append("load: the headers copied with `bpf_probe_read_kernel` instead (kprobes: the skb's fields in")
 L.append("one 48-byte copy, then the IP header; fentry: the IP header), as on kernels before 6.2. ns per")
 L.append("hit, and × the empty program of the same load (median over rounds):")
 L.append("")
@@ -250,9 +247,6 @@ L.append("| backend | empty | + entry | + lookup | + read | + read2 | cast (inst
 L.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
 for be in backends:
     cells = [cell(be, c) for c in ["floor-empty", "floor-entry", "floor-lookup", "floor-read", "floor-read2", "floor-cast", "nettrace-nonmatch", "nettrace-nonmatch-pr"]]
-    if be == "kprobe":
-        cells[-1] = "n/a ¹"
-        cells[-2] = "n/a ¹"
     L.append(f"| {be} | " + " | ".join(cells) + " |")
 L.append("")
 if med("kprobe-multi", "floor-lookup-byip") is not None:

@@ -61,7 +61,7 @@ impl Backend {
 /// checks them. The serde form is the spec's `options` (protocol v1: keys
 /// `proto`, `saddr`, `daddr`, `addr`, `sport`, `dport`, `port`, `tracers`,
 /// `stack_tracers`, `detail`, `timeline`, `skb_mode`, `ret`, `stack`,
-/// `force_stack`, `raw_tp`, `probe_read`, `count`, `rate_limit`, `backend`,
+/// `force_stack`, `raw_tp`, `probe_read`, `no_kprobe_multi`, `count`, `rate_limit`, `backend`,
 /// `diag`, `nft_trace`, `snaplen`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, Args)]
 #[serde(default)]
@@ -148,6 +148,10 @@ pub struct TraceOptions {
     #[arg(long = "probe-read", help_heading = FILTERS)]
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub probe_read: bool,
+    /// Give each kernel function its own kprobe even where one kprobe-multi link could attach them all (fprobe, Linux 5.18+); for comparison and for kernels where kprobe-multi misbehaves
+    #[arg(long = "no-kprobe-multi", help_heading = FILTERS)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub no_kprobe_multi: bool,
 
     /// Show more per event: skb address, interface, pid and task name, tracer group
     #[arg(long, help_heading = OUTPUT)]
@@ -251,6 +255,8 @@ pub struct TraceConfig<'t> {
     pub raw_tp: bool,
     /// `--probe-read`.
     pub probe_read: bool,
+    /// `--no-kprobe-multi`.
+    pub no_kprobe_multi: bool,
     /// `--backend`.
     pub backend: Backend,
     /// `--rate-limit`, events per second (0: none).
@@ -376,6 +382,7 @@ impl TraceOptions {
             ret: self.ret,
             raw_tp: self.raw_tp,
             probe_read: self.probe_read,
+            no_kprobe_multi: self.no_kprobe_multi,
             backend: self.backend,
             rate_limit,
             count: self.count,
@@ -419,6 +426,7 @@ pub fn every_option() -> (Vec<&'static str>, TraceOptions) {
         "kprobe",
         "--raw-tp",
         "--probe-read",
+        "--no-kprobe-multi",
         "--detail",
         "--timeline",
         "--count",
@@ -447,6 +455,7 @@ pub fn every_option() -> (Vec<&'static str>, TraceOptions) {
         backend: Backend::Kprobe,
         raw_tp: true,
         probe_read: true,
+        no_kprobe_multi: true,
         detail: true,
         timeline: true,
         count: Some(3),

@@ -493,7 +493,8 @@ impl FunctionAttacher {
     /// Attaches the queued kprobe leaves: core-kernel functions through one
     /// kprobe-multi link per skb-argument position (and one for returns),
     /// the rest (module functions on kernels whose kprobe-multi can't see
-    /// them, or when a link fails) one kprobe each. Returns the fds that
+    /// them, when a link fails, or with `--no-kprobe-multi`) one kprobe
+    /// each. Returns the fds that
     /// keep the kprobe-multi programs and links alive.
     fn attach_kprobes(
         &mut self,
@@ -509,8 +510,8 @@ impl FunctionAttacher {
         let mut multi = Vec::new();
         for job in jobs {
             match &job.target.kprobe {
-                Some(_) => multi.push(job),
-                None => single.push(job),
+                Some(_) if !plan.single_kprobes => multi.push(job),
+                _ => single.push(job),
             }
         }
         if !multi.is_empty() {

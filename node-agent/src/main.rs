@@ -205,6 +205,7 @@ pub fn prepare(
     );
     plan.raw_tracepoints = config.raw_tp;
     plan.probe_read = config.probe_read;
+    plan.single_kprobes = config.no_kprobe_multi;
     let loaded = loader::load_and_attach(&mut plan, btf, &filter, limits, scope)?;
     report_plan(config, host.verbose, &plan, &loaded);
     if host.verbose && config.detail {

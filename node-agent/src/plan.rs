@@ -115,6 +115,9 @@ pub struct Plan {
     /// Read skbs and headers with `bpf_probe_read_kernel` even where the
     /// kernel has `bpf_rdonly_cast` (`--probe-read`).
     pub probe_read: bool,
+    /// One kprobe per function even where kprobe-multi links work
+    /// (`--no-kprobe-multi`).
+    pub single_kprobes: bool,
 }
 
 /// How `leaf` would be traced on `kernel` with `choice`, for `-t ?` and
@@ -298,6 +301,7 @@ impl Plan {
             tracers,
             raw_tracepoints: false,
             probe_read: false,
+            single_kprobes: false,
         }
     }
 

@@ -811,8 +811,27 @@ fn check_tunnel(series: &str, kind: &str) {
     }
 }
 
-/// `-v` lines: tracer name -> (kind, target), for `attached NAME: KIND TARGET (prog id N)`.
+/// `-v` lines: tracer name -> (kind, target), for `attached NAME: KIND TARGET (prog id N)`,
+/// with kprobe-multi counted as kprobe.
 fn attached(s: &StepOut) -> BTreeMap<String, (String, String)> {
+    attached_as(s)
+        .into_iter()
+        .map(|(name, (kind, target))| {
+            // `--backend kprobe` attaches through one kprobe-multi link where the kernel
+            // has fprobe (6.12), else one kprobe per function (6.1): both are the kprobe
+            // backend.
+            let kind = if kind == "kprobe-multi" {
+                "kprobe".to_string()
+            } else {
+                kind
+            };
+            (name, (kind, target))
+        })
+        .collect()
+}
+
+/// `-v` lines: tracer name -> (kind, target), each kind as printed.
+fn attached_as(s: &StepOut) -> BTreeMap<String, (String, String)> {
     let mut m = BTreeMap::new();
     for l in s.stderr() {
         let Some(rest) = l.trim().strip_prefix("attached ") else {
@@ -824,13 +843,6 @@ fn attached(s: &StepOut) -> BTreeMap<String, (String, String)> {
         let mut w = what.split_whitespace();
         let (Some(kind), Some(target)) = (w.next(), w.next()) else {
             continue;
-        };
-        // `--backend kprobe` attaches through one kprobe-multi link where the kernel has
-        // fprobe (6.12), else one kprobe per function (6.1): both are the kprobe backend.
-        let kind = if kind == "kprobe-multi" {
-            "kprobe"
-        } else {
-            kind
         };
         m.insert(name.to_string(), (kind.to_string(), target.to_string()));
     }
@@ -1056,6 +1068,44 @@ fn check_ret_idle(series: &str, backend: &str) {
     );
 }
 
+/// Scenario f: `--no-kprobe-multi` attaches each function with a kprobe of its own (and
+/// its return with a kretprobe), also on a kernel with kprobe-multi links, and the request
+/// is seen there.
+fn check_single_kprobes(series: &str) {
+    let b = boot(series);
+    let s = b.trace_step("kprobe-single");
+    let att = attached_as(s);
+    for f in ["ip_rcv", "ip_local_deliver", "icmp_rcv"] {
+        let kind = att.get(f).map(|(k, _)| k.as_str());
+        assert_eq!(
+            kind,
+            Some("kprobe"),
+            "{series}: {f} with --no-kprobe-multi\n{}",
+            s.describe()
+        );
+    }
+    assert!(
+        att.values().all(|(k, _)| k != "kprobe-multi"),
+        "{series}: a kprobe-multi link with --no-kprobe-multi\n{}",
+        s.describe()
+    );
+    let request = icmp_request(F_A, F_B, 1);
+    let out = s.stdout();
+    assert_subsequence_steps(
+        out,
+        &[
+            Step::exact("ip_rcv", &request),
+            Step::exact("ip_local_deliver", &request),
+            Step::exact("icmp_rcv", &request),
+        ],
+    );
+    assert!(
+        out.iter().any(|l| l.starts_with(RET_PREFIX)),
+        "{series}: no `return value:` line with --ret\n{}",
+        s.describe()
+    );
+}
+
 /// The host suite's kernel-dependent tests, run in the guest: every test passed.
 fn check_suite(series: &str, name: &str) {
     let b = boot(series);
@@ -1161,6 +1211,11 @@ macro_rules! vm_tests {
             #[test]
             fn kprobe_ret_idle() {
                 check_ret_idle($series, "kprobe");
+            }
+
+            #[test]
+            fn kprobe_single() {
+                check_single_kprobes($series);
             }
         }
     )*};

@@ -116,6 +116,10 @@ for be in $BACKENDS; do
     #    that is not sending, which is idle between two pings.
     step "$be-ret-idle" ret_pairs "$be"
 done
+# f. --no-kprobe-multi: one kprobe per function, also where a kprobe-multi link would do
+#    (6.12), with their return probes.
+step kprobe-single trace "--backend kprobe --no-kprobe-multi -v -t ip-in,icmp-in -p icmp --addr 10.250.20.2 --ret" \
+    "ip netns exec fa $PING 10.250.20.2" 2
 
 # 3. The host suite's tests whose expectations come from probing the kernel (what attaches),
 #    on this kernel: /bin/nt-test-NAME, built static by tests/tests/vm.rs.

@@ -13,7 +13,8 @@
 #                      see scripts/bench-floor.c);
 #                      for kprobe-multi also floor-lookup-byip (--body lookup --by-ip:
 #                      the function found by bpf_get_func_ip and a hash, not the cookie);
-#   nettrace-nonmatch  nettrace --backend B -t FUNCS -p tcp --port 1 (matches nothing);
+#   nettrace-nonmatch  nettrace --backend B -t FUNCS -p tcp --port 1 (matches nothing;
+#                      for backend kprobe with --no-kprobe-multi: one kprobe per function);
 #   nettrace-nonmatch-pr  the same with --probe-read (headers copied with
 #                      bpf_probe_read_kernel, not read through bpf_rdonly_cast);
 #   nettrace-match     nettrace --backend B -t FUNCS --addr 10.250.60.2 (every packet;
@@ -31,9 +32,10 @@
 # and, for the floors with one program per function, the hits of each:
 #   HITS backend=B set=S case=C round=R FUNC=H ...
 #
-# nettrace has no switch for plain kprobes: its kprobe backend attaches core-kernel
-# functions through kprobe-multi links wherever the kernel has fprobe (6.12 does), so
-# backend "kprobe" (plain kprobes, one perf event each) is measured for the floor only.
+# nettrace's kprobe backend attaches core-kernel functions through kprobe-multi links
+# wherever the kernel has fprobe (6.12 does); backend "kprobe" (plain kprobes, one perf
+# event each, as nettrace attaches module functions and every function on kernels without
+# fprobe) runs it with --no-kprobe-multi.
 #
 # Settings from the kernel command line (NT_VM_APPEND): nt_cost_count=N pings (10000),
 # nt_cost_rounds=R (1), nt_cost_backends=a,b (kprobe-multi,kprobe,fentry),
@@ -136,6 +138,7 @@ start_case() {
         ntbe=$be filter="-p tcp --port 1" out=$d.out pr=
         [ "$c" = nettrace-nonmatch-pr ] && pr=--probe-read
         [ "$be" = kprobe-multi ] && ntbe=kprobe
+        [ "$be" = kprobe ] && pr="$pr --no-kprobe-multi"
         if [ "$c" = nettrace-match ]; then
             filter="--addr $DST" out=$d.fifo
             mkfifo "$d.fifo"
@@ -230,18 +233,14 @@ step warmup ip netns exec ca ping -f -q -c "$COUNT" $DST
 r=1
 while [ "$r" -le "$ROUNDS" ]; do
     for be in $BACKENDS; do
-        cases=
-        [ "$be" != kprobe ] && cases="nettrace-nonmatch nettrace-nonmatch-pr"
+        cases="nettrace-nonmatch nettrace-nonmatch-pr"
         for b in $BODIES; do
             cases="$cases floor-$b"
             [ "$b" = lookup ] && [ "$be" = kprobe-multi ] && cases="$cases floor-lookup-byip"
         done
         # shellcheck disable=SC2086 # a word list
         step "cost-$be-nonmatch-$r" measure_set "$be" nonmatch "$r" $cases
-        [ "$be" != kprobe ] && step "cost-$be-match-$r" measure_set "$be" match "$r" nettrace-match floor-empty
+        step "cost-$be-match-$r" measure_set "$be" match "$r" nettrace-match floor-empty
     done
     r=$((r + 1))
 done
-if echo " $BACKENDS " | grep -q " kprobe "; then
-    echo "NOTE nettrace has no switch for plain kprobes: --backend kprobe attaches core-kernel functions through kprobe-multi links where the kernel has fprobe; backend kprobe is measured for the floor only"
-fi
