@@ -924,7 +924,7 @@ static __always_inline int where_may_match(struct sk_buff *skb, __u64 dev_arg, c
  * the addresses and the ports. It mirrors the body's parse_l3/parse_l4 with
  * check: a tunnel's outer headers never reject.
  */
-static __always_inline int pkt_may_match(struct sk_buff *skb)
+static __always_inline int pkt_may_match(struct sk_buff *skb, const int typed)
 {
 	const struct iphdr___nt *ih;
 	struct nt_meta m;
@@ -937,8 +937,9 @@ static __always_inline int pkt_may_match(struct sk_buff *skb)
 		return l3_may_match(proto);
 	/* IP, or no protocol yet (local output): the headers decide, and a
 	 * tunnel's inner packet may match where the outer can't. Unless the
-	 * filter has nothing to check there, or they can't be loaded directly. */
-	if (!NT_CAST() || !(CFG.l3_proto || CFG.l4_proto || has_port_filter() ||
+	 * filter has nothing to check there, or they can't be loaded directly
+	 * (an untyped skb got here through the cast: it is there). */
+	if (((typed & NT_TYPED_SKB) && !NT_CAST()) || !(CFG.l3_proto || CFG.l4_proto || has_port_filter() ||
 			    (CFG.flags & (NT_FL_SADDR | NT_FL_DADDR | NT_FL_ADDR))))
 		return 1;
 	read_meta(skb, &m, 1);
@@ -970,7 +971,7 @@ static __always_inline int nt_may_match(struct sk_buff *skb, __u64 dev_arg, cons
 	if (!(typed & NT_TYPED_SKB))
 		skb = nt_rdonly_cast(skb, bpf_core_type_id_kernel(struct sk_buff));
 	/* The packet first: where a packet filter is set, most hits end there. */
-	return pkt_may_match(skb) && where_may_match(skb, dev_arg, typed);
+	return pkt_may_match(skb, typed) && where_may_match(skb, dev_arg, typed);
 }
 
 /* Where a packet is: the hook's device (or skb->dev), its namespace. */
