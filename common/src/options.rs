@@ -519,6 +519,7 @@ mod tests {
             backend,
             raw_tp,
             probe_read,
+            no_kprobe_multi,
             detail,
             timeline,
             count,
@@ -544,6 +545,7 @@ mod tests {
             !backend.is_auto(),
             *raw_tp,
             *probe_read,
+            *no_kprobe_multi,
             *detail,
             *timeline,
             count.is_some(),
@@ -566,7 +568,7 @@ mod tests {
         assert!(config.stack_leaves.contains("consume_skb"));
         // Every key of the spec's options is written.
         let json = serde_json::to_value(&options).expect("json");
-        assert_eq!(json.as_object().map(|o| o.len()), Some(23), "{json}");
+        assert_eq!(json.as_object().map(|o| o.len()), Some(24), "{json}");
         assert_eq!(config.snaplen, 256);
         assert_eq!(json["tracers"], serde_json::json!(["link", "kfree_skb"]));
         assert_eq!(json["backend"], "kprobe");
