@@ -151,7 +151,8 @@ pub fn load_and_attach(
     let started = Instant::now();
     let raw = RawFilter(filter.encode());
     let ringbuf_bytes = limits.ringbuf_bytes;
-    let linked = kfunc::link(nettrace_ebpf::object(), btf, !plan.probe_read)?;
+    let mut linked = kfunc::link(nettrace_ebpf::object(), btf, !plan.probe_read)?;
+    crate::line_info::drop_line_info(&mut linked.object)?;
     let mut ebpf = EbpfLoader::new()
         .btf(Some(btf))
         .override_global("nt_cfg", &raw, true)

@@ -5,6 +5,7 @@ mod cli;
 mod containers;
 mod kfunc;
 mod kprobe_multi;
+mod line_info;
 mod loader;
 mod netlink;
 mod nft_rules;
