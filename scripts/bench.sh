@@ -29,7 +29,7 @@
 #      (-t all) on this kernel, checked against bpftool.
 #   b. event pipeline: the highest event rate delivered with zero loss (text
 #      and JSON to a file), found by raising a paced UDP load; beyond it, the
-#      accounting check produced = delivered + lost (JSON "lost" record).
+#      accounting check produced = delivered + lost + dropped by the writer (JSON "lost" record).
 #   c. start and stop, timed on the launches of (a): launch to "begin
 #      tracing", SIGINT to exit (bpftrace's BEGIN and exit as the baseline);
 #      peak RSS (VmHWM) during (b).
@@ -504,7 +504,7 @@ fi
 
 # --- b. event pipeline -----------------------------------------------------------
 # events per packet of this load with the match filter, learnt from a probe run
-pipeline_run() { # FORMAT PPS [over] -> "delivered lost matched|- hwm_kb"
+pipeline_run() { # FORMAT PPS [over] -> "delivered lost matched|- hwm_kb stalled"
     local fmt=$1 pps=$2 kind=nt-match out="$WORK/b.out"
     [[ ${3:-} == over ]] && kind=nt-over
     [[ $fmt == json ]] && kind=$kind-json
@@ -512,7 +512,7 @@ pipeline_run() { # FORMAT PPS [over] -> "delivered lost matched|- hwm_kb"
     start_tracer $kind "$out" || { echo "nan nan nan 0"; return; }
     udp_load "$pps" >/dev/null
     sleep 0.3
-    local hwm delivered lost matched
+    local hwm delivered lost matched stalled=0
     stop_tracer
     hwm=$STOP_HWM
     if [[ $fmt == json ]]; then
@@ -521,12 +521,14 @@ pipeline_run() { # FORMAT PPS [over] -> "delivered lost matched|- hwm_kb"
         last=$(grep '"type":"lost"' "$out" | tail -1 || true)
         lost=$(python3 -c 'import sys,json; l=sys.argv[1].strip(); print(json.loads(l)["events"] if l else 0)' "$last")
         matched=$(python3 -c 'import sys,json; l=sys.argv[1].strip(); print(json.loads(l)["matched"] if l else "")' "$last")
+        # events formatted but dropped because the writer fell behind (key absent when 0)
+        stalled=$(python3 -c 'import sys,json; l=sys.argv[1].strip(); print(json.loads(l).get("output_stalled", 0) if l else 0)' "$last")
     else
         delivered=$(grep -c ': \[' "$out" || true)
         lost=$( (grep -o '[0-9]* events\? lost' "$out.err" || true) | tail -1 | awk '{print $1}')
         matched=
     fi
-    echo "$delivered ${lost:-0} ${matched:--} ${hwm:-0}"
+    echo "$delivered ${lost:-0} ${matched:--} ${hwm:-0} ${stalled:-0}"
 }
 
 PIPE_ROWS=()
@@ -539,17 +541,17 @@ if ! skipped pipeline; then
         lossy_pps=0
         # paced packets/s; raised until events are lost, then one bisection
         for pps in 5000 10000 20000 40000 60000 80000 120000 160000 240000 0; do
-            read -r delivered lost matched hwm < <(pipeline_run $fmt $pps)
+            read -r delivered lost matched hwm stalled < <(pipeline_run $fmt $pps)
             [[ $matched == - ]] && matched=
             ((hwm > PEAK_HWM)) && PEAK_HWM=$hwm
             rate=$(python3 -c "print(round($delivered / $SECS))")
-            log "pipeline $fmt $([[ $pps == 0 ]] && echo max || echo $pps) pps: delivered $delivered ($rate/s), lost $lost, matched ${matched:-?}, VmHWM ${hwm} kB"
-            PIPE_ROWS+=("| $fmt | $([[ $pps == 0 ]] && echo max || fmt_int $pps) | $(fmt_int "$rate") | $(fmt_int "$lost") | ${matched:+$(fmt_int "$matched")} | $((hwm / 1024)) |")
-            if [[ $fmt == json && $lost != 0 && -n $matched ]]; then
-                ok=$([[ $matched == $((delivered + lost)) ]] && echo yes || echo NO)
-                INVARIANT_ROWS+=("| $(fmt_int "$matched") | $(fmt_int "$delivered") | $(fmt_int "$lost") | $ok |")
+            log "pipeline $fmt $([[ $pps == 0 ]] && echo max || echo $pps) pps: delivered $delivered ($rate/s), lost $lost, dropped by the writer $stalled, matched ${matched:-?}, VmHWM ${hwm} kB"
+            PIPE_ROWS+=("| $fmt | $([[ $pps == 0 ]] && echo max || fmt_int $pps) | $(fmt_int "$rate") | $(fmt_int "$lost") | $(fmt_int "$stalled") | ${matched:+$(fmt_int "$matched")} | $((hwm / 1024)) |")
+            if [[ $fmt == json && $((lost + stalled)) != 0 && -n $matched ]]; then
+                ok=$([[ $matched == $((delivered + lost + stalled)) ]] && echo yes || echo NO)
+                INVARIANT_ROWS+=("| $(fmt_int "$matched") | $(fmt_int "$delivered") | $(fmt_int "$lost") | $(fmt_int "$stalled") | $ok |")
             fi
-            if [[ $lost == 0 ]]; then
+            if [[ $((lost + stalled)) == 0 ]]; then
                 if ((rate > best)); then best=$rate; best_pps=$pps; fi
             else
                 lossy_pps=$pps
@@ -558,15 +560,15 @@ if ! skipped pipeline; then
         done
         if ((lossy_pps > 0 && best_pps > 0)); then
             pps=$(((best_pps + lossy_pps) / 2))
-            read -r delivered lost matched hwm < <(pipeline_run $fmt $pps)
+            read -r delivered lost matched hwm stalled < <(pipeline_run $fmt $pps)
             [[ $matched == - ]] && matched=
             rate=$(python3 -c "print(round($delivered / $SECS))")
-            log "pipeline $fmt $pps pps: delivered $delivered ($rate/s), lost $lost, matched ${matched:-?}"
-            PIPE_ROWS+=("| $fmt | $(fmt_int $pps) | $(fmt_int "$rate") | $(fmt_int "$lost") | ${matched:+$(fmt_int "$matched")} | $((hwm / 1024)) |")
-            if [[ $lost == 0 ]] && ((rate > best)); then best=$rate; fi
-            if [[ $fmt == json && $lost != 0 && -n $matched ]]; then
-                ok=$([[ $matched == $((delivered + lost)) ]] && echo yes || echo NO)
-                INVARIANT_ROWS+=("| $(fmt_int "$matched") | $(fmt_int "$delivered") | $(fmt_int "$lost") | $ok |")
+            log "pipeline $fmt $pps pps: delivered $delivered ($rate/s), lost $lost, dropped by the writer $stalled, matched ${matched:-?}"
+            PIPE_ROWS+=("| $fmt | $(fmt_int $pps) | $(fmt_int "$rate") | $(fmt_int "$lost") | $(fmt_int "$stalled") | ${matched:+$(fmt_int "$matched")} | $((hwm / 1024)) |")
+            if [[ $((lost + stalled)) == 0 ]] && ((rate > best)); then best=$rate; fi
+            if [[ $fmt == json && $((lost + stalled)) != 0 && -n $matched ]]; then
+                ok=$([[ $matched == $((delivered + lost + stalled)) ]] && echo yes || echo NO)
+                INVARIANT_ROWS+=("| $(fmt_int "$matched") | $(fmt_int "$delivered") | $(fmt_int "$lost") | $(fmt_int "$stalled") | $ok |")
             fi
         fi
         RES[pipe.$fmt]=$best
@@ -575,14 +577,14 @@ if ! skipped pipeline; then
             # The load never overflowed the ring buffer: overload nettrace on
             # purpose (on the sender's CPU, 64 KiB ring buffer) to check the
             # accounting.
-            read -r delivered lost matched hwm < <(pipeline_run $fmt 0 over)
+            read -r delivered lost matched hwm stalled < <(pipeline_run $fmt 0 over)
             [[ $matched == - ]] && matched=
             rate=$(python3 -c "print(round($delivered / $SECS))")
-            log "pipeline $fmt overload: delivered $delivered ($rate/s), lost $lost, matched ${matched:-?}"
-            PIPE_ROWS+=("| $fmt, overload (same CPU as the sender, --ringbuf-kb 64) | max | $(fmt_int "$rate") | $(fmt_int "$lost") | ${matched:+$(fmt_int "$matched")} | $((hwm / 1024)) |")
+            log "pipeline $fmt overload: delivered $delivered ($rate/s), lost $lost, dropped by the writer $stalled, matched ${matched:-?}"
+            PIPE_ROWS+=("| $fmt, overload (same CPU as the sender, --ringbuf-kb 64) | max | $(fmt_int "$rate") | $(fmt_int "$lost") | $(fmt_int "$stalled") | ${matched:+$(fmt_int "$matched")} | $((hwm / 1024)) |")
             if [[ $fmt == json && -n $matched ]]; then
-                ok=$([[ $matched == $((delivered + lost)) ]] && echo yes || echo NO)
-                INVARIANT_ROWS+=("| $(fmt_int "$matched") | $(fmt_int "$delivered") | $(fmt_int "$lost") | $ok |")
+                ok=$([[ $matched == $((delivered + lost + stalled)) ]] && echo yes || echo NO)
+                INVARIANT_ROWS+=("| $(fmt_int "$matched") | $(fmt_int "$delivered") | $(fmt_int "$lost") | $(fmt_int "$stalled") | $ok |")
             fi
         fi
     done
@@ -729,7 +731,8 @@ label() {
         echo "## b. Event pipeline"
         echo
         echo "nettrace matching every packet of a paced UDP load, output to a file; the load is"
-        echo "raised until events are lost, then bisected once. Events/s = delivered / $SECS s."
+        echo "raised until events are lost (in the ring buffer, or dropped by the writer), then bisected"
+        echo "once. Events/s = delivered / $SECS s."
         echo
         echo "| highest rate with zero loss | events/s | lossless even at the sender's top rate |"
         echo "|---|---:|---|"
@@ -743,18 +746,19 @@ label() {
         echo
         echo "<details><summary>every step</summary>"
         echo
-        echo "| format | load pkt/s | delivered events/s | lost (ring buffer full) | matched (JSON \`lost\` record) | VmHWM MiB |"
-        echo "|---|---:|---:|---:|---:|---:|"
+        echo "| format | load pkt/s | delivered events/s | lost (ring buffer full) | dropped by the writer | matched (JSON \`lost\` record) | VmHWM MiB |"
+        echo "|---|---:|---:|---:|---:|---:|---:|"
         printf '%s\n' "${PIPE_ROWS[@]}"
         echo
         echo "</details>"
         echo
         echo "Accounting beyond the lossless rate (JSON run; \`matched\` and \`events\` from the last"
-        echo "\`lost\` record, delivered = event lines in the file):"
+        echo "\`lost\` record, delivered = event lines in the file; lost in the ring buffer = its \`events\`,"
+        echo "dropped by the writer = its \`output_stalled\`: formatted while the output queue was full):"
         echo
-        echo "| produced (matched) | delivered | lost | produced = delivered + lost |"
-        echo "|---:|---:|---:|---|"
-        if ((${#INVARIANT_ROWS[@]})); then printf '%s\n' "${INVARIANT_ROWS[@]}"; else echo "| no loss reached | | | |"; fi
+        echo "| produced (matched) | delivered | lost in the ring buffer | dropped by the writer | produced = delivered + lost + dropped |"
+        echo "|---:|---:|---:|---:|---|"
+        if ((${#INVARIANT_ROWS[@]})); then printf '%s\n' "${INVARIANT_ROWS[@]}"; else echo "| no loss reached | | | | |"; fi
         echo
     fi
     if ! skipped datapath || ! skipped pipeline; then
