@@ -891,12 +891,39 @@ static __always_inline int ip6_may_match(unsigned char *l3)
 }
 
 /*
+ * The device that names where a packet is: the hook's own device argument
+ * (dev_arg, typed when typed has NT_TYPED_DEV, else cast where the kernel
+ * can) when it has one, since after a veth transmit skb->dev is already the
+ * peer; else skb->dev. 0 when there is none. The prefilter and read_where
+ * both take it from here, so they judge the same device.
+ */
+static __always_inline struct net_device *hook_dev(struct sk_buff *skb, __u64 dev_arg,
+						   const int typed)
+{
+	struct net_device *dev;
+
+	if (dev_arg) {
+		dev = (struct net_device *)dev_arg;
+		if (!(typed & NT_TYPED_DEV) && NT_CAST())
+			dev = nt_rdonly_cast(dev, bpf_core_type_id_kernel(struct net_device));
+		return dev;
+	}
+	dev = NT_RD(NT_SKB_TYPED(typed), skb, dev);
+	return kernel_ptr(dev) ? dev : 0;
+}
+
+/* Whether hook_dev's device can be read with direct loads. */
+static __always_inline int hook_dev_typed(__u64 dev_arg, const int typed)
+{
+	return dev_arg ? (typed & NT_TYPED_DEV) || NT_CAST() : NT_SKB_TYPED(typed);
+}
+
+/*
  * The device and namespace filters (--ifname, --netns) before the body, on
- * the device read_where would name: the hook's own device argument (dev_arg;
- * typed when typed has NT_TYPED_DEV), else skb->dev; loaded directly (the
- * caller checked that the skb can be). 1 when the body must decide: an skb
- * that is followed may be anywhere, and one without a device is placed by
- * its socket.
+ * hook_dev's device, loaded directly (the caller checked that the skb can
+ * be, and then so can a device argument). 1 when the body must decide: an
+ * skb that is followed may be anywhere, and one without a device is placed
+ * by its socket.
  */
 static __always_inline int where_may_match(struct sk_buff *skb, __u64 dev_arg, const int typed)
 {
@@ -904,15 +931,9 @@ static __always_inline int where_may_match(struct sk_buff *skb, __u64 dev_arg, c
 
 	if (!(CFG.netns || CFG.ifindex) || (CFG.flags & NT_FL_REMEMBER))
 		return 1;
-	if (dev_arg) {
-		dev = (struct net_device *)dev_arg;
-		if (!(typed & NT_TYPED_DEV))
-			dev = nt_rdonly_cast(dev, bpf_core_type_id_kernel(struct net_device));
-	} else {
-		dev = skb->dev;
-		if (!kernel_ptr(dev))
-			return 1;
-	}
+	dev = hook_dev(skb, dev_arg, typed | NT_TYPED_SKB);
+	if (!dev)
+		return 1;
 	if (CFG.ifindex && CFG.ifindex != dev->ifindex)
 		return 0;
 	return !CFG.netns || CFG.netns == dev->nd_net.net->ns.inum;
@@ -939,8 +960,10 @@ static __always_inline int pkt_may_match(struct sk_buff *skb, const int typed)
 	 * tunnel's inner packet may match where the outer can't. Unless the
 	 * filter has nothing to check there, or they can't be loaded directly
 	 * (an untyped skb got here through the cast: it is there). */
-	if (((typed & NT_TYPED_SKB) && !NT_CAST()) || !(CFG.l3_proto || CFG.l4_proto || has_port_filter() ||
-			    (CFG.flags & (NT_FL_SADDR | NT_FL_DADDR | NT_FL_ADDR))))
+	if ((typed & NT_TYPED_SKB) && !NT_CAST())
+		return 1;
+	if (!(CFG.l3_proto || CFG.l4_proto || has_port_filter() ||
+	      (CFG.flags & (NT_FL_SADDR | NT_FL_DADDR | NT_FL_ADDR))))
 		return 1;
 	read_meta(skb, &m, 1);
 	l3 = l3_of(&m);
@@ -981,41 +1004,25 @@ struct nt_where {
 	__u32 netns;
 };
 
-/*
- * The hook's own device argument, when it has one, names where the packet is
- * (after a veth transmit, skb->dev is already the peer).
- */
+/* hook_dev's device and its namespace; without a device, the socket's namespace. */
 static __always_inline void read_where(struct nt_where *w, struct sk_buff *skb, __u64 dev_arg,
 				       const int typed)
 {
 	const int tskb = NT_SKB_TYPED(typed);
-	struct net_device *dev;
+	struct net_device *dev = hook_dev(skb, dev_arg, typed);
 	struct sock *sk;
 
-	w->dev = 0;
+	w->dev = dev;
 	w->ifindex = 0;
 	w->netns = 0;
-	if (dev_arg) {
-		dev = (struct net_device *)dev_arg;
-		if (!(typed & NT_TYPED_DEV) && NT_CAST())
-			dev = nt_rdonly_cast(dev, bpf_core_type_id_kernel(struct net_device));
-		w->dev = dev;
-		if ((typed & NT_TYPED_DEV) || NT_CAST()) {
+	if (dev) {
+		if (hook_dev_typed(dev_arg, typed)) {
 			w->ifindex = dev->ifindex;
 			w->netns = dev->nd_net.net->ns.inum;
 		} else {
 			w->ifindex = BPF_CORE_READ(dev, ifindex);
 			w->netns = BPF_CORE_READ(dev, nd_net.net, ns.inum);
 		}
-		return;
-	}
-	dev = NT_RD(tskb, skb, dev);
-	if (dev && !kernel_ptr(dev))
-		dev = 0;
-	w->dev = dev;
-	if (dev) {
-		w->ifindex = NT_RD(tskb, dev, ifindex);
-		w->netns = tskb ? dev->nd_net.net->ns.inum : BPF_CORE_READ(dev, nd_net.net, ns.inum);
 		return;
 	}
 	sk = NT_RD(tskb, skb, sk);
