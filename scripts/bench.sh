@@ -519,10 +519,13 @@ pipeline_run() { # FORMAT PPS [over] -> "delivered lost matched|- hwm_kb stalled
         delivered=$(grep -c '"type":"event"' "$out" || true)
         local last
         last=$(grep '"type":"lost"' "$out" | tail -1 || true)
-        lost=$(python3 -c 'import sys,json; l=sys.argv[1].strip(); print(json.loads(l)["events"] if l else 0)' "$last")
-        matched=$(python3 -c 'import sys,json; l=sys.argv[1].strip(); print(json.loads(l)["matched"] if l else "")' "$last")
-        # events formatted but dropped because the writer fell behind (key absent when 0)
-        stalled=$(python3 -c 'import sys,json; l=sys.argv[1].strip(); print(json.loads(l).get("output_stalled", 0) if l else 0)' "$last")
+        # ring-buffer losses, events produced, and events formatted but dropped because
+        # the writer fell behind (output_stalled, absent when 0), from one record
+        read -r lost matched stalled < <(python3 -c 'import sys,json
+l = sys.argv[1].strip()
+r = json.loads(l) if l else {}
+print(r.get("events", 0), r.get("matched", "-"), r.get("output_stalled", 0))' "$last")
+        [[ $matched == - ]] && matched=
     else
         delivered=$(grep -c ': \[' "$out" || true)
         lost=$( (grep -o '[0-9]* events\? lost' "$out.err" || true) | tail -1 | awk '{print $1}')

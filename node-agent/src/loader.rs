@@ -495,8 +495,8 @@ impl FunctionAttacher {
     /// kprobe-multi link per skb-argument position (and one for returns),
     /// the rest (module functions on kernels whose kprobe-multi can't see
     /// them, when a link fails, or with `--no-kprobe-multi`) one kprobe
-    /// each. Returns the fds that
-    /// keep the kprobe-multi programs and links alive.
+    /// each. Returns the fds that keep the kprobe-multi programs and links
+    /// alive.
     fn attach_kprobes(
         &mut self,
         ebpf: &mut Ebpf,

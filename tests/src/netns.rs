@@ -1,13 +1,13 @@
 //! Network namespaces (RAII) and the small topologies the tests run traffic through.
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4};
-
-use crate::traffic::{tcp_exchange_via, TcpExchange};
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Once;
+
+use crate::traffic::{tcp_exchange_via, TcpExchange};
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 static REAP: Once = Once::new();

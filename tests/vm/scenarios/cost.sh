@@ -123,7 +123,7 @@ declare -A PID ATT DET WC
 # start_case BACKEND CASE: starts what CASE names (files /tmp/c.CASE.*), waits until it
 # is attached; sets PID[CASE] and ATT[CASE] (seconds to attach).
 start_case() {
-    local be=$1 c=$2 d=/tmp/c.$2 t0 pid ready where body byip ntbe filter out pr
+    local be=$1 c=$2 d=/tmp/c.$2 t0 pid ready where body byip ntbe filter out extra
     rm -f "$d".*
     t0=$(uptime_s)
     case $c in
@@ -135,10 +135,10 @@ start_case() {
         pid=$! ready="^ready" where=$d.out
         ;;
     nettrace-*)
-        ntbe=$be filter="-p tcp --port 1" out=$d.out pr=
-        [ "$c" = nettrace-nonmatch-pr ] && pr=--probe-read
+        ntbe=$be filter="-p tcp --port 1" out=$d.out extra=
+        [ "$c" = nettrace-nonmatch-pr ] && extra=--probe-read
         [ "$be" = kprobe-multi ] && ntbe=kprobe
-        [ "$be" = kprobe ] && pr="$pr --no-kprobe-multi"
+        [ "$be" = kprobe ] && extra="$extra --no-kprobe-multi"
         if [ "$c" = nettrace-match ]; then
             filter="--addr $DST" out=$d.fifo
             mkfifo "$d.fifo"
@@ -146,7 +146,7 @@ start_case() {
             WC[$c]=$!
         fi
         # shellcheck disable=SC2086 # word lists
-        $NT --backend "$ntbe" -v -t "$FUNCS_COMMA" $filter $pr >"$out" 2>"$d.err" &
+        $NT --backend "$ntbe" -v -t "$FUNCS_COMMA" $filter $extra >"$out" 2>"$d.err" &
         pid=$! ready="begin tracing" where=$d.err
         ;;
     esac
